@@ -1,0 +1,50 @@
+"""spec: lossless speculative decoding with draft heads, as a pipeline of swappable stages."""
+
+from spec.acceptors import GreedyAcceptor
+from spec.drafters import MedusaDrafter
+from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
+from spec.protocols import (
+    Acceptance,
+    Acceptor,
+    CandidateKind,
+    CandidateTree,
+    Draft,
+    DraftContext,
+    Drafter,
+    GenerationOutput,
+    SamplingParams,
+    StepStats,
+    TreeBuilder,
+    Verification,
+    Verifier,
+)
+from spec.trees import StaticTreeBuilder, chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.verifiers import TreeAttentionVerifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Acceptance",
+    "Acceptor",
+    "AutoregressiveDecoder",
+    "CandidateKind",
+    "CandidateTree",
+    "Draft",
+    "DraftContext",
+    "Drafter",
+    "GenerationOutput",
+    "GreedyAcceptor",
+    "MedusaDrafter",
+    "SamplingParams",
+    "SpeculativeDecoder",
+    "StaticTreeBuilder",
+    "StepStats",
+    "TreeAttentionVerifier",
+    "TreeBuilder",
+    "Verification",
+    "Verifier",
+    "chain_tree",
+    "full_tree",
+    "tree_from_choices",
+    "tree_to_choices",
+]

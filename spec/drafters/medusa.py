@@ -1,0 +1,156 @@
+"""Medusa heads (Cai et al., 2024, "Medusa: Simple LLM Inference Acceleration Framework
+with Multiple Decoding Heads").
+
+Head k reads the target's last hidden state at the position before the root and
+guesses the token k + 1 places after the root: residual blocks ``x + SiLU(W x + b)``
+(W zero-initialised, so an untrained head starts as the model's own lm_head) and a
+vocabulary projection initialised from a copy of the lm_head. Heads are independent:
+head k never sees what heads < k proposed, so the top-k of head k fills every node
+at depth k + 1 of the tree.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
+
+
+class ResBlock(nn.Module):
+    """``x + SiLU(W x + b)`` with W zero-initialised: starts as the identity."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + nn.functional.silu(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """``num_heads`` heads of ``num_layers`` distinct ResBlocks and a vocabulary projection each."""
+
+    def __init__(self, hidden: int, vocab: int, num_heads: int, num_layers: int, lm_head_bias: bool = False) -> None:
+        super().__init__()
+        if num_heads < 1 or num_layers < 0:
+            raise ValueError(f"Medusa needs num_heads >= 1 and num_layers >= 0, got {num_heads}, {num_layers}.")
+        self.hidden, self.vocab = hidden, vocab
+        self.num_layers = num_layers
+        self.heads = nn.ModuleList(
+            nn.Sequential(*[ResBlock(hidden) for _ in range(num_layers)], nn.Linear(hidden, vocab, bias=lm_head_bias))
+            for _ in range(num_heads)
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[..., H]`` -> logits ``[..., num_heads, V]``."""
+        return torch.stack([head(hidden_states) for head in self.heads], dim=-2)
+
+    def init_from_lm_head(self, lm_head: nn.Linear) -> None:
+        with torch.no_grad():
+            for head in self.heads:
+                head[-1].weight.copy_(lm_head.weight)
+                if head[-1].bias is not None and lm_head.bias is not None:
+                    head[-1].bias.copy_(lm_head.bias)
+
+
+class MedusaDrafter:
+    """Drafts a tree from Medusa heads: node at depth d, rank r gets head d-1's r-th most likely token."""
+
+    drafter_type = "medusa"
+
+    def __init__(self, model, heads: MedusaHeads) -> None:
+        check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Medusa heads")
+        self.model = model
+        self.heads = heads
+
+    @classmethod
+    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None) -> "MedusaDrafter":
+        """Fresh (untrained) heads for ``model``, in its dtype and on its device."""
+        lm_head = model.get_output_embeddings()
+        if seed is not None:
+            torch.manual_seed(seed)
+        heads = MedusaHeads(hidden_size(model), output_vocab_size(model), num_heads, num_layers,
+                            lm_head_bias=getattr(lm_head, "bias", None) is not None)
+        heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
+        heads.init_from_lm_head(lm_head)
+        return cls(model, heads)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        hyper = {
+            "num_heads": self.num_heads,
+            "num_layers": self.heads.num_layers,
+            "hidden_size": self.heads.hidden,
+            "vocab_size": self.heads.vocab,
+            "lm_head_bias": self.heads.heads[0][-1].bias is not None,
+        }
+        save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model) -> "MedusaDrafter":
+        hyper, state = load_drafter(
+            directory, model, cls.drafter_type, {"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"}
+        )
+        heads = MedusaHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
+                            lm_head_bias=hyper["lm_head_bias"])
+        weight = model.get_output_embeddings().weight
+        heads.to(device=weight.device, dtype=weight.dtype)
+        load_state_strict(heads, state, directory)
+        return cls(model, heads)
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        """The base model's fingerprint, read now (so it follows a backbone changed by training)."""
+        return ModelFingerprint.of(self.model)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.heads.parameters())
+
+    # ---- Drafter protocol ----------------------------------------------------------------
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads.heads)
+
+    @property
+    def max_depth(self) -> int:
+        return self.num_heads
+
+    def reset(self) -> None:
+        pass
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        pass
+
+    @torch.no_grad()
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+                generator: Optional[torch.Generator] = None) -> Draft:
+        if tree.max_depth > self.num_heads:
+            raise TreeTooDeepError(
+                f"The tree is {tree.max_depth} deep but this Medusa drafter has {self.num_heads} heads "
+                "(one per depth); use a shallower tree or more heads."
+            )
+        if tree.max_rank >= self.heads.vocab:
+            raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the vocabulary has {self.heads.vocab} tokens.")
+        device = self.heads.heads[0][-1].weight.device
+        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
+        if context.prev_hidden is None or tree.num_nodes == 1:
+            # No hidden state yet (one-token prompt): nothing to draft from this step.
+            return Draft(tree=CandidateTree.root_only(), tokens=root, log_confidence=torch.zeros(1))
+        logprobs = self.heads(context.prev_hidden[None])[0, : tree.max_depth].float().log_softmax(dim=-1)
+        top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
+        depth_row = (tree.depths[1:] - 1).to(device)
+        rank_col = tree.rank_index[1:].to(device)
+        tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
+        node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
+        # Cumulative draft log-probability of each node's path: sum over its ancestors.
+        log_confidence = tree.ancestor_mask.to(device=device, dtype=node_logprob.dtype) @ node_logprob
+        return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC, log_confidence=log_confidence)

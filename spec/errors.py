@@ -1,0 +1,52 @@
+"""Typed errors. Every refusal says what was wrong and how to fix it.
+
+All errors derive from :class:`SpecError`; most also derive from the builtin a
+caller would naturally catch (``ValueError``, ``OSError``...), so generic code
+keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SpecError(Exception):
+    """Base class of every error `spec` raises on purpose."""
+
+
+class InvalidTreeError(SpecError, ValueError):
+    """A candidate tree is malformed (bad parents, order, ranks, cycles, empty)."""
+
+
+class TreeTooDeepError(InvalidTreeError):
+    """A tree is deeper than the drafter can fill (one depth per draft head)."""
+
+
+class ShapeError(SpecError, ValueError):
+    """A tensor passed between stages has the wrong shape, dtype or rank."""
+
+
+class SamplingParamsError(SpecError, ValueError):
+    """Invalid sampling parameters (temperature, top_k, top_p, seed)."""
+
+
+class InputError(SpecError, ValueError):
+    """Invalid arguments to ``generate`` (empty prompt, batch size, token ids...)."""
+
+
+class ContextLengthError(InputError):
+    """Prompt plus ``max_new_tokens`` does not fit in the model's context."""
+
+
+class IncompatibleDrafterError(SpecError, ValueError):
+    """Draft heads belong to another model (fingerprint, vocab or hidden size differ)."""
+
+
+class CheckpointError(SpecError, OSError):
+    """A checkpoint is missing, truncated, corrupt, pickled, or its config is invalid."""
+
+
+class NonFiniteLogitsError(SpecError, FloatingPointError):
+    """The model produced NaN or +inf logits, or a row with no finite entry."""
+
+
+class UnsupportedError(SpecError, NotImplementedError):
+    """A valid request this component does not support (say so, and what does)."""

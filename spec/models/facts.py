@@ -1,0 +1,43 @@
+"""Read a causal LM's vocabulary, hidden size, context and dtype the same way in every stage."""
+
+from __future__ import annotations
+
+import torch
+
+from spec.errors import UnsupportedError
+
+
+def _lm_head(model) -> torch.nn.Module:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        raise UnsupportedError(
+            f"{type(model).__name__} has no output embedding (lm_head); spec needs a causal LM with one."
+        )
+    return head
+
+
+def output_vocab_size(model) -> int:
+    """Rows of the lm_head: the size of the logits (may exceed the tokenizer's vocabulary)."""
+    return _lm_head(model).weight.shape[0]
+
+
+def hidden_size(model) -> int:
+    """Width of the last hidden state, i.e. the lm_head's input size."""
+    return _lm_head(model).weight.shape[1]
+
+
+def context_length(model) -> int:
+    """The most positions the model accepts (``max_position_embeddings``, or ``n_positions`` for GPT-2)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise UnsupportedError(
+        f"Cannot tell the context length of {type(model).__name__}: its config has no max_position_embeddings; "
+        "set config.max_position_embeddings."
+    )
+
+
+def model_dtype(model) -> torch.dtype:
+    return _lm_head(model).weight.dtype

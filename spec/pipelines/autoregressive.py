@@ -1,0 +1,64 @@
+"""The baseline: one forward pass per token with a KV cache, same interface as the speculative decoder.
+
+Written independently of the verifier and acceptors on purpose: it is the reference
+the speculative decoder is tested against.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional, Union
+
+import torch
+from transformers import DynamicCache
+
+from spec.pipelines.inputs import normalise_request
+from spec.protocols import GenerationOutput, StepStats
+from spec.sampling import check_finite, make_generator, processed_logits
+
+
+class AutoregressiveDecoder:
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens: int = 32,
+        eos_token_id: Optional[Union[int, Iterable[int]]] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+    ) -> GenerationOutput:
+        request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p, seed)
+        start = time.perf_counter()
+        sampling = request.sampling
+        device = self.model.get_output_embeddings().weight.device
+        generator = make_generator(sampling, device)
+        out = request.prompt.tolist()
+        cache = DynamicCache()
+        next_input = request.prompt.to(device)[None]
+        steps: list[StepStats] = []
+        prefill_s = 0.0
+        for i in range(request.max_new_tokens):
+            t0 = time.perf_counter()
+            logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True).logits[0, -1]
+            t1 = time.perf_counter()
+            check_finite(logits)
+            if sampling.is_greedy:
+                token = int(logits.argmax())
+            else:
+                probs = processed_logits(logits, sampling).softmax(dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            t2 = time.perf_counter()
+            if i == 0:
+                prefill_s = t1 - t0
+            steps.append(StepStats(tree_size=1, accepted=0, emitted=1, verify_s=t1 - t0, accept_s=t2 - t1))
+            out.append(token)
+            if token in request.eos_token_ids:
+                break
+            next_input = torch.tensor([[token]], device=device)
+        return GenerationOutput(sequences=torch.tensor([out]), prompt_length=request.prompt.numel(),
+                                steps=tuple(steps), prefill_s=prefill_s, total_s=time.perf_counter() - start)

@@ -1,0 +1,75 @@
+"""Checks and normalisation of ``generate`` arguments, shared by every decoder."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import attrs
+import torch
+
+from spec.errors import ContextLengthError, InputError
+from spec.models import context_length, output_vocab_size
+from spec.protocols import SamplingParams
+
+
+@attrs.frozen
+class GenerateRequest:
+    prompt: torch.Tensor  # [L] int64 on the CPU
+    max_new_tokens: int
+    eos_token_ids: frozenset[int]
+    sampling: SamplingParams
+
+
+def normalise_request(
+    model,
+    input_ids,
+    max_new_tokens: int,
+    eos_token_id: Optional[Union[int, Iterable[int]]],
+    temperature: float,
+    top_k: Optional[int],
+    top_p: float,
+    seed: Optional[int],
+) -> GenerateRequest:
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise InputError(
+                f"input_ids has batch size {ids.shape[0]}; spec decodes one sequence at a time. "
+                "Call generate once per sequence."
+            )
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise InputError(f"input_ids must have shape [1, length] or [length], got {tuple(ids.shape)}.")
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"input_ids must hold integer token ids, got dtype {ids.dtype}.")
+    if ids.numel() == 0:
+        raise InputError("The prompt is empty; give at least one token (for example the BOS token).")
+    vocab = output_vocab_size(model)
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise InputError(f"Prompt token ids must be in [0, {vocab}); got values from {int(ids.min())} to {int(ids.max())}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
+    limit = context_length(model)
+    if ids.numel() + max_new_tokens > limit:
+        raise ContextLengthError(
+            f"The prompt ({ids.numel()} tokens) plus max_new_tokens ({max_new_tokens}) is "
+            f"{ids.numel() + max_new_tokens} tokens, over the model's context of {limit}; "
+            f"shorten the prompt or ask for at most {max(limit - ids.numel(), 0)} new tokens."
+        )
+    if eos_token_id is None:
+        eos = frozenset()
+    elif isinstance(eos_token_id, int):
+        eos = frozenset([eos_token_id])
+    else:
+        eos = frozenset(int(t) for t in eos_token_id)
+    return GenerateRequest(ids.to(torch.long).cpu(), max_new_tokens, eos, sampling)
+
+
+def cut_at_stop(tokens: list[int], budget: int, eos_token_ids: frozenset[int]) -> tuple[list[int], bool]:
+    """Keep at most ``budget`` tokens and stop after the first EOS; returns (kept, finished)."""
+    kept = tokens[:budget]
+    for i, token in enumerate(kept):
+        if token in eos_token_ids:
+            return kept[: i + 1], True
+    return kept, len(kept) == budget

@@ -1,0 +1,30 @@
+"""Stage protocols and the typed values that pass between stages."""
+
+from spec.protocols.stages import Acceptor, Drafter, TreeBuilder, Verifier
+from spec.protocols.tree import CandidateTree
+from spec.protocols.types import (
+    Acceptance,
+    CandidateKind,
+    Draft,
+    DraftContext,
+    GenerationOutput,
+    SamplingParams,
+    StepStats,
+    Verification,
+)
+
+__all__ = [
+    "Acceptance",
+    "Acceptor",
+    "CandidateKind",
+    "CandidateTree",
+    "Draft",
+    "DraftContext",
+    "Drafter",
+    "GenerationOutput",
+    "SamplingParams",
+    "StepStats",
+    "TreeBuilder",
+    "Verification",
+    "Verifier",
+]

@@ -1,0 +1,99 @@
+"""The four stage protocols. A stage depends on these and on the types, never on another stage.
+
+One step, batch of one (see docs/architecture.md):
+
+    tree = tree_builder.tree()                          # shape of this step
+    draft = drafter.propose(tree, context, sampling, g)  # a token per node
+    draft = tree_builder.select(draft)                  # static: unchanged; dynamic: pruned
+    verification = verifier.verify(draft)               # target logits at every node
+    acceptance = acceptor.accept(draft, verification, sampling, g)
+    verifier.commit(acceptance.path)                    # keep the accepted path's KV only
+    drafter.commit(tokens, hidden_states)               # drafters with caches keep in step
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+from spec.protocols.tree import CandidateTree
+from spec.protocols.types import Acceptance, Draft, DraftContext, SamplingParams, Verification
+
+
+@runtime_checkable
+class TreeBuilder(Protocol):
+    """Chooses the shape of each step's candidate tree."""
+
+    @property
+    def max_depth(self) -> int:
+        """The deepest tree this builder will ever return."""
+
+    def tree(self) -> CandidateTree:
+        """The tree the drafter should fill this step."""
+
+    def select(self, draft: Draft) -> Draft:
+        """Prune a filled draft (dynamic trees); a static builder returns it unchanged."""
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes a token for every node of a tree."""
+
+    @property
+    def max_depth(self) -> int:
+        """The deepest tree this drafter can fill (its number of heads, for head drafters)."""
+
+    def reset(self) -> None:
+        """Forget all state: a new sequence starts."""
+
+    def propose(
+        self,
+        tree: CandidateTree,
+        context: DraftContext,
+        sampling: SamplingParams,
+        generator: Optional[torch.Generator],
+    ) -> Draft:
+        """Fill ``tree`` (or a subtree of it, e.g. on early exit) with candidate tokens."""
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        """Tokens ``[m]`` now committed to the target's KV cache, with its hidden states ``[m, H]``.
+
+        Called after the prefill and after every step, in sequence order. Drafters with
+        no state of their own ignore it.
+        """
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Runs the target model over the cached prefix plus a tree."""
+
+    @property
+    def max_length(self) -> int:
+        """The model's context: positions ``0 .. max_length - 1`` may be used."""
+
+    def reset(self) -> None:
+        """Drop the KV cache."""
+
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cache ``tokens`` ``[m]`` (may be empty); return their hidden states ``[m, H]``."""
+
+    def verify(self, draft: Draft) -> Verification:
+        """One forward over root + tree with tree attention, on top of the cache."""
+
+    def commit(self, path: tuple[int, ...]) -> None:
+        """Keep the KV entries of the nodes in ``path`` (root first) from the last verify; drop the rest."""
+
+
+@runtime_checkable
+class Acceptor(Protocol):
+    """Decides which path of the verified tree to keep, and samples the bonus token."""
+
+    def accept(
+        self,
+        draft: Draft,
+        verification: Verification,
+        sampling: SamplingParams,
+        generator: Optional[torch.Generator],
+    ) -> Acceptance:
+        ...
