@@ -1,0 +1,85 @@
+"""The verifier's outputs at every node equal a plain forward pass over prefix + that node's path."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spec import CandidateTree, Draft, TreeAttentionVerifier
+from spec.errors import InputError
+from spec.testing.strategies import candidate_trees
+
+from helpers import ARCHS, VOCAB, model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@settings(max_examples=6)
+@given(tree=candidate_trees(max_nodes=16), prefix_len=st.integers(0, 12), seed=st.integers(0, 2**16))
+def test_tree_logits_equal_path_forward(arch, tree, prefix_len, seed):
+    m = model(arch)
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, VOCAB, (prefix_len,), generator=g)
+    tokens = torch.randint(0, VOCAB, (tree.num_nodes,), generator=g)
+    verifier = TreeAttentionVerifier(m)
+    hidden = verifier.prefill(prefix)
+    verification = verifier.verify(Draft(tree=tree, tokens=tokens))
+    with torch.no_grad():
+        for node in range(tree.num_nodes):
+            seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
+            out = m(seq[None], output_hidden_states=True)
+            torch.testing.assert_close(verification.logits[node], out.logits[0, -1], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(verification.hidden_states[node], out.hidden_states[-1][0, -1],
+                                       rtol=1e-9, atol=1e-9)
+        if prefix_len:
+            full = m(prefix[None], output_hidden_states=True).hidden_states[-1][0]
+            torch.testing.assert_close(hidden, full, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_commit_leaves_cache_of_the_accepted_path(arch):
+    """After committing a path, verifying the next tree equals a forward over prefix + path."""
+    m = model(arch)
+    tree = CandidateTree(parents=[-1, 0, 0, 2, 2, 4], ranks=[0, 0, 1, 0, 1, 0])
+    prefix = torch.arange(5, 10)
+    tokens = torch.tensor([11, 12, 13, 14, 15, 16])
+    verifier = TreeAttentionVerifier(m)
+    verifier.prefill(prefix)
+    verifier.verify(Draft(tree=tree, tokens=tokens))
+    path = (0, 2, 4, 5)  # not a prefix of the node order: exercises the gather
+    verifier.commit(path)
+    assert verifier.cached_length == len(prefix) + len(path)
+    follow = torch.tensor([20, 21, 22])
+    chain = CandidateTree(parents=[-1, 0, 1], ranks=[0, 0, 0])
+    result = verifier.verify(Draft(tree=chain, tokens=follow))
+    expected_seq = torch.cat([prefix, tokens[list(path)], follow])
+    with torch.no_grad():
+        expected = m(expected_seq[None]).logits[0, -3:]
+    torch.testing.assert_close(result.logits, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_protocol_misuse_is_refused():
+    verifier = TreeAttentionVerifier(model("llama"))
+    with pytest.raises(InputError, match="no verified tree"):
+        verifier.commit((0,))
+    verifier.prefill(torch.tensor([1, 2]))
+    verifier.verify(Draft(tree=CandidateTree.root_only(), tokens=torch.tensor([3])))
+    with pytest.raises(InputError, match="awaits commit"):
+        verifier.verify(Draft(tree=CandidateTree.root_only(), tokens=torch.tensor([3])))
+
+
+def test_sliding_window_is_applied_in_the_mask():
+    """Mistral with a short window: tree verification equals the model's own windowed forward."""
+    m = model("mistral", seed=3, context=64)
+    m.config.sliding_window = 4
+    m.config._attn_implementation = "eager"
+    prefix = torch.arange(2, 12)
+    tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
+    tokens = torch.tensor([30, 31, 32, 33])
+    verifier = TreeAttentionVerifier(m)
+    verifier.prefill(prefix)
+    result = verifier.verify(Draft(tree=tree, tokens=tokens))
+    with torch.no_grad():
+        for node in range(tree.num_nodes):
+            seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
+            torch.testing.assert_close(result.logits[node], m(seq[None]).logits[0, -1], rtol=1e-9, atol=1e-9)
+    m.config.sliding_window = None
