@@ -18,9 +18,19 @@ import torch
 from torch import nn
 
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.drafters.sampled import draw_children
 from spec.errors import InvalidTreeError, TreeTooDeepError
 from spec.models import ModelFingerprint, hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
+from spec.randomness import TorchRandomness
+from spec.sampling import processed_logits
+
+#: How candidates are chosen from a head's distribution when sampling (temperature > 0).
+CANDIDATE_MODES = {
+    "top_k": CandidateKind.DETERMINISTIC,
+    "sample_without_replacement": CandidateKind.SAMPLED_WITHOUT_REPLACEMENT,
+    "sample_with_replacement": CandidateKind.SAMPLED_WITH_REPLACEMENT,
+}
 
 
 class ResBlock(nn.Module):
@@ -62,17 +72,27 @@ class MedusaHeads(nn.Module):
 
 
 class MedusaDrafter:
-    """Drafts a tree from Medusa heads: node at depth d, rank r gets head d-1's r-th most likely token."""
+    """Drafts a tree from Medusa heads: node at depth d, rank r gets head d-1's r-th most likely token.
+
+    ``candidates``: ``"top_k"`` (deterministic, the default), or, when sampling at
+    temperature > 0, ``"sample_without_replacement"`` / ``"sample_with_replacement"``
+    to draw each node's children from head d's distribution at the sampling
+    temperature; the draft then carries that ``q`` for lossless acceptance.
+    """
 
     drafter_type = "medusa"
 
-    def __init__(self, model, heads: MedusaHeads) -> None:
+    def __init__(self, model, heads: MedusaHeads, candidates: str = "top_k") -> None:
         check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Medusa heads")
+        if candidates not in CANDIDATE_MODES:
+            raise ValueError(f"candidates must be one of {sorted(CANDIDATE_MODES)}, got {candidates!r}.")
         self.model = model
         self.heads = heads
+        self.candidates = candidates
 
     @classmethod
-    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None) -> "MedusaDrafter":
+    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None,
+                   candidates: str = "top_k") -> "MedusaDrafter":
         """Fresh (untrained) heads for ``model``, in its dtype and on its device."""
         lm_head = model.get_output_embeddings()
         if seed is not None:
@@ -81,7 +101,7 @@ class MedusaDrafter:
                             lm_head_bias=getattr(lm_head, "bias", None) is not None)
         heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
         heads.init_from_lm_head(lm_head)
-        return cls(model, heads)
+        return cls(model, heads, candidates)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -95,7 +115,7 @@ class MedusaDrafter:
         save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model) -> "MedusaDrafter":
+    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "MedusaDrafter":
         hyper, state = load_drafter(
             directory, model, cls.drafter_type, {"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"}
         )
@@ -104,7 +124,7 @@ class MedusaDrafter:
         weight = model.get_output_embeddings().weight
         heads.to(device=weight.device, dtype=weight.dtype)
         load_state_strict(heads, state, directory)
-        return cls(model, heads)
+        return cls(model, heads, candidates)
 
     @property
     def fingerprint(self) -> ModelFingerprint:
@@ -145,7 +165,10 @@ class MedusaDrafter:
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
             return Draft(tree=CandidateTree.root_only(), tokens=root, log_confidence=torch.zeros(1))
-        logprobs = self.heads(context.prev_hidden[None])[0, : tree.max_depth].float().log_softmax(dim=-1)
+        head_logits = self.heads(context.prev_hidden[None])[0, : tree.max_depth]  # [depth, V]
+        if self.candidates != "top_k" and not sampling.is_greedy:
+            return self._sampled_draft(tree, root, head_logits, sampling, generator)
+        logprobs = head_logits.float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
         depth_row = (tree.depths[1:] - 1).to(device)
         rank_col = tree.rank_index[1:].to(device)
@@ -154,3 +177,22 @@ class MedusaDrafter:
         # Cumulative draft log-probability of each node's path: sum over its ancestors.
         log_confidence = tree.ancestor_mask.to(device=device, dtype=node_logprob.dtype) @ node_logprob
         return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC, log_confidence=log_confidence)
+
+    def _sampled_draft(self, tree: CandidateTree, root: torch.Tensor, head_logits: torch.Tensor,
+                       sampling: SamplingParams, generator: Optional[torch.Generator]) -> Draft:
+        kind = CANDIDATE_MODES[self.candidates]
+        # Temperature only (no top-k/top-p): q keeps full support, so every sibling can be drawn.
+        q_by_depth = processed_logits(head_logits.double(), SamplingParams(temperature=sampling.temperature)).softmax(-1)
+        depths = tree.depths.to(q_by_depth.device)
+        # A node's children sit one level below it and are drawn from that level's head.
+        child_q = q_by_depth[depths.clamp(max=tree.max_depth - 1)]
+        tokens, keep = draw_children(tree, child_q, kind, TorchRandomness(generator))
+        tokens[0] = int(root)
+        node_q = q_by_depth[(depths - 1).clamp(min=0)]
+        tokens_t = torch.tensor(tokens, dtype=torch.long, device=root.device)
+        node_logprob = node_q.gather(1, tokens_t.clamp(min=0)[:, None])[:, 0].log()
+        node_logprob[0] = 0.0
+        if len(keep) < tree.num_nodes:
+            tree, tokens_t, node_q, node_logprob = tree.subtree(keep), tokens_t[keep], node_q[keep], node_logprob[keep]
+        log_confidence = tree.ancestor_mask.to(node_logprob) @ node_logprob
+        return Draft(tree=tree, tokens=tokens_t, kind=kind, draft_probs=node_q, log_confidence=log_confidence)

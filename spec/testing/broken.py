@@ -27,3 +27,67 @@ class OverAcceptingAcceptor:
             tokens=honest.tokens + (int(draft.tokens[extra]),),
             bonus_token=int(verification.logits[extra].argmax()),
         )
+
+
+# ---- the classic rejection-sampling bugs (each must be caught by the losslessness suite) -------------
+from spec.acceptors.rejection import RejectionSamplingAcceptor, normalise  # noqa: E402
+from spec.protocols import CandidateKind  # noqa: E402
+
+
+class ResidualNotRenormalised(RejectionSamplingAcceptor):
+    """Bug: after a rejection the residual is not renormalised (so later siblings are under-accepted)."""
+
+    def after_rejection(self, residual, q, x, kind):
+        if kind is CandidateKind.DETERMINISTIC:
+            return residual.index_fill(0, torch.tensor([x]), 0.0), q
+        return (residual - q).clamp(min=0.0), q
+
+
+class RejectedSiblingNotRemoved(RejectionSamplingAcceptor):
+    """Bug: a rejected candidate stays possible (deterministic: r(x) kept; without replacement: x kept in q)."""
+
+    def after_rejection(self, residual, q, x, kind):
+        if kind is CandidateKind.DETERMINISTIC:
+            return residual, q
+        return normalise((residual - q).clamp(min=0.0), residual), q
+
+
+class BonusFromTarget(RejectionSamplingAcceptor):
+    """Bug: after rejections the bonus is drawn from p instead of the residual."""
+
+    def bonus_distribution(self, residual, p):
+        return p
+
+
+class DraftProbsIgnored(RejectionSamplingAcceptor):
+    """Bug: the drafter's q is not used; the ratio test and residual assume a uniform q.
+
+    (Treating sampled candidates with the *deterministic* rule is not this bug: that
+    rule is lossless for any candidates independent of the acceptor's coins, only
+    less efficient. tests/test_lossless_exact.py proves that too.)
+    """
+
+    def _uniform(self, q):
+        return None if q is None else torch.full_like(q, 1.0 / q.numel())
+
+    def acceptance_probability(self, residual, q, x, kind):
+        return super().acceptance_probability(residual, self._uniform(q), x, kind)
+
+    def after_rejection(self, residual, q, x, kind):
+        return super().after_rejection(residual, self._uniform(q), x, kind)
+
+
+class DraftProbsIgnoredInResidual(RejectionSamplingAcceptor):
+    """Bug: the ratio test uses q, but the residual after a rejection forgets it (zeroes x instead)."""
+
+    def after_rejection(self, residual, q, x, kind):
+        return super().after_rejection(residual, q, x, CandidateKind.DETERMINISTIC)[0], q
+
+
+BROKEN_REJECTION_ACCEPTORS = (
+    ResidualNotRenormalised,
+    RejectedSiblingNotRemoved,
+    BonusFromTarget,
+    DraftProbsIgnored,
+    DraftProbsIgnoredInResidual,
+)

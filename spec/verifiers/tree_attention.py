@@ -16,6 +16,7 @@ always holds exactly the committed sequence.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -34,11 +35,14 @@ class TreeAttentionVerifier:
     get the window applied in the mask, since our cache keeps every position.
     """
 
+    MAX_CACHED_SHAPES = 64
+
     def __init__(self, model) -> None:
         self.model = model.eval()
         self._dtype = model_dtype(model)
         self._window: Optional[int] = getattr(model.config, "sliding_window", None) or None
-        self._tree_masks: dict[CandidateTree, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Bounded: dynamic trees and early exits make new shapes every step.
+        self._tree_masks: OrderedDict[CandidateTree, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.reset()
 
     # ---- Verifier protocol -------------------------------------------------------------
@@ -129,6 +133,10 @@ class TreeAttentionVerifier:
             additive.masked_fill_(~tree.ancestor_mask, torch.finfo(self._dtype).min)
             buffers = (additive.to(self._device), tree.depths.to(self._device))
             self._tree_masks[tree] = buffers
+            if len(self._tree_masks) > self.MAX_CACHED_SHAPES:
+                self._tree_masks.popitem(last=False)
+        else:
+            self._tree_masks.move_to_end(tree)
         return buffers
 
     def _full_mask(self, tree_mask: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
