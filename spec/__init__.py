@@ -1,6 +1,6 @@
 """spec: lossless speculative decoding with draft heads, as a pipeline of swappable stages."""
 
-from spec.acceptors import GreedyAcceptor
+from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor
 from spec.drafters import MedusaDrafter
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
@@ -35,12 +35,14 @@ __all__ = [
     "GenerationOutput",
     "GreedyAcceptor",
     "MedusaDrafter",
+    "RejectionSamplingAcceptor",
     "SamplingParams",
     "SpeculativeDecoder",
     "StaticTreeBuilder",
     "StepStats",
     "TreeAttentionVerifier",
     "TreeBuilder",
+    "TypicalAcceptor",
     "Verification",
     "Verifier",
     "chain_tree",
