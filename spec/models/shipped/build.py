@@ -1,0 +1,126 @@
+"""Rebuild the shipped model from scratch: corpus, tokenizer, token blocks, training, export.
+
+    spec build-model --work build/shipped [--steps 1200] [--threads 2]
+
+Every stage is skipped when its output exists, and training resumes from its last
+checkpoint, so the command can be killed and re-run at any point without losing
+finished work. ``--export`` writes the model into the package (``spec/models/shipped/
+<name>/``) so ``load_shipped`` finds it offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spec.models.shipped.corpus import corpus_files, read_corpus, stdlib_root
+
+NAME = "spec-py-tiny"
+PACKAGE_DIR = Path(__file__).parent / NAME
+BLOCK_SIZE = 256
+VOCAB_SIZE = 4096
+
+
+def model_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=320, intermediate_size=896, num_hidden_layers=6,
+        num_attention_heads=5, num_key_value_heads=5, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        rope_theta=10000.0, architectures=["LlamaForCausalLM"],
+    )
+
+
+def build_tokenizer(work: Path):
+    from transformers import AutoTokenizer
+
+    from spec.models.shipped.tokenizer import train_tokenizer
+
+    path = work / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        print("[1/4] training the BPE tokenizer on the train split...", flush=True)
+        tokenizer = train_tokenizer(read_corpus(corpus_files()["train"]), VOCAB_SIZE)
+        tokenizer.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_blocks(work: Path, tokenizer) -> dict[str, torch.Tensor]:
+    from spec.training import pack_blocks
+
+    path = work / "blocks.safetensors"
+    if not path.exists():
+        print("[2/4] tokenising and packing the corpus...", flush=True)
+        split = corpus_files()
+        blocks = {name: pack_blocks(read_corpus(files), tokenizer, BLOCK_SIZE) for name, files in split.items()}
+        save_file(blocks, path)
+        manifest = {name: [p.relative_to(stdlib_root()).as_posix() for p in files] for name, files in split.items()}
+        (work / "split.json").write_text(json.dumps(manifest, indent=1))
+    return load_file(path)
+
+
+def train_model(work: Path, blocks: dict[str, torch.Tensor], steps: int, batch_size: int, lr: float):
+    from transformers import LlamaForCausalLM
+
+    from spec.training import LanguageModelObjective, TrainConfig, train
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_config())
+    print(f"[3/4] training a {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter Llama on "
+          f"{blocks['train'].numel() / 1e6:.1f}M tokens; checkpoints in {work / 'run'}", flush=True)
+    config = TrainConfig(out_dir=str(work / "run"), steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
+                         weight_decay=0.1, checkpoint_every=25, eval_every=100, log_every=10)
+    heldout = blocks["heldout"][:: max(blocks["heldout"].shape[0] // 64, 1)]  # a fixed subset keeps eval quick
+    result = train(LanguageModelObjective(model), blocks["train"], config, eval_blocks=heldout)
+    return model, result
+
+
+def export(work: Path, model, tokenizer, destination: Path = PACKAGE_DIR) -> None:
+    """Weights in bfloat16 (half the size; loaded back in float32), config, tokenizer, and training facts."""
+    from spec.io import atomic_write_bytes
+
+    destination.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(destination, safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(destination)
+    log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval_loss" in r]
+    facts = {"name": NAME, "corpus": "Python standard library (see spec/models/shipped/corpus.py)",
+             "train_tokens": None, "steps": log[-1]["step"] if log else 0,
+             "heldout_loss": evals[-1]["eval_loss"] if evals else None,
+             "heldout_perplexity": evals[-1]["eval_perplexity"] if evals else None}
+    atomic_write_bytes(destination / "training.json", json.dumps(facts, indent=2).encode())
+    print(f"[4/4] exported to {destination}: held-out loss {facts['heldout_loss']}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="spec build-model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="build/shipped", help="working directory for every stage (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="blocks of 256 tokens per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--export", action="store_true", help="write the trained model into the package")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    tokenizer = build_tokenizer(work)
+    blocks = build_blocks(work, tokenizer)
+    model, result = train_model(work, blocks, args.steps, args.batch_size, args.lr)
+    if args.export:
+        export(work, model, tokenizer)
+    print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

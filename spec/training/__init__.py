@@ -1,0 +1,8 @@
+"""Training: one accelerate loop, recipes as objectives, data packing, resumable checkpoints."""
+
+from spec.training.data import DataError, iter_texts, pack_blocks
+from spec.training.loop import Objective, TrainConfig, TrainResult, train
+from spec.training.objectives import LanguageModelObjective
+
+__all__ = ["DataError", "LanguageModelObjective", "Objective", "TrainConfig", "TrainResult", "iter_texts",
+           "pack_blocks", "train"]

@@ -1,0 +1,178 @@
+"""One training loop for every recipe, on accelerate.
+
+A recipe is an :class:`Objective`: which module is trained and how a batch of token
+blocks becomes a loss. The loop owns everything else: batching in a seeded order,
+gradient accumulation, mixed precision and multi-GPU (through accelerate, so
+``accelerate launch`` needs no code change), a warm-up + cosine learning rate,
+evaluation, a JSONL log, a progress bar, and atomic checkpoints from which a killed
+run resumes to exactly the weights an uninterrupted run would have reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import attrs
+import torch
+from torch import nn
+
+from spec.training.checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+
+
+class Objective(Protocol):
+    def trainable(self) -> nn.Module:
+        """The module whose parameters are trained and checkpointed."""
+
+    def param_groups(self, module: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (e.g. a larger learning rate for heads)."""
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on ``batch`` ``[B, T + 1]`` token blocks, and metrics to log."""
+
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor) -> dict[str, float]:
+        """Held-out metrics on ``blocks``."""
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"TrainConfig.{attribute.name} must be > 0, got {value!r}.")
+
+
+@attrs.frozen
+class TrainConfig:
+    out_dir: str
+    steps: int = attrs.field(validator=_positive)
+    batch_size: int = attrs.field(default=8, validator=_positive)
+    grad_accumulation: int = attrs.field(default=1, validator=_positive)
+    lr: float = attrs.field(default=1e-3, validator=_positive)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mixed_precision: str = attrs.field(default="no", validator=attrs.validators.in_(["no", "bf16", "fp16"]))
+    checkpoint_every: int = attrs.field(default=100, validator=_positive)
+    eval_every: int = attrs.field(default=100, validator=_positive)
+    log_every: int = attrs.field(default=10, validator=_positive)
+    seed: int = 0
+    progress: bool = True
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(config.steps - config.warmup_steps, 1)
+        progress = min((step - config.warmup_steps) / span, 1.0)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def batch_indices(step: int, micro: int, config: TrainConfig, num_blocks: int) -> torch.Tensor:
+    """Rows for micro-batch ``micro`` of ``step``: a fixed function of the seed, so resuming replays it."""
+    per_step = config.batch_size * config.grad_accumulation
+    flat = torch.arange(config.batch_size) + step * per_step + micro * config.batch_size
+    rows = torch.empty_like(flat)
+    for epoch in flat.div(num_blocks, rounding_mode="floor").unique().tolist():
+        order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        chosen = flat.div(num_blocks, rounding_mode="floor") == epoch
+        rows[chosen] = order[flat[chosen] % num_blocks]
+    return rows
+
+
+@attrs.frozen
+class TrainResult:
+    steps: int
+    final_metrics: dict[str, float]
+    log_path: Path
+
+
+def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
+          eval_blocks: Optional[torch.Tensor] = None, resume: bool = True,
+          on_checkpoint: Optional[Callable[[int], None]] = None) -> TrainResult:
+    """Train ``objective`` on ``train_blocks`` ``[N, T + 1]``; resumes from ``config.out_dir`` when it can."""
+    from accelerate import Accelerator  # heavy import, only when training
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1)
+    torch.manual_seed(config.seed)
+    module = objective.trainable()
+    optimizer = torch.optim.AdamW(objective.param_groups(module, config.lr), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+
+    start_step, state = 0, {}
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        start_step, weights, state = load_training_checkpoint(checkpoint, optimizer, scheduler)
+        module.load_state_dict(weights)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    log_path = out / "log.jsonl"
+    _truncate_log(log_path, start_step)
+
+    progress = None
+    if config.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.steps, initial=start_step, desc="training", dynamic_ncols=True)
+    metrics: dict[str, float] = {}
+    rank, world = accelerator.process_index, accelerator.num_processes
+    step_time = time.perf_counter()
+    for step in range(start_step, config.steps):
+        module.train()
+        totals: dict[str, float] = {}
+        for micro in range(config.grad_accumulation):
+            rows = batch_indices(step, micro, config, train_blocks.shape[0])[rank::world]
+            batch = train_blocks[rows].to(accelerator.device)
+            with accelerator.autocast():
+                loss, parts = objective.loss(module, batch, step)
+            accelerator.backward(loss / config.grad_accumulation)
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value / config.grad_accumulation
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(module.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = None
+        if done % config.log_every == 0 or done == config.steps:
+            record = {"step": done, "lr": scheduler.get_last_lr()[0], **totals,
+                      "seconds_per_step": (time.perf_counter() - step_time) / config.log_every}
+            step_time = time.perf_counter()
+        if eval_blocks is not None and (done % config.eval_every == 0 or done == config.steps):
+            module.eval()
+            with torch.no_grad():
+                metrics = {f"eval_{k}": v for k, v in objective.evaluate(module, eval_blocks).items()}
+            record = {**(record or {"step": done}), **metrics}
+        if record is not None and accelerator.is_main_process:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in totals.items() if k in ("loss", "acc1")})
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_training_checkpoint(out, done, accelerator.unwrap_model(module).state_dict(), optimizer,
+                                         scheduler, {"metrics": metrics})
+                if on_checkpoint is not None:
+                    on_checkpoint(done)
+    if progress is not None:
+        progress.close()
+    return TrainResult(steps=config.steps, final_metrics=metrics, log_path=log_path)
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines a killed run wrote after its last checkpoint, so a resumed log has no repeats."""
+    if not log_path.exists():
+        return
+    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    log_path.write_text("".join(line + "\n" for line in kept))
