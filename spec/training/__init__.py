@@ -2,7 +2,7 @@
 
 from spec.training.data import DataError, iter_texts, pack_blocks
 from spec.training.loop import Objective, TrainConfig, TrainResult, train
-from spec.training.objectives import LanguageModelObjective
+from spec.training.objectives import LanguageModelObjective, MedusaObjective, shifted_head_targets
 
-__all__ = ["DataError", "LanguageModelObjective", "Objective", "TrainConfig", "TrainResult", "iter_texts",
-           "pack_blocks", "train"]
+__all__ = ["DataError", "LanguageModelObjective", "MedusaObjective", "Objective", "TrainConfig", "TrainResult", "iter_texts",
+           "pack_blocks", "shifted_head_targets", "train"]

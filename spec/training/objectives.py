@@ -30,6 +30,7 @@ class LanguageModelObjective:
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
         return loss, {}
 
+    @torch.no_grad()
     def evaluate(self, module: nn.Module, blocks: torch.Tensor) -> dict[str, float]:
         total, count = 0.0, 0
         device = next(module.parameters()).device
@@ -40,3 +41,94 @@ class LanguageModelObjective:
             count += batch[:, 1:].numel()
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+def shifted_head_targets(tokens: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets for draft heads reading the hidden state at each position of ``tokens`` ``[B, T + 1]``.
+
+    The model's own lm_head at position t predicts token t + 1; head k predicts token
+    t + k + 2 (it fills depth k + 1 of the tree, one past the root). Returns
+    ``targets [B, T, K]`` and ``valid [B, T, K]`` (False where t + k + 2 runs off the block).
+    """
+    batch, length = tokens.shape[0], tokens.shape[1] - 1
+    offsets = torch.arange(num_heads, device=tokens.device) + 2  # [K]
+    index = torch.arange(length, device=tokens.device)[:, None] + offsets[None, :]  # [T, K]
+    valid = index < tokens.shape[1]
+    targets = tokens[:, index.clamp(max=tokens.shape[1] - 1)]
+    return targets, valid[None].expand(batch, -1, -1)
+
+
+class MedusaObjective:
+    """Medusa-1: the backbone frozen, head k trained with cross-entropy against the token k + 2
+    after its position (the token k + 1 after the root), weighted by ``decay ** k``.
+
+    ``soft_targets=True`` is self-distillation: head k matches the backbone's own
+    distribution for that token (soft cross-entropy), for when no data from the model's
+    own distribution exists; pair it with text the model generated itself.
+    """
+
+    def __init__(self, model: nn.Module, heads: nn.Module, decay: float = 0.8, soft_targets: bool = False) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.heads = heads
+        self.decay = decay
+        self.soft_targets = soft_targets
+
+    def trainable(self) -> nn.Module:
+        return self.heads
+
+    def param_groups(self, module: nn.Module, lr: float):
+        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
+
+    def _forward(self, module: nn.Module, batch: torch.Tensor):
+        with torch.no_grad():
+            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        head_logits = module(hidden).float()  # [B, T, K, V]
+        return out.logits.float(), head_logits
+
+    def per_head_losses(self, module: nn.Module, batch: torch.Tensor):
+        base_logits, head_logits = self._forward(module, batch)
+        num_heads = head_logits.shape[2]
+        targets, valid = shifted_head_targets(batch, num_heads)
+        if self.soft_targets:
+            # The backbone's distribution for token t + k + 2 sits at position t + k + 1.
+            length = base_logits.shape[1]
+            index = (torch.arange(length, device=batch.device)[:, None] + torch.arange(num_heads, device=batch.device) + 1)
+            teacher = base_logits[:, index.clamp(max=length - 1)].log_softmax(-1)  # [B, T, K, V]
+            nll = -(teacher.exp() * head_logits.log_softmax(-1)).sum(-1)
+            valid = valid & (index < length)[None]
+        else:
+            nll = F.cross_entropy(head_logits.flatten(0, 2), targets.flatten(), reduction="none").view(targets.shape)
+        mask = valid.float()
+        losses = (nll * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
+        correct = (head_logits.argmax(-1) == targets).float()
+        accuracy = (correct * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
+        return losses, accuracy, head_logits, targets, valid
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+        losses, accuracy, *_ = self.per_head_losses(module, batch)
+        weights = self.decay ** torch.arange(losses.shape[0], dtype=losses.dtype, device=losses.device)
+        metrics = {f"acc1_head{k}": float(a) for k, a in enumerate(accuracy)}
+        metrics["acc1"] = float(accuracy[0])
+        return (weights * losses).sum(), metrics
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+        """Per-head top-1 and top-``top_k`` accuracy on held-out blocks."""
+        device = next(module.parameters()).device
+        hits1 = hitsk = total = None
+        for start in range(0, blocks.shape[0], 16):
+            batch = blocks[start : start + 16].to(device)
+            _, _, head_logits, targets, valid = self.per_head_losses(module, batch)
+            top = head_logits.topk(top_k, dim=-1).indices
+            h1 = ((top[..., 0] == targets) & valid).sum((0, 1)).float()
+            hk = ((top == targets[..., None]).any(-1) & valid).sum((0, 1)).float()
+            n = valid.sum((0, 1)).float()
+            hits1, hitsk, total = (h1, hk, n) if hits1 is None else (hits1 + h1, hitsk + hk, total + n)
+        metrics = {}
+        for k in range(hits1.shape[0]):
+            metrics[f"head{k}_top1"] = float(hits1[k] / total[k])
+            metrics[f"head{k}_top{top_k}"] = float(hitsk[k] / total[k])
+        return metrics

@@ -1,0 +1,183 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spec import (
+    AutoregressiveDecoder,
+    GreedyAcceptor,
+    MedusaDrafter,
+    SpeculativeDecoder,
+    StaticTreeBuilder,
+    TreeAttentionVerifier,
+)
+from spec.errors import CheckpointError
+from spec.testing.models import tiny_model
+from spec.training import DataError, MedusaObjective, TrainConfig, iter_texts, pack_blocks, shifted_head_targets, train
+from spec.training import checkpoint as ckpt
+from spec.trees import tree_from_choices
+
+from train_tiny import cyclic_blocks
+
+HERE = Path(__file__).parent
+
+
+def test_head_targets_are_k_plus_2_ahead():
+    tokens = torch.arange(6)[None]  # positions 0..5; inputs are 0..4
+    targets, valid = shifted_head_targets(tokens, 2)
+    assert targets[0, 0].tolist() == [2, 3]  # hidden at 0 -> head0 predicts 2, head1 predicts 3
+    assert valid[0, 3].tolist() == [True, False]  # 3 + 3 = 6 is past the block
+    assert valid[0, 4].tolist() == [False, False]
+
+
+def strided_blocks(count: int, length: int, vocab: int = 64, seed: int = 0) -> torch.Tensor:
+    """Learnable data that needs context: each block counts up by its own stride (1, 2 or 3)."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(vocab, (count, 1), generator=g)
+    strides = torch.randint(1, 4, (count, 1), generator=g)
+    return (starts + strides * torch.arange(length + 1)) % vocab
+
+
+@pytest.fixture(scope="module")
+def counting_model(tmp_path_factory):
+    """A tiny Llama that has learned the strided corpus (so its own output is predictable)."""
+    from spec.training import LanguageModelObjective
+
+    model = tiny_model("llama", seed=0, vocab_size=64, dtype=torch.float32)
+    config = TrainConfig(out_dir=str(tmp_path_factory.mktemp("lm")), steps=150, batch_size=16, lr=1e-2,
+                         warmup_steps=20, checkpoint_every=1000, eval_every=1000, progress=False)
+    train(LanguageModelObjective(model), strided_blocks(512, 24), config)
+    return model.eval()
+
+
+def mean_accepted_length(model, drafter) -> float:
+    tree = tree_from_choices([[0], [1], [0, 0], [0, 1], [0, 0, 0]])
+    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(model),
+                                 GreedyAcceptor())
+    prompts = strided_blocks(6, 4, seed=9)
+    return sum(decoder.generate(p[None], max_new_tokens=40).mean_accepted_length for p in prompts) / len(prompts)
+
+
+def test_medusa1_learns_raises_acceptance_and_leaves_the_backbone_untouched(counting_model, tmp_path):
+    model = counting_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    drafter = MedusaDrafter.from_model(model, num_heads=3, num_layers=1, seed=0)
+    objective = MedusaObjective(model, drafter.heads)
+    heldout = strided_blocks(16, 24, seed=3)
+    untrained = objective.evaluate(drafter.heads, heldout)
+    untrained_length = mean_accepted_length(model, drafter)
+    config = TrainConfig(out_dir=str(tmp_path), steps=150, batch_size=16, lr=1e-2, warmup_steps=10,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, strided_blocks(512, 24, seed=1), config)
+    trained = objective.evaluate(drafter.heads, heldout)
+    for k in range(3):  # chance is 1/64
+        assert untrained[f"head{k}_top1"] < 0.2, untrained
+        assert trained[f"head{k}_top1"] > 0.8, trained
+    trained_length = mean_accepted_length(model, drafter)
+    assert trained_length > untrained_length + 1.0, (untrained_length, trained_length)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_self_distillation_matches_the_models_own_choices(counting_model, tmp_path):
+    """Soft targets from the model itself, on text the model generated: heads learn its choices."""
+    model = counting_model
+    prompts = strided_blocks(64, 3, seed=4)
+    ar = AutoregressiveDecoder(model)
+    own_text = torch.stack([ar.generate(p[None], max_new_tokens=21, temperature=1.0, seed=i).sequences[0]
+                            for i, p in enumerate(prompts)])
+    drafter = MedusaDrafter.from_model(model, num_heads=2, num_layers=1, seed=0)
+    objective = MedusaObjective(model, drafter.heads, soft_targets=True)
+    heldout = own_text[-8:]
+    before = objective.evaluate(drafter.heads, heldout)
+    config = TrainConfig(out_dir=str(tmp_path), steps=100, batch_size=8, lr=1e-2, warmup_steps=10,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, own_text[:-8], config)
+    after = objective.evaluate(drafter.heads, heldout)
+    for k in range(2):
+        assert after[f"head{k}_top1"] > max(0.5, before[f"head{k}_top1"] + 0.3), (before, after)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    script = [sys.executable, str(HERE / "train_tiny.py")]
+    steps = 40
+    uninterrupted = tmp_path / "full"
+    subprocess.run(script + [str(uninterrupted), str(steps)], check=True, cwd=HERE.parent)
+
+    interrupted = tmp_path / "killed"
+    proc = subprocess.Popen(script + [str(interrupted), str(steps)], cwd=HERE.parent)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        pointer = interrupted / "latest"
+        if pointer.exists() and int(pointer.read_text().split("-")[1]) >= 12:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (interrupted / "final.safetensors").exists(), "the run finished before it could be killed"
+    killed_at = int((interrupted / "latest").read_text().split("-")[1])
+    assert killed_at < steps
+    subprocess.run(script + [str(interrupted), str(steps)], check=True, cwd=HERE.parent)
+
+    a, b = load_file(uninterrupted / "final.safetensors"), load_file(interrupted / "final.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps_logged = [json.loads(line)["step"] for line in (interrupted / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+def test_crash_while_saving_never_leaves_a_half_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    ckpt.save_training_checkpoint(tmp_path, 1, model.state_dict(), optimizer, None, {})
+
+    real_save = ckpt.save_file
+    calls = []
+
+    def crash_on_second_file(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-save")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(ckpt, "save_file", crash_on_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_training_checkpoint(tmp_path, 2, model.state_dict(), optimizer, None, {})
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest.name == "step-00000001"
+    step, weights, _ = ckpt.load_training_checkpoint(latest, torch.optim.AdamW(model.parameters()), None)
+    assert step == 1 and set(weights) == {"weight", "bias"}
+    (tmp_path / "latest").write_text("step-00000009")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        ckpt.latest_checkpoint(tmp_path)
+
+
+def test_bad_training_data_is_refused(tmp_path):
+    from spec.models.shipped.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["def f(x):\n    return x\n" * 20], vocab_size=300)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    with pytest.raises(DataError, match="fewer than one block"):
+        pack_blocks(iter_texts(empty), tokenizer, 64)
+    with pytest.raises(DataError, match="over the model's context"):
+        pack_blocks(["x = 1\n" * 100], tokenizer, 1024, context=512)
+    with pytest.raises(DataError, match="does not exist"):
+        list(iter_texts(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"other": 1}\n')
+    with pytest.raises(DataError, match="no string field 'text'"):
+        list(iter_texts(bad))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "def f():\\n    pass\\n"}\n' * 50)
+    blocks = pack_blocks(iter_texts(good), tokenizer, 8)
+    assert blocks.shape[1] == 9 and torch.equal(blocks[0, -1], blocks[1, 0])
