@@ -181,3 +181,27 @@ def test_bad_training_data_is_refused(tmp_path):
     good.write_text('{"text": "def f():\\n    pass\\n"}\n' * 50)
     blocks = pack_blocks(iter_texts(good), tokenizer, 8)
     assert blocks.shape[1] == 9 and torch.equal(blocks[0, -1], blocks[1, 0])
+
+
+def test_medusa2_trains_the_backbone_and_reports_perplexity(counting_model, tmp_path):
+    import copy
+
+    from spec.training import Medusa2Objective
+
+    model = copy.deepcopy(counting_model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    drafter = MedusaDrafter.from_model(model, num_heads=2, num_layers=1, seed=0)
+    objective = Medusa2Objective(model, drafter.heads, head_warmup_steps=10)
+    heldout = strided_blocks(16, 24, seed=3)
+    start = objective.evaluate(objective.trainable(), heldout)
+    config = TrainConfig(out_dir=str(tmp_path), steps=100, batch_size=8, lr=2e-3, warmup_steps=5,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, strided_blocks(256, 24, seed=1), config)
+    end = objective.evaluate(objective.trainable(), heldout)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "Medusa-2 must update the backbone"
+    assert "perplexity" in start and "perplexity" in end
+    assert end["head0_top1"] > start["head0_top1"] + 0.3
+    assert end["perplexity"] < 2 * start["perplexity"]  # joint training did not wreck the backbone

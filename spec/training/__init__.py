@@ -2,7 +2,7 @@
 
 from spec.training.data import DataError, iter_texts, pack_blocks
 from spec.training.loop import Objective, TrainConfig, TrainResult, train
-from spec.training.objectives import LanguageModelObjective, MedusaObjective, shifted_head_targets
+from spec.training.objectives import LanguageModelObjective, Medusa2Objective, MedusaObjective, shifted_head_targets
 
-__all__ = ["DataError", "LanguageModelObjective", "MedusaObjective", "Objective", "TrainConfig", "TrainResult", "iter_texts",
+__all__ = ["DataError", "LanguageModelObjective", "Medusa2Objective", "MedusaObjective", "Objective", "TrainConfig", "TrainResult", "iter_texts",
            "pack_blocks", "shifted_head_targets", "train"]

@@ -132,3 +132,58 @@ class MedusaObjective:
             metrics[f"head{k}_top1"] = float(hits1[k] / total[k])
             metrics[f"head{k}_top{top_k}"] = float(hitsk[k] / total[k])
         return metrics
+
+
+class Medusa2Objective(MedusaObjective):
+    """Medusa-2: the backbone trained jointly with the heads.
+
+    Loss = ``lm_weight * LM loss + sum_k decay**k * head_k loss``. For the first
+    ``head_warmup_steps`` steps only the heads learn (the backbone's hidden states are
+    detached and the LM loss is off), so randomly initialised heads do not send large
+    gradients into a good backbone; afterwards the heads keep a learning rate
+    ``head_lr_multiplier`` times the backbone's (Medusa's recipe: 4x). ``evaluate``
+    reports the backbone's held-out loss and perplexity, so the cost of joint training
+    to the model itself is visible.
+    """
+
+    def __init__(self, model: nn.Module, heads: nn.Module, decay: float = 0.8, lm_weight: float = 1.0,
+                 head_warmup_steps: int = 100, head_lr_multiplier: float = 4.0) -> None:
+        self.model = model
+        self.heads = heads
+        self.decay = decay
+        self.soft_targets = False
+        self.lm_weight = lm_weight
+        self.head_warmup_steps = head_warmup_steps
+        self.head_lr_multiplier = head_lr_multiplier
+        self.joint = nn.ModuleDict({"backbone": model, "heads": heads})
+
+    def trainable(self) -> nn.Module:
+        return self.joint
+
+    def param_groups(self, module: nn.Module, lr: float):
+        backbone = [p for p in module["backbone"].parameters() if p.requires_grad]
+        heads = [p for p in module["heads"].parameters() if p.requires_grad]
+        return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * self.head_lr_multiplier}]
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+        warming_up = step < self.head_warmup_steps
+        out = module["backbone"](input_ids=batch[:, :-1], output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        head_logits = module["heads"](hidden.detach() if warming_up else hidden).float()
+        targets, valid = shifted_head_targets(batch, head_logits.shape[2])
+        nll = F.cross_entropy(head_logits.flatten(0, 2), targets.flatten(), reduction="none").view(targets.shape)
+        mask = valid.float()
+        head_losses = (nll * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
+        weights = self.decay ** torch.arange(head_losses.shape[0], dtype=head_losses.dtype, device=batch.device)
+        total = (weights * head_losses).sum()
+        lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        if not warming_up:
+            total = total + self.lm_weight * lm_loss
+        accuracy = ((head_logits.argmax(-1) == targets).float() * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
+        return total, {"lm_loss": float(lm_loss.detach()), "acc1": float(accuracy[0])}
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+        heads_metrics = MedusaObjective.evaluate(self, module["heads"], blocks, top_k)
+        lm_metrics = LanguageModelObjective(module["backbone"]).evaluate(module["backbone"], blocks)
+        return {**heads_metrics, **lm_metrics}
