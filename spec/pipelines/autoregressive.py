@@ -7,7 +7,7 @@ the speculative decoder is tested against.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from transformers import DynamicCache
@@ -31,18 +31,21 @@ class AutoregressiveDecoder:
         top_k: Optional[int] = None,
         top_p: float = 1.0,
         seed: Optional[int] = None,
+        stop_sequences: Optional[Sequence[Sequence[int]]] = None,
     ) -> GenerationOutput:
-        request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p, seed)
+        request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
+                                    seed, stop_sequences)
         start = time.perf_counter()
         sampling = request.sampling
         device = self.model.get_output_embeddings().weight.device
         generator = make_generator(sampling, device)
-        out = request.prompt.tolist()
+        generated: list[int] = []
         cache = DynamicCache()
         next_input = request.prompt.to(device)[None]
         steps: list[StepStats] = []
         prefill_s = 0.0
-        for i in range(request.max_new_tokens):
+        finished = request.max_new_tokens == 0
+        while not finished:
             t0 = time.perf_counter()
             logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True).logits[0, -1]
             t1 = time.perf_counter()
@@ -53,12 +56,11 @@ class AutoregressiveDecoder:
                 probs = processed_logits(logits, sampling).softmax(dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             t2 = time.perf_counter()
-            if i == 0:
+            if not steps:
                 prefill_s = t1 - t0
             steps.append(StepStats(tree_size=1, accepted=0, emitted=1, verify_s=t1 - t0, accept_s=t2 - t1))
-            out.append(token)
-            if token in request.eos_token_ids:
-                break
+            kept, finished = request.take([token], generated)
+            generated.extend(kept)
             next_input = torch.tensor([[token]], device=device)
-        return GenerationOutput(sequences=torch.tensor([out]), prompt_length=request.prompt.numel(),
+        return GenerationOutput(sequences=torch.tensor([request.prompt.tolist() + generated]), prompt_length=request.prompt.numel(),
                                 steps=tuple(steps), prefill_s=prefill_s, total_s=time.perf_counter() - start)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import attrs
 import torch
@@ -18,6 +18,24 @@ class GenerateRequest:
     max_new_tokens: int
     eos_token_ids: frozenset[int]
     sampling: SamplingParams
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+
+    def take(self, candidates: list[int], generated: list[int]) -> tuple[list[int], bool]:
+        """The prefix of ``candidates`` to emit after ``generated``, and whether generation is over.
+
+        Stops after the first EOS token, after the first completed stop sequence (it is
+        kept, as transformers keeps stop strings), or when ``max_new_tokens`` is reached.
+        """
+        room = self.max_new_tokens - len(generated)
+        kept: list[int] = []
+        for token in candidates[:room]:
+            kept.append(token)
+            if token in self.eos_token_ids:
+                return kept, True
+            tail = generated + kept
+            if any(len(tail) >= len(s) and tuple(tail[-len(s):]) == s for s in self.stop_sequences):
+                return kept, True
+        return kept, len(generated) + len(kept) >= self.max_new_tokens
 
 
 def normalise_request(
@@ -29,6 +47,7 @@ def normalise_request(
     top_k: Optional[int],
     top_p: float,
     seed: Optional[int],
+    stop_sequences: Optional[Sequence[Sequence[int]]] = None,
 ) -> GenerateRequest:
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     ids = torch.as_tensor(input_ids)
@@ -63,13 +82,10 @@ def normalise_request(
         eos = frozenset([eos_token_id])
     else:
         eos = frozenset(int(t) for t in eos_token_id)
-    return GenerateRequest(ids.to(torch.long).cpu(), max_new_tokens, eos, sampling)
-
-
-def cut_at_stop(tokens: list[int], budget: int, eos_token_ids: frozenset[int]) -> tuple[list[int], bool]:
-    """Keep at most ``budget`` tokens and stop after the first EOS; returns (kept, finished)."""
-    kept = tokens[:budget]
-    for i, token in enumerate(kept):
-        if token in eos_token_ids:
-            return kept[: i + 1], True
-    return kept, len(kept) == budget
+    stops = []
+    for seq in stop_sequences or ():
+        seq = tuple(int(t) for t in seq)
+        if not seq:
+            raise InputError("A stop sequence is empty; give at least one token id per stop sequence.")
+        stops.append(seq)
+    return GenerateRequest(ids.to(torch.long).cpu(), max_new_tokens, eos, sampling, tuple(stops))

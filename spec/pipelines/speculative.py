@@ -7,12 +7,12 @@ acceptor kept, and records what the step cost. See docs/architecture.md.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
 from spec.errors import TreeTooDeepError
-from spec.pipelines.inputs import cut_at_stop, normalise_request
+from spec.pipelines.inputs import normalise_request
 from spec.protocols import (
     Acceptor,
     DraftContext,
@@ -50,14 +50,20 @@ class SpeculativeDecoder:
         top_k: Optional[int] = None,
         top_p: float = 1.0,
         seed: Optional[int] = None,
+        stop_sequences: Optional[Sequence[Sequence[int]]] = None,
     ) -> GenerationOutput:
-        """Continue ``input_ids`` (``[1, L]``) by up to ``max_new_tokens``; greedy when temperature is 0."""
-        request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p, seed)
+        """Continue ``input_ids`` (``[1, L]``) by up to ``max_new_tokens``; greedy when temperature is 0.
+
+        Stops after an ``eos_token_id`` or a completed ``stop_sequences`` entry (token ids).
+        """
+        request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
+                                    seed, stop_sequences)
         start = time.perf_counter()
         sampling = request.sampling
         generator = make_generator(sampling, self.model.get_output_embeddings().weight.device)
         prompt = request.prompt
         out: list[int] = prompt.tolist()
+        generated: list[int] = []
         steps: list[StepStats] = []
 
         self.verifier.reset()
@@ -68,12 +74,12 @@ class SpeculativeDecoder:
         prev_hidden = hidden[-1] if hidden.shape[0] else None
         prefill_s = time.perf_counter() - start
 
-        remaining = request.max_new_tokens
-        while remaining > 0:
+        finished = request.max_new_tokens == 0
+        while not finished:
             t0 = time.perf_counter()
             # A step yields at most depth + 1 tokens; drafting deeper than needed is wasted work.
-            tree = self.tree_builder.tree().truncated(remaining - 1)
-            context = DraftContext(tokens=torch.tensor(out), prev_hidden=prev_hidden)
+            tree = self.tree_builder.tree().truncated(request.max_new_tokens - len(generated) - 1)
+            context = DraftContext(tokens=torch.tensor(out + generated), prev_hidden=prev_hidden)
             draft = self.tree_builder.select(self.drafter.propose(tree, context, sampling, generator))
             t1 = time.perf_counter()
             verification = self.verifier.verify(draft)
@@ -86,13 +92,10 @@ class SpeculativeDecoder:
             prev_hidden = verification.hidden_states[path[-1]]
             t4 = time.perf_counter()
 
-            kept, finished = cut_at_stop(list(acceptance.new_tokens), remaining, request.eos_token_ids)
-            out.extend(kept)
-            remaining -= len(kept)
+            kept, finished = request.take(list(acceptance.new_tokens), generated)
+            generated.extend(kept)
             steps.append(StepStats(tree_size=draft.tree.num_nodes, accepted=acceptance.num_accepted,
                                    emitted=len(kept), draft_s=t1 - t0, verify_s=t2 - t1, accept_s=t3 - t2,
                                    commit_s=t4 - t3))
-            if finished:
-                break
-        return GenerationOutput(sequences=torch.tensor([out]), prompt_length=prompt.numel(), steps=tuple(steps),
+        return GenerationOutput(sequences=torch.tensor([out + generated]), prompt_length=prompt.numel(), steps=tuple(steps),
                                 prefill_s=prefill_s, total_s=time.perf_counter() - start)
