@@ -48,5 +48,13 @@ class NonFiniteLogitsError(SpecError, FloatingPointError):
     """The model produced NaN or +inf logits, or a row with no finite entry."""
 
 
+class ConfigurationError(SpecError, ValueError):
+    """A component was constructed with invalid settings (negative head count, unknown mode...)."""
+
+
+class DataError(InputError):
+    """Training data that cannot be used: missing, empty, malformed, or blocks over the context."""
+
+
 class UnsupportedError(SpecError, NotImplementedError):
     """A valid request this component does not support (say so, and what does)."""

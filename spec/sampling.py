@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from spec.errors import NonFiniteLogitsError
+from spec.errors import NonFiniteLogitsError, SamplingParamsError
 from spec.protocols import SamplingParams
 
 
@@ -33,7 +33,7 @@ def processed_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tens
     Filtered tokens get ``-inf``. Not for greedy parameters (temperature 0).
     """
     if params.is_greedy:
-        raise ValueError("processed_logits is for sampling; greedy decoding takes the argmax of the raw logits.")
+        raise SamplingParamsError("processed_logits is for sampling; greedy decoding takes the argmax of the raw logits.")
     scores = logits / params.temperature
     if params.top_k is not None and params.top_k < scores.shape[-1]:
         kth_best = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]

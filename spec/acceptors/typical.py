@@ -17,13 +17,14 @@ import attrs
 import torch
 
 from spec.randomness import TorchRandomness
+from spec.errors import ConfigurationError
 from spec.protocols import Acceptance, Draft, SamplingParams, Verification
 from spec.sampling import target_probs
 
 
 def _check_positive(instance, attribute, value):
     if not value >= 0:
-        raise ValueError(f"TypicalAcceptor.{attribute.name} must be >= 0, got {value!r}.")
+        raise ConfigurationError(f"TypicalAcceptor.{attribute.name} must be >= 0, got {value!r}.")
 
 
 def typical_thresholds(p_rows: torch.Tensor, epsilon: float, delta: float) -> torch.Tensor:

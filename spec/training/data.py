@@ -9,13 +9,9 @@ from typing import Iterable, Iterator, Union
 
 import torch
 
-from spec.errors import InputError
+from spec.errors import DataError
 
 TextSource = Union[str, os.PathLike, Iterable[str]]
-
-
-class DataError(InputError):
-    """Training data that cannot be used: missing, empty, or in an unknown format."""
 
 
 def iter_texts(source: TextSource, text_field: str = "text") -> Iterator[str]:

@@ -20,6 +20,7 @@ import attrs
 import torch
 from torch import nn
 
+from spec.errors import ConfigurationError
 from spec.training.checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
 
 
@@ -39,7 +40,12 @@ class Objective(Protocol):
 
 def _positive(instance, attribute, value):
     if value <= 0:
-        raise ValueError(f"TrainConfig.{attribute.name} must be > 0, got {value!r}.")
+        raise ConfigurationError(f"TrainConfig.{attribute.name} must be > 0, got {value!r}.")
+
+
+def _precision(instance, attribute, value):
+    if value not in ("no", "bf16", "fp16"):
+        raise ConfigurationError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {value!r}.")
 
 
 @attrs.frozen
@@ -53,7 +59,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    mixed_precision: str = attrs.field(default="no", validator=attrs.validators.in_(["no", "bf16", "fp16"]))
+    mixed_precision: str = attrs.field(default="no", validator=_precision)
     checkpoint_every: int = attrs.field(default=100, validator=_positive)
     eval_every: int = attrs.field(default=100, validator=_positive)
     log_every: int = attrs.field(default=10, validator=_positive)
