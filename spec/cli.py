@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the model, prompt and drafter (default: 0)")
     demo.set_defaults(func=_demo)
+    from spec.training.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

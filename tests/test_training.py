@@ -205,3 +205,48 @@ def test_medusa2_trains_the_backbone_and_reports_perplexity(counting_model, tmp_
     assert "perplexity" in start and "perplexity" in end
     assert end["head0_top1"] > start["head0_top1"] + 0.3
     assert end["perplexity"] < 2 * start["perplexity"]  # joint training did not wreck the backbone
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama with a real BPE tokenizer, saved like a transformers checkpoint."""
+    from spec.models.shipped.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("model")
+    text = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 40
+    tokenizer = train_tokenizer([text], vocab_size=320)
+    model = tiny_model("llama", seed=0, vocab_size=len(tokenizer), dtype=torch.float32)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    (path / "data.txt").write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("recipe", ["medusa1", "medusa2", "self-distill"])
+def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, recipe):
+    from spec.cli import main
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / recipe
+    code = main(["train", "--drafter", "medusa", "--recipe", recipe, "--model", str(model_dir),
+                 "--data", str(model_dir / "data.txt"), "--out", str(out), "--steps", "6", "--batch-size", "2",
+                 "--block-size", "32", "--num-heads", "2", "--eval-every", "3", "--checkpoint-every", "3",
+                 "--distill-tokens", "8"])
+    assert code == 0
+    for name in ("log.jsonl", "head_accuracy.png", "summary.json", "heads/model.safetensors", "heads/config.json"):
+        assert (out / name).exists(), name
+    evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "eval_head0_top1" in line]
+    assert [r["step"] for r in evals] == [3, 6]
+    base = AutoModelForCausalLM.from_pretrained(out / "model" if recipe == "medusa2" else model_dir)
+    MedusaDrafter.from_pretrained(out / "heads", base)
+
+
+def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tmp_path, capsys):
+    from spec.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--drafter", "eagle", "--model", str(model_dir), "--data", "x", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "invalid choice: 'eagle'" in capsys.readouterr().err
+    with pytest.raises(DataError, match="over the model's context"):
+        main(["train", "--drafter", "medusa", "--model", str(model_dir), "--data", str(model_dir / "data.txt"),
+              "--out", str(tmp_path), "--block-size", "4096"])

@@ -1,0 +1,105 @@
+"""``spec train``: train draft heads for a model from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RECIPES = {
+    "medusa": ("medusa1", "medusa2", "self-distill"),
+}
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train draft heads for a model",
+        description="Train draft heads on text with the recipes of their papers. Resumes from the last "
+        "checkpoint in --out unless --no-resume. Runs under `accelerate launch` unchanged for several GPUs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--drafter", required=True, choices=sorted(RECIPES),
+                        help="which drafter's heads to train")
+    parser.add_argument("--model", required=True,
+                        help="a transformers model directory with its tokenizer")
+    parser.add_argument("--data", required=True,
+                        help="training text: a .txt/.py file, a .jsonl file with a 'text' field, or a directory of "
+                        "them; for --recipe self-distill these are prompts the model continues itself")
+    parser.add_argument("--out", required=True, help="output directory: checkpoints, log.jsonl, plots, heads/")
+    parser.add_argument("--recipe", default="medusa1", choices=sorted({r for rs in RECIPES.values() for r in rs}),
+                        help="medusa1: backbone frozen, hard targets; medusa2: backbone trained jointly "
+                        "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
+                        "distribution on text the model generates from --data prompts")
+    parser.add_argument("--num-heads", type=int, default=4, help="draft heads (tree depth they can fill)")
+    parser.add_argument("--num-layers", type=int, default=1, help="ResBlocks per head")
+    parser.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss is decay**k (Medusa)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch")
+    parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--block-size", type=int, default=256, help="tokens per training block")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (heads get 4x under medusa2)")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="autocast mode")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
+    parser.add_argument("--heldout-fraction", type=float, default=0.05, help="share of blocks held out")
+    parser.add_argument("--distill-tokens", type=int, default=128, help="self-distill: tokens generated per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
+    parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and start over")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spec.drafters import MedusaDrafter
+    from spec.errors import ConfigurationError
+    from spec.models import context_length
+    from spec.training import (
+        Medusa2Objective,
+        MedusaObjective,
+        TrainConfig,
+        iter_texts,
+        pack_blocks,
+        train,
+    )
+    from spec.training.distill import generate_own_blocks
+    from spec.training.plots import plot_head_accuracy
+
+    if args.recipe not in RECIPES[args.drafter]:
+        raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from {RECIPES[args.drafter]}.")
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    block_size = args.block_size
+    if args.recipe == "self-distill":
+        prompts = pack_blocks(iter_texts(args.data), tokenizer, 15, context=context_length(model))
+        blocks = generate_own_blocks(model.eval(), prompts, args.distill_tokens, seed=args.seed)
+    else:
+        blocks = pack_blocks(iter_texts(args.data), tokenizer, block_size, context=context_length(model))
+    heldout_count = max(1, int(blocks.shape[0] * args.heldout_fraction))
+    train_blocks, heldout = blocks[:-heldout_count], blocks[-heldout_count:]
+    if train_blocks.shape[0] == 0:
+        raise ConfigurationError("All blocks were held out; give more data or a smaller --heldout-fraction.")
+    drafter = MedusaDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
+    if args.recipe == "medusa2":
+        objective = Medusa2Objective(model.train(), drafter.heads, decay=args.decay)
+    else:
+        objective = MedusaObjective(model, drafter.heads, decay=args.decay, soft_targets=args.recipe == "self-distill")
+    out = Path(args.out)
+    config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,
+                         grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,
+                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
+    start_metrics = objective.evaluate(objective.trainable(), heldout)
+    result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume)
+    model.eval()
+    drafter.save_pretrained(out / "heads")
+    if args.recipe == "medusa2":
+        model.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+    plot_head_accuracy(result.log_path, out / "head_accuracy.png")
+    summary = {"before": start_metrics, "after": result.final_metrics, "heads": str(out / "heads")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
