@@ -1,0 +1,225 @@
+"""Run methods side by side on the same prompts, interleaved, and collect Spec-Bench metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import attrs
+import torch
+
+from spec.bench import metrics
+from spec.bench.methods import Method, MethodRun
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MB: CUDA allocator statistics, or resident memory
+    sampled every millisecond on the CPU (a sampled peak can miss a spike shorter than that)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def _rss_mb() -> float:
+        import os
+
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            self._start = self._rss_mb()
+            self._high = self._start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.001):
+            self._high = max(self._high, self._rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self._high, self._rss_mb()) - self._start
+
+
+@attrs.frozen
+class MethodReport:
+    name: str
+    tokens_per_second: float  # median over repeats
+    speedup: float  # median over repeats of the ratio to the baseline in the same repeat
+    repeat_tokens_per_second: tuple[float, ...]
+    mean_accepted: float  # NaN for methods without per-step statistics
+    accepted_histogram: dict[int, int]
+    stages: dict[str, float]
+    mean_tree_size: float
+    peak_memory_mb: float
+    matches_baseline: Optional[bool]  # None when sampling (outputs are not comparable)
+    mismatched_prompts: tuple[int, ...]
+    ceiling_speedup: Optional[float] = None
+
+
+@attrs.frozen
+class BenchReport:
+    baseline: str
+    methods: tuple[MethodReport, ...]
+    settings: dict[str, Any]
+    cost_curve: Optional[dict[int, float]] = None
+
+    def method(self, name: str) -> MethodReport:
+        return next(m for m in self.methods if m.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self, value_serializer=lambda i, f, v: list(v) if isinstance(v, tuple) else v)
+
+
+def run_benchmark(
+    methods: Sequence[Method],
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    baseline: Optional[str] = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    sampling: Optional[dict[str, Any]] = None,
+    eos_token_id: Optional[int] = None,
+    cost_curve: Optional[dict[int, float]] = None,
+    progress: bool = False,
+) -> BenchReport:
+    """Every method on every prompt, ``warmup + repeats`` times, interleaved so drift hits all alike.
+
+    Within a repeat the method order rotates per prompt. ``baseline`` (default: the first
+    method) is what speedups are relative to; under greedy decoding every method's
+    tokens are compared with the baseline's and mismatches are flagged, never hidden.
+    """
+    sampling = dict(sampling or {})
+    baseline = baseline or methods[0].name
+    names = [m.name for m in methods]
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not one of the methods {names}.")
+    device = _device_of(methods)
+    runs: dict[str, list[list[MethodRun]]] = {name: [] for name in names}  # [repeat][prompt]
+    peaks: dict[str, float] = {name: 0.0 for name in names}
+    total = (warmup + repeats) * len(prompts) * len(methods)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="benchmark", dynamic_ncols=True)
+    for repeat in range(warmup + repeats):
+        per_method: dict[str, list[MethodRun]] = {name: [] for name in names}
+        for index, prompt in enumerate(prompts):
+            shift = index % len(methods)
+            for method in list(methods[shift:]) + list(methods[:shift]):
+                args = dict(sampling)
+                if "seed" in args:
+                    args["seed"] = args["seed"] + index
+                with PeakMemory(device) as memory:
+                    run = method.run(prompt, max_new_tokens, _with_eos(method, args, eos_token_id))
+                peaks[method.name] = max(peaks[method.name], memory.peak_mb)
+                per_method[method.name].append(run)
+                if bar is not None:
+                    bar.update(1)
+        if repeat >= warmup:
+            for name in names:
+                runs[name].append(per_method[name])
+    if bar is not None:
+        bar.close()
+    return _report(runs, peaks, baseline, sampling, cost_curve,
+                   {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
+                    "prompts": len(prompts), "sampling": sampling, "device": str(device)})
+
+
+def _with_eos(method: Method, args: dict[str, Any], eos_token_id: Optional[int]) -> dict[str, Any]:
+    return {**args, "eos_token_id": eos_token_id}
+
+
+def _device_of(methods: Sequence[Method]) -> torch.device:
+    for method in methods:
+        model = getattr(method, "model", None) or getattr(getattr(method, "decoder", None), "model", None)
+        if model is not None:
+            return model.get_output_embeddings().weight.device
+    return torch.device("cpu")
+
+
+def _report(runs, peaks, baseline, sampling, cost_curve, settings) -> BenchReport:
+    greedy = sampling.get("temperature", 0.0) == 0
+    base_runs = runs[baseline]
+    base_tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep])
+                for rep in base_runs]
+    reports = []
+    for name, reps in runs.items():
+        tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep]) for rep in reps]
+        ratios = [metrics.speedup(t, b) for t, b in zip(tps, base_tps)]
+        outputs = [r.output for rep in reps for r in rep if r.output is not None]
+        mismatched: tuple[int, ...] = ()
+        matches = None
+        if greedy:
+            mismatched = tuple(i for i, (a, b) in enumerate(zip(reps[0], base_runs[0]))
+                               if not torch.equal(a.new_tokens, b.new_tokens))
+            matches = not mismatched
+        steps = [s for o in outputs for s in o.steps]
+        mean_tree = sum(s.tree_size for s in steps) / len(steps) if steps else float("nan")
+        mean_acc = metrics.mean_accepted_tokens(outputs) if outputs else float("nan")
+        ceiling = None
+        if cost_curve and steps:
+            ceiling = metrics.zero_overhead_speedup(mean_acc, interpolate(cost_curve, 1), interpolate(cost_curve, mean_tree))
+        reports.append(MethodReport(
+            name=name, tokens_per_second=metrics.median(tps), speedup=metrics.median(ratios),
+            repeat_tokens_per_second=tuple(tps), mean_accepted=mean_acc,
+            accepted_histogram=metrics.accepted_histogram(outputs) if outputs else {},
+            stages=metrics.stage_breakdown(outputs) if outputs else {}, mean_tree_size=mean_tree,
+            peak_memory_mb=peaks[name], matches_baseline=matches, mismatched_prompts=mismatched,
+            ceiling_speedup=ceiling))
+    return BenchReport(baseline=baseline, methods=tuple(reports), settings=settings, cost_curve=cost_curve)
+
+
+def interpolate(curve: dict[int, float], n: float) -> float:
+    """Linear interpolation of a cost curve ``{tree size: seconds}`` (clamped at its ends)."""
+    points = sorted(curve.items())
+    if n <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if n <= x1:
+            return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def measure_cost_curve(verifier, sizes: Iterable[int], prefix: torch.Tensor, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one verify pass over ``n`` tree tokens on top of ``prefix``, for each ``n``.
+
+    The tree is the root plus ``n - 1`` siblings: verify cost depends on the token count, not the shape.
+    """
+    from spec.protocols import CandidateTree, Draft
+
+    curve = {}
+    device = verifier.model.get_output_embeddings().weight.device
+    for n in sizes:
+        tree = CandidateTree(parents=[-1] + [0] * (n - 1), ranks=list(range(n)))
+        draft = Draft(tree=tree, tokens=torch.zeros(n, dtype=torch.long))
+        times = []
+        for attempt in range(repeats + 1):
+            verifier.reset()
+            verifier.prefill(prefix)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            verifier.verify(draft)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if attempt:  # the first pass is a warm-up
+                times.append(time.perf_counter() - start)
+            verifier.commit((0,))
+        curve[n] = metrics.median(times)
+    return curve

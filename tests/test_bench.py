@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from spec import (
+    AutoregressiveDecoder,
+    GreedyAcceptor,
+    MedusaDrafter,
+    RejectionSamplingAcceptor,
+    SpeculativeDecoder,
+    StaticTreeBuilder,
+    TreeAttentionVerifier,
+)
+from spec.bench import Ablation, DecoderMethod, TransformersMethod, measure_cost_curve, run_benchmark, save_report
+from spec.bench import metrics
+from spec.bench.runner import interpolate
+from spec.protocols import GenerationOutput, StepStats
+from spec.testing.broken import OverAcceptingAcceptor
+from spec.testing.drafters import OracleDrafter
+from spec.trees import chain_tree, tree_from_choices
+
+from helpers import VOCAB, model, prompt, reference
+
+
+def fake_output(accepted, step_s=(0.1, 0.2, 0.05, 0.05), prefill=0.5, total=None):
+    steps = tuple(StepStats(tree_size=5, accepted=a, emitted=a + 1, draft_s=step_s[0], verify_s=step_s[1],
+                            accept_s=step_s[2], commit_s=step_s[3]) for a in accepted)
+    total = total if total is not None else prefill + sum(s.total_s for s in steps) + 0.1
+    return GenerationOutput(sequences=torch.zeros(1, 4 + sum(a + 1 for a in accepted), dtype=torch.long),
+                            prompt_length=4, steps=steps, prefill_s=prefill, total_s=total)
+
+
+def test_arithmetic_on_known_inputs():
+    assert metrics.tokens_per_second([10, 30], [1.0, 3.0]) == 10.0
+    assert metrics.speedup(25.0, 10.0) == 2.5
+    outs = [fake_output([0, 2, 3]), fake_output([1])]
+    assert metrics.mean_accepted_tokens(outs) == (1 + 3 + 4 + 2) / 4
+    assert metrics.accepted_histogram(outs) == {1: 1, 2: 1, 3: 1, 4: 1}
+    one = fake_output([0, 0])  # 2 steps of 0.4 s, plus 0.1 s outside the stages
+    stages = metrics.stage_breakdown([one])
+    assert stages["verify"] == pytest.approx(0.4 / 0.9)
+    assert stages["other"] == pytest.approx(0.1 / 0.9)
+    assert sum(stages.values()) == pytest.approx(1.0)
+    assert metrics.zero_overhead_speedup(3.0, 0.01, 0.015) == pytest.approx(2.0)
+    assert interpolate({1: 1.0, 9: 2.0}, 5) == pytest.approx(1.5)
+    assert interpolate({1: 1.0, 9: 2.0}, 20) == 2.0
+
+
+def pipeline(m, drafter, acceptor=None, tree=None):
+    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree or tree_from_choices([[0], [1], [0, 0]])),
+                              TreeAttentionVerifier(m), acceptor or GreedyAcceptor())
+
+
+def test_smoke_run_writes_every_file_with_every_field(tmp_path):
+    m = model("llama")
+    prompts = [prompt(6, seed=1), prompt(9, seed=2)]
+    ref = reference("llama", prompts[0], 24)
+    methods = [
+        TransformersMethod.greedy(m),
+        DecoderMethod("autoregressive", AutoregressiveDecoder(m)),
+        TransformersMethod.prompt_lookup(m),
+        DecoderMethod("medusa", pipeline(m, MedusaDrafter.from_model(m, num_heads=2))),
+        DecoderMethod("oracle", pipeline(m, OracleDrafter(ref, VOCAB, accuracy=0.9))),
+    ]
+    curve = measure_cost_curve(TreeAttentionVerifier(m), [1, 2, 4, 8], prompts[0][0], repeats=2)
+    report = run_benchmark(methods, prompts, max_new_tokens=16, repeats=2, warmup=1, cost_curve=curve)
+    files = save_report(report, tmp_path)
+    for path in files.values():
+        assert path.exists() and path.stat().st_size > 0
+    data = json.loads(files["json"].read_text())
+    assert data["baseline"] == "transformers_generate" and len(data["methods"]) == 5
+    for entry in data["methods"]:
+        assert entry["tokens_per_second"] > 0 and entry["speedup"] > 0
+        assert entry["matches_baseline"] is True
+        assert len(entry["repeat_tokens_per_second"]) == 2
+    medusa = report.method("medusa")
+    assert medusa.mean_accepted >= 1.0 and medusa.stages and medusa.ceiling_speedup > 0
+    assert sum(medusa.accepted_histogram.values()) > 0
+    assert report.method("transformers_generate").speedup == pytest.approx(1.0)
+    assert "| medusa |" in files["markdown"].read_text()
+
+
+def test_a_method_with_different_greedy_output_is_flagged(tmp_path):
+    m = model("llama")
+    prompts = [prompt(6, seed=1)]
+    ref = reference("llama", prompts[0], 40)
+    broken = pipeline(m, OracleDrafter(ref, VOCAB, accuracy=0.6, seed=1), OverAcceptingAcceptor(GreedyAcceptor()))
+    report = run_benchmark([DecoderMethod("autoregressive", AutoregressiveDecoder(m)), DecoderMethod("broken", broken)],
+                           prompts, max_new_tokens=32, repeats=1, warmup=0)
+    assert report.method("broken").matches_baseline is False
+    assert report.method("broken").mismatched_prompts == (0,)
+    save_report(report, tmp_path, plots=False)
+    assert "DIFFERS on prompts [0]" in (tmp_path / "report.md").read_text()
+
+
+def test_ablation_grid_records_and_files(tmp_path):
+    m = model("qwen2")
+    ablation = Ablation(
+        model=m,
+        drafters={"medusa": MedusaDrafter.from_model(m, num_heads=3)},
+        tree_builders={"chain2": StaticTreeBuilder(chain_tree(2)), "tree": StaticTreeBuilder(tree_from_choices([[0], [1]]))},
+        acceptors={"greedy": GreedyAcceptor(), "rejection": RejectionSamplingAcceptor()},
+        sampling={"greedy": {}, "t1": {"temperature": 1.0, "seed": 0}},
+        transformers_baselines=False,
+    )
+    records = ablation.run([prompt(5, seed=3)], max_new_tokens=8, repeats=1, warmup=0, out_dir=tmp_path)
+    pipelines = [r for r in records if r["tree"] != "-"]
+    # greedy: 2 trees x 2 acceptors; t=1: 2 trees x rejection only
+    assert len(pipelines) == 6
+    assert all(r["matches_baseline"] for r in records if r["sampling"] == "greedy")
+    assert (tmp_path / "ablation.json").exists() and (tmp_path / "t1" / "report.md").exists()
