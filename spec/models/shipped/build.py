@@ -80,7 +80,31 @@ def train_model(work: Path, blocks: dict[str, torch.Tensor], steps: int, batch_s
     return model, result
 
 
-def export(work: Path, model, tokenizer, destination: Path = PACKAGE_DIR) -> None:
+def heldout_snippets(count: int = 32, prompt_lines: int = 12) -> list[dict]:
+    """Fixed prompts: the first ``prompt_lines`` lines of each function in held-out modules, in path order."""
+    import ast
+
+    snippets = []
+    for path in corpus_files()["heldout"]:
+        source = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= prompt_lines + 8:
+                start = node.lineno - 1
+                snippets.append({"module": path.relative_to(stdlib_root()).as_posix(), "function": node.name,
+                                 "prompt": "\n".join(lines[start : start + prompt_lines]) + "\n"})
+                break
+        if len(snippets) == count:
+            break
+    return snippets
+
+
+def export(work: Path, model, tokenizer, train_tokens: int, tokens_per_step: int,
+           destination: Path = PACKAGE_DIR) -> None:
     """Weights in bfloat16 (half the size; loaded back in float32), config, tokenizer, and training facts."""
     from spec.io import atomic_write_bytes
 
@@ -91,10 +115,13 @@ def export(work: Path, model, tokenizer, destination: Path = PACKAGE_DIR) -> Non
     log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "eval_loss" in r]
     facts = {"name": NAME, "corpus": "Python standard library (see spec/models/shipped/corpus.py)",
-             "train_tokens": None, "steps": log[-1]["step"] if log else 0,
+             "train_tokens_per_epoch": train_tokens, "steps": log[-1]["step"] if log else 0,
+             "tokens_seen": (log[-1]["step"] if log else 0) * tokens_per_step,
              "heldout_loss": evals[-1]["eval_loss"] if evals else None,
              "heldout_perplexity": evals[-1]["eval_perplexity"] if evals else None}
     atomic_write_bytes(destination / "training.json", json.dumps(facts, indent=2).encode())
+    prompts = "".join(json.dumps(s) + "\n" for s in heldout_snippets())
+    atomic_write_bytes(destination / "heldout_prompts.jsonl", prompts.encode())
     print(f"[4/4] exported to {destination}: held-out loss {facts['heldout_loss']}", flush=True)
 
 
@@ -117,7 +144,7 @@ def main(argv=None) -> int:
     blocks = build_blocks(work, tokenizer)
     model, result = train_model(work, blocks, args.steps, args.batch_size, args.lr)
     if args.export:
-        export(work, model, tokenizer)
+        export(work, model, tokenizer, int(blocks["train"][:, 1:].numel()), args.batch_size * BLOCK_SIZE)
     print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
     return 0
 

@@ -1,0 +1,63 @@
+"""The model `spec` trains and ships, so speculative decoding can be seen working offline.
+
+    from spec.models.shipped import load_shipped
+    model, tokenizer = load_shipped()          # "spec-py-tiny", float32, CPU
+
+Rebuild everything from scratch with ``spec build-model`` (see ``build.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from spec.errors import CheckpointError
+
+ROOT = Path(__file__).parent
+DEFAULT = "spec-py-tiny"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.name for p in ROOT.iterdir() if (p / "config.json").exists() and (p / "model.safetensors").exists())
+
+
+def shipped_path(name: str = DEFAULT) -> Path:
+    path = ROOT / name
+    if not (path / "model.safetensors").exists():
+        available = shipped_names()
+        raise CheckpointError(
+            f"No shipped model named {name!r} in {ROOT}; available: {available or 'none'}. "
+            "Rebuild it with `spec build-model --export`."
+        )
+    return path
+
+
+def load_shipped(name: str = DEFAULT, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` from the package, offline (never touches a model hub)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = shipped_path(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """A shipped model's name, or a directory path, to a directory."""
+    if (ROOT / name_or_path / "model.safetensors").exists():
+        return ROOT / name_or_path
+    return Path(name_or_path)
+
+
+def heldout_prompts(name: str = DEFAULT, limit: Optional[int] = None) -> list[str]:
+    """Code snippets from held-out standard-library modules (never trained on), for demos and benchmarks."""
+    path = shipped_path(name) / "heldout_prompts.jsonl"
+    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+    return prompts[:limit] if limit else prompts
+
+
+def training_facts(name: str = DEFAULT) -> dict:
+    return json.loads((shipped_path(name) / "training.json").read_text())
