@@ -74,7 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     from spec.training.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
+    build = sub.add_parser("build-model", add_help=False,
+                           help="rebuild the shipped model from scratch: corpus, tokenizer, training, heads "
+                           "(resumable; `spec build-model --help` for options)")
+    build.add_argument("rest", nargs=argparse.REMAINDER)
+    build.set_defaults(func=lambda args: _build_model(args.rest))
     return parser
+
+
+def _build_model(rest: list[str]) -> int:
+    from spec.models.shipped.build import main as build_main
+
+    return build_main(rest)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

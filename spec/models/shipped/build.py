@@ -80,6 +80,34 @@ def train_model(work: Path, blocks: dict[str, torch.Tensor], steps: int, batch_s
     return model, result
 
 
+def medusa_recipe(model):
+    from spec.drafters import MedusaDrafter
+    from spec.training import MedusaObjective
+
+    drafter = MedusaDrafter.from_model(model, num_heads=4, num_layers=1, seed=0)
+    # Soft targets on the corpus: the heads learn the model's own distribution, which is what they must guess.
+    return drafter, MedusaObjective(model, drafter.heads, soft_targets=True)
+
+
+#: drafter name -> (drafter, objective) for training the shipped heads.
+HEAD_RECIPES = {"medusa": medusa_recipe}
+
+
+def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, steps: int, batch_size: int,
+                lr: float, destination: Path = PACKAGE_DIR) -> dict:
+    """Train one drafter's heads on the frozen model (resumable) and save them into the package."""
+    from spec.training import TrainConfig, train
+
+    drafter, objective = HEAD_RECIPES[name](model)
+    print(f"[heads] training {name}: {drafter.num_parameters / 1e6:.2f}M parameters, {steps} steps", flush=True)
+    config = TrainConfig(out_dir=str(work / f"heads-{name}"), steps=steps, batch_size=batch_size, lr=lr,
+                         warmup_steps=20, checkpoint_every=25, eval_every=100, log_every=10)
+    heldout = blocks["heldout"][:: max(blocks["heldout"].shape[0] // 32, 1)]
+    result = train(objective, blocks["train"], config, eval_blocks=heldout)
+    drafter.save_pretrained(destination / "heads" / name)
+    return result.final_metrics
+
+
 def heldout_snippets(count: int = 32, prompt_lines: int = 12) -> list[dict]:
     """Fixed prompts: the first ``prompt_lines`` lines of each function in held-out modules, in path order."""
     import ast
@@ -134,6 +162,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--export", action="store_true", help="write the trained model into the package")
+    parser.add_argument("--heads", default="", help=f"comma-separated drafters whose heads to train and ship "
+                        f"(from {sorted(HEAD_RECIPES)}); needs the model exported first")
+    parser.add_argument("--head-steps", type=int, default=400, help="optimizer steps per drafter (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,6 +176,10 @@ def main(argv=None) -> int:
     model, result = train_model(work, blocks, args.steps, args.batch_size, args.lr)
     if args.export:
         export(work, model, tokenizer, int(blocks["train"][:, 1:].numel()), args.batch_size * BLOCK_SIZE)
+    for name in filter(None, args.heads.split(",")):
+        model.eval()
+        metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
+        print(f"[heads] {name}: {metrics}", flush=True)
     print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
     return 0
 
