@@ -89,6 +89,9 @@ def _build_model(rest: list[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build-model"]:  # its own parser owns every option, --help included
+        return _build_model(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
