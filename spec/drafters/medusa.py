@@ -17,22 +17,13 @@ from typing import Optional
 import torch
 from torch import nn
 
+from spec.drafters.blocks import ResBlock
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
-from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.drafters.tree_filling import check_tree_fits, path_log_confidence, root_only_draft
 from spec.models import ModelFingerprint, hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
 
-
-class ResBlock(nn.Module):
-    """``x + SiLU(W x + b)`` with W zero-initialised: starts as the identity."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.linear.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + nn.functional.silu(self.linear(x))
+__all__ = ["MedusaDrafter", "MedusaHeads", "ResBlock"]  # ResBlock re-exported: it used to live here
 
 
 class MedusaHeads(nn.Module):
@@ -133,24 +124,17 @@ class MedusaDrafter:
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
-        if tree.max_depth > self.num_heads:
-            raise TreeTooDeepError(
-                f"The tree is {tree.max_depth} deep but this Medusa drafter has {self.num_heads} heads "
-                "(one per depth); use a shallower tree or more heads."
-            )
-        if tree.max_rank >= self.heads.vocab:
-            raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the vocabulary has {self.heads.vocab} tokens.")
+        check_tree_fits(tree, self.num_heads, self.heads.vocab, "Medusa drafter")
         device = self.heads.heads[0][-1].weight.device
-        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return Draft(tree=CandidateTree.root_only(), tokens=root, log_confidence=torch.zeros(1))
+            return root_only_draft(context.root_token, device)
         logprobs = self.heads(context.prev_hidden[None])[0, : tree.max_depth].float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
         depth_row = (tree.depths[1:] - 1).to(device)
         rank_col = tree.rank_index[1:].to(device)
+        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
         node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
-        # Cumulative draft log-probability of each node's path: sum over its ancestors.
-        log_confidence = tree.ancestor_mask.to(device=device, dtype=node_logprob.dtype) @ node_logprob
-        return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC, log_confidence=log_confidence)
+        return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
+                     log_confidence=path_log_confidence(tree, node_logprob))
