@@ -121,17 +121,25 @@ class CloverDrafter:
 
     @classmethod
     def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None) -> "CloverDrafter":
-        """Fresh (untrained) Clover heads for ``model``, in its dtype and on its device."""
+        """Fresh (untrained) Clover heads for ``model``, in its dtype and on its device.
+
+        The attention decoder gets the model's number of attention heads and its norms
+        the model's RMSNorm epsilon.
+        """
         if seed is not None:
             torch.manual_seed(seed)
-        heads = cls._build(model, num_heads, num_layers, model.config.num_attention_heads,
-                           float(model.config.rms_norm_eps))
-        return cls(model, heads)
+        return cls(model, cls._build(model, num_heads, num_layers))
 
     @staticmethod
-    def _build(model, num_heads: int, num_layers: int, num_attention_heads: int, eps: float) -> CloverHeads:
-        layer = build_decoder_layer(model, _AUGMENTING_BLOCK)
-        heads = CloverHeads(hidden_size(model), num_heads, num_layers, num_attention_heads, eps, layer)
+    def _build(model, num_heads: int, num_layers: int, num_attention_heads: Optional[int] = None,
+               eps: Optional[float] = None) -> CloverHeads:
+        layer = build_decoder_layer(model, _AUGMENTING_BLOCK)  # first: refuses unsupported architectures
+        heads = CloverHeads(
+            hidden_size(model), num_heads, num_layers,
+            num_attention_heads if num_attention_heads is not None else model.config.num_attention_heads,
+            eps if eps is not None else float(model.config.rms_norm_eps),
+            layer,
+        )
         weight = model.get_output_embeddings().weight
         return heads.to(device=weight.device, dtype=weight.dtype)
 
