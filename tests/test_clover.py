@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spec import CloverDrafter, DraftContext, HydraDrafter, MedusaDrafter, SamplingParams
+from spec import CloverDrafter, DraftContext, HydraDrafter, SamplingParams
 from spec.errors import CheckpointError, IncompatibleDrafterError, InputError, TreeTooDeepError, UnsupportedError
 from spec.testing.strategies import candidate_trees
 from spec.trees import tree_from_choices

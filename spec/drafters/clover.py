@@ -24,8 +24,8 @@ of the paper, as built here:
   projection, which is why it is much lighter than Medusa or Hydra.
 
 The output projections of the augmenting block and of the attention decoder start
-at zero, so untrained, every head reads ``a = h`` and proposes the lm_head's
-ranking of the target's own state.
+at zero, so untrained, every path state is the target's own hidden state and each
+head starts from the lm_head's ranking of it (shifted only by its ResBlocks' biases).
 """
 
 from __future__ import annotations
