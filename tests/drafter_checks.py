@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pytest
 import torch
 
 from spec import (
@@ -21,6 +22,16 @@ from spec.testing.drafters import OracleDrafter
 from spec.trees import tree_from_choices
 
 from helpers import VOCAB, model, prompt, reference
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run on one intra-op thread: tiny models gain nothing from more, and on a shared CPU OpenMP's
+    spinning threads made these tests about 30x slower. Imported by each drafter test module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 #: Two depth-1 candidates, each with three depth-2 children: nodes 3-5 hang under node 1, 6-8 under node 2.
 TWO_BRANCHES = tree_from_choices([[0], [1], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])

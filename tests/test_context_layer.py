@@ -6,7 +6,7 @@ import torch
 from spec.drafters import ContextLayerCache, build_decoder_layer
 from spec.errors import UnsupportedError
 
-from drafter_checks import perturb
+from drafter_checks import perturb, single_thread  # noqa: F401 (autouse fixture)
 from helpers import model, prompt
 
 
