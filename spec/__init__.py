@@ -1,7 +1,7 @@
 """spec: lossless speculative decoding with draft heads, as a pipeline of swappable stages."""
 
 from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor
-from spec.drafters import MedusaDrafter
+from spec.drafters import CloverDrafter, HydraDrafter, MedusaDrafter
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
     Acceptance,
@@ -29,11 +29,13 @@ __all__ = [
     "AutoregressiveDecoder",
     "CandidateKind",
     "CandidateTree",
+    "CloverDrafter",
     "Draft",
     "DraftContext",
     "Drafter",
     "GenerationOutput",
     "GreedyAcceptor",
+    "HydraDrafter",
     "MedusaDrafter",
     "RejectionSamplingAcceptor",
     "SamplingParams",

@@ -16,8 +16,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("SPEC_HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(scope="session")
-def torch_threads():
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """Tiny test models gain nothing from threads, and oversubscribed cores slow them ~30x."""
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)

@@ -1,5 +1,28 @@
-"""Drafters: propose a candidate token for every node of a tree."""
+"""Drafters: propose a candidate token for every node of a tree.
 
-from spec.drafters.medusa import MedusaDrafter, MedusaHeads, ResBlock
+``MedusaDrafter`` (independent heads), ``HydraDrafter`` (heads that read the drafted
+path; Hydra++ with options) and ``CloverDrafter`` (regressive attention decoder over
+the path, augmenting block) all implement the same ``Drafter`` protocol, so each is
+a one-line swap for the others. See docs/drafters.md.
+"""
 
-__all__ = ["MedusaDrafter", "MedusaHeads", "ResBlock"]
+from spec.drafters.blocks import ProjectedResBlock, ResBlock
+from spec.drafters.clover import AttentionDecoder, CloverDrafter, CloverHeads
+from spec.drafters.context_layer import SUPPORTED_ARCHITECTURES, ContextLayerCache, build_decoder_layer
+from spec.drafters.hydra import HydraDrafter, HydraHeads
+from spec.drafters.medusa import MedusaDrafter, MedusaHeads
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "AttentionDecoder",
+    "CloverDrafter",
+    "CloverHeads",
+    "ContextLayerCache",
+    "HydraDrafter",
+    "HydraHeads",
+    "MedusaDrafter",
+    "MedusaHeads",
+    "ProjectedResBlock",
+    "ResBlock",
+    "build_decoder_layer",
+]

@@ -17,9 +17,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from spec.drafters.blocks import ResBlock
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
 from spec.drafters.sampled import draw_children
-from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.drafters.tree_filling import check_tree_fits, path_log_confidence, root_only_draft
 from spec.models import ModelFingerprint, hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
 from spec.randomness import TorchRandomness
@@ -32,17 +33,7 @@ CANDIDATE_MODES = {
     "sample_with_replacement": CandidateKind.SAMPLED_WITH_REPLACEMENT,
 }
 
-
-class ResBlock(nn.Module):
-    """``x + SiLU(W x + b)`` with W zero-initialised: starts as the identity."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.linear.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + nn.functional.silu(self.linear(x))
+__all__ = ["MedusaDrafter", "MedusaHeads", "ResBlock"]  # ResBlock re-exported: it used to live here
 
 
 class MedusaHeads(nn.Module):
@@ -153,18 +144,12 @@ class MedusaDrafter:
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
-        if tree.max_depth > self.num_heads:
-            raise TreeTooDeepError(
-                f"The tree is {tree.max_depth} deep but this Medusa drafter has {self.num_heads} heads "
-                "(one per depth); use a shallower tree or more heads."
-            )
-        if tree.max_rank >= self.heads.vocab:
-            raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the vocabulary has {self.heads.vocab} tokens.")
+        check_tree_fits(tree, self.num_heads, self.heads.vocab, "Medusa drafter")
         device = self.heads.heads[0][-1].weight.device
-        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return Draft(tree=CandidateTree.root_only(), tokens=root, log_confidence=torch.zeros(1))
+            return root_only_draft(context.root_token, device)
+        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         head_logits = self.heads(context.prev_hidden[None])[0, : tree.max_depth]  # [depth, V]
         if self.candidates != "top_k" and not sampling.is_greedy:
             return self._sampled_draft(tree, root, head_logits, sampling, generator)
@@ -174,9 +159,8 @@ class MedusaDrafter:
         rank_col = tree.rank_index[1:].to(device)
         tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
         node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
-        # Cumulative draft log-probability of each node's path: sum over its ancestors.
-        log_confidence = tree.ancestor_mask.to(device=device, dtype=node_logprob.dtype) @ node_logprob
-        return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC, log_confidence=log_confidence)
+        return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
+                     log_confidence=path_log_confidence(tree, node_logprob))
 
     def _sampled_draft(self, tree: CandidateTree, root: torch.Tensor, head_logits: torch.Tensor,
                        sampling: SamplingParams, generator: Optional[torch.Generator]) -> Draft:
@@ -194,5 +178,5 @@ class MedusaDrafter:
         node_logprob[0] = 0.0
         if len(keep) < tree.num_nodes:
             tree, tokens_t, node_q, node_logprob = tree.subtree(keep), tokens_t[keep], node_q[keep], node_logprob[keep]
-        log_confidence = tree.ancestor_mask.to(node_logprob) @ node_logprob
-        return Draft(tree=tree, tokens=tokens_t, kind=kind, draft_probs=node_q, log_confidence=log_confidence)
+        return Draft(tree=tree, tokens=tokens_t, kind=kind, draft_probs=node_q,
+                     log_confidence=path_log_confidence(tree, node_logprob))

@@ -1,0 +1,54 @@
+"""The residual MLP blocks draft heads are made of.
+
+Both start as the identity (their weight branch is zero-initialised), so an
+untrained head reads its input unchanged and a freshly built drafter begins from
+the model's own next-token guess instead of noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResBlock(nn.Module):
+    """``x + SiLU(W x + b)`` with W zero-initialised: starts as the identity.
+
+    ``dropout`` (on the SiLU branch) only acts in training mode.
+    """
+
+    def __init__(self, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.linear.weight)
+        # No parameters, so checkpoints are the same with or without dropout.
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(nn.functional.silu(self.linear(x)))
+
+
+class ProjectedResBlock(nn.Module):
+    """``P x + SiLU(W x + b)`` from ``in_features`` down to ``hidden``: a ResBlock whose input is wider.
+
+    The residual cannot be ``x`` itself when the input is a concatenation
+    ``[h, e_1, ..., e_k]``, so it is a learned projection ``P``. ``P`` starts as
+    "keep the first ``hidden`` features" and ``W`` and ``b`` as zero, so the block
+    starts by passing ``h`` through exactly.
+    """
+
+    def __init__(self, in_features: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if in_features < hidden:
+            raise ValueError(f"ProjectedResBlock maps a wider input down: in_features {in_features} < hidden {hidden}.")
+        self.residual = nn.Linear(in_features, hidden, bias=False)
+        self.linear = nn.Linear(in_features, hidden)
+        with torch.no_grad():
+            self.residual.weight.zero_()
+            self.residual.weight[:, :hidden].copy_(torch.eye(hidden))
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x) + self.dropout(nn.functional.silu(self.linear(x)))

@@ -1,0 +1,212 @@
+"""Clover heads (Xiao et al., 2024, "Clover: Regressive Lightweight Speculative Decoding with
+Sequential Knowledge").
+
+Clover keeps Medusa's cheap per-depth heads but feeds each one the token drafted
+before it, and re-aligns the target's hidden states for looking ahead. Our reading
+of the paper, as built here:
+
+* **Augmenting block**: one extra transformer decoder layer, of the model's own
+  architecture, over the target's last hidden states at every position. It runs
+  once per step (on ``commit``, over the newly committed positions, with its own
+  KV cache). The target's final states are trained for the next token only; this
+  trainable layer lets them be reshaped for guessing further ahead. Its output
+  ``a`` at the position before the root is where drafting starts: ``s_0 = a``.
+* **Regressive connection**: the head for depth d sees the token drafted at depth
+  d - 1 on its path (the root for d = 1), through the model's frozen input
+  embedding ``E``.
+* **Attention decoder** (one, shared by all depths): the query is that token's
+  embedding; the keys and values are the embedding itself and the path's states
+  ``s_0 .. s_{d-1}``. Its output, added to ``s_{d-1}``, is ``s_d``, the state the node
+  hands down to its children. Sequential knowledge flows down the path like an
+  RNN's state, and the decoder can attend back to any earlier state on the path.
+* **Heads**: head d applies its own MLP (ResBlocks) and RMSNorm to ``s_d``; the
+  target's frozen lm_head turns that into logits. Clover adds no vocabulary
+  projection, which is why it is much lighter than Medusa or Hydra.
+
+The output projections of the augmenting block and of the attention decoder start
+at zero, so untrained, every path state is the target's own hidden state and each
+head starts from the lm_head's ranking of it (shifted only by its ResBlocks' biases).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from spec.drafters.blocks import ResBlock
+from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
+from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
+from spec.errors import ShapeError, UnsupportedError
+from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
+
+_AUGMENTING_BLOCK = "Clover augmenting block"
+
+
+class AttentionDecoder(nn.Module):
+    """``s_d = s_{d-1} + O · Attn(q = Q·norm(e), k, v = K, V · [norm(e); norm(s_0 .. s_{d-1})])``.
+
+    Multi-head attention with ``num_attention_heads`` heads over a handful of
+    positions (the path), so no mask is needed: every state on the path is visible.
+    """
+
+    def __init__(self, hidden: int, num_attention_heads: int, eps: float) -> None:
+        super().__init__()
+        if hidden % num_attention_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {num_attention_heads} attention heads.")
+        self.num_attention_heads = num_attention_heads
+        self.token_norm = nn.RMSNorm(hidden, eps=eps)
+        self.state_norm = nn.RMSNorm(hidden, eps=eps)
+        self.query = nn.Linear(hidden, hidden, bias=False)
+        self.key = nn.Linear(hidden, hidden, bias=False)
+        self.value = nn.Linear(hidden, hidden, bias=False)
+        self.output = nn.Linear(hidden, hidden, bias=False)
+        nn.init.zeros_(self.output.weight)
+
+    def forward(self, token_embedding: torch.Tensor, path_states: torch.Tensor) -> torch.Tensor:
+        """``token_embedding`` ``[N, H]``, ``path_states`` ``[N, d, H]`` (``s_0`` first) -> ``s_d`` ``[N, H]``."""
+        token = self.token_norm(token_embedding)[:, None]  # [N, 1, H]
+        memory = torch.cat([token, self.state_norm(path_states)], dim=1)  # [N, d + 1, H]
+        q, k, v = self._split(self.query(token)), self._split(self.key(memory)), self._split(self.value(memory))
+        attended = nn.functional.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, H / heads]
+        return path_states[:, -1] + self.output(attended.transpose(1, 2).flatten(1))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, L, H]`` -> ``[N, heads, L, H / heads]``."""
+        return x.unflatten(-1, (self.num_attention_heads, -1)).transpose(1, 2)
+
+
+class CloverHeads(nn.Module):
+    """The trainable part of a Clover drafter: augmenting block, attention decoder, per-head MLP + norm."""
+
+    def __init__(self, hidden: int, num_heads: int, num_layers: int, num_attention_heads: int, eps: float,
+                 augmenting_layer: nn.Module) -> None:
+        super().__init__()
+        if num_heads < 1 or num_layers < 0:
+            raise ValueError(f"Clover needs num_heads >= 1 and num_layers >= 0, got {num_heads}, {num_layers}.")
+        self.hidden, self.num_layers, self.eps = hidden, num_layers, eps
+        self.augmenting_layer = augmenting_layer
+        self.attention_decoder = AttentionDecoder(hidden, num_attention_heads, eps)
+        self.heads = nn.ModuleList(
+            nn.Sequential(*[ResBlock(hidden) for _ in range(num_layers)], nn.RMSNorm(hidden, eps=eps))
+            for _ in range(num_heads)
+        )
+
+
+class CloverDrafter:
+    """Drafts a tree with Clover heads: node at depth d, rank r gets the r-th most likely token of head d,
+    whose state was built down the node's path by the attention decoder."""
+
+    drafter_type = "clover"
+    _hyperparameters = {"num_heads", "num_layers", "hidden_size", "vocab_size", "num_attention_heads",
+                        "rms_norm_eps"}
+
+    def __init__(self, model, heads: CloverHeads) -> None:
+        check_model_dims(model, vocab_size=output_vocab_size(model), hidden=heads.hidden, what="These Clover heads")
+        embedding = model.get_input_embeddings()
+        if embedding is None or embedding.weight.shape[1] != heads.hidden:
+            raise UnsupportedError(
+                f"Clover reads the model's input embeddings alongside its hidden states, so their widths must "
+                f"match; {type(model).__name__}'s input embedding is not {heads.hidden} wide."
+            )
+        self.model = model
+        self.heads = heads.eval()
+        self.embedding = embedding
+        self.lm_head = model.get_output_embeddings()
+        self._augment = ContextLayerCache(model, heads.augmenting_layer, _AUGMENTING_BLOCK)
+
+    @classmethod
+    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None) -> "CloverDrafter":
+        """Fresh (untrained) Clover heads for ``model``, in its dtype and on its device.
+
+        The attention decoder gets the model's number of attention heads and its norms
+        the model's RMSNorm epsilon.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(model, cls._build(model, num_heads, num_layers))
+
+    @staticmethod
+    def _build(model, num_heads: int, num_layers: int, num_attention_heads: Optional[int] = None,
+               eps: Optional[float] = None) -> CloverHeads:
+        layer = build_decoder_layer(model, _AUGMENTING_BLOCK)  # first: refuses unsupported architectures
+        heads = CloverHeads(
+            hidden_size(model), num_heads, num_layers,
+            num_attention_heads if num_attention_heads is not None else model.config.num_attention_heads,
+            eps if eps is not None else float(model.config.rms_norm_eps),
+            layer,
+        )
+        weight = model.get_output_embeddings().weight
+        return heads.to(device=weight.device, dtype=weight.dtype)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        hyper = {
+            "num_heads": self.num_heads,
+            "num_layers": self.heads.num_layers,
+            "hidden_size": self.heads.hidden,
+            "vocab_size": output_vocab_size(self.model),
+            "num_attention_heads": self.heads.attention_decoder.num_attention_heads,
+            "rms_norm_eps": self.heads.eps,
+        }
+        save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model) -> "CloverDrafter":
+        hyper, state = load_drafter(directory, model, cls.drafter_type, cls._hyperparameters)
+        heads = cls._build(model, hyper["num_heads"], hyper["num_layers"], hyper["num_attention_heads"],
+                           hyper["rms_norm_eps"])
+        load_state_strict(heads, state, directory)
+        return cls(model, heads)
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        """The base model's fingerprint, read now (so it follows a backbone changed by training)."""
+        return ModelFingerprint.of(self.model)
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters of the drafter alone (the model's embeddings and lm_head are frozen and shared)."""
+        return sum(p.numel() for p in self.heads.parameters())
+
+    # ---- Drafter protocol ----------------------------------------------------------------
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads.heads)
+
+    @property
+    def max_depth(self) -> int:
+        return self.num_heads
+
+    def reset(self) -> None:
+        self._augment.reset()
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        if tokens.shape[0] != hidden_states.shape[0]:
+            raise ShapeError(f"commit got {tokens.shape[0]} tokens but {hidden_states.shape[0]} hidden states.")
+        self._augment.append(hidden_states)
+
+    @torch.no_grad()
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+                generator: Optional[torch.Generator] = None) -> Draft:
+        check_tree_fits(tree, self.num_heads, output_vocab_size(self.model), "Clover drafter")
+        device = self.lm_head.weight.device
+        if context.prev_hidden is None or tree.num_nodes == 1:
+            # No hidden state yet (one-token prompt): nothing to draft from this step.
+            return root_only_draft(context.root_token, device)
+        # Row 0: s_0, the augmented state before the root; row i + 1: the state node i hands its children.
+        states = torch.empty(tree.num_nodes + 1, self.heads.hidden, device=device, dtype=self.lm_head.weight.dtype)
+        states[0] = self._augment.output_for(context.position)
+
+        def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
+            # The states above each expanding node: s_0, then those of its ancestors (root first).
+            above = torch.cat([torch.zeros_like(step.paths[:, :1]), step.paths[:, :-1] + 1], dim=1)
+            new_states = self.heads.attention_decoder(self.embedding(tokens[step.nodes]), states[above])
+            states[step.nodes + 1] = new_states
+            return self.lm_head(self.heads.heads[step.depth](new_states))
+
+        return fill_depth_by_depth(tree, context.root_token, next_logits, device)

@@ -1,0 +1,138 @@
+"""One extra decoder layer of the model's own architecture, run over the target's hidden states.
+
+Hydra++'s prefix attention layer and Clover's augmenting block are both this: a
+transformer layer that reads the target's last-layer hidden state at every
+committed position and attends over all of them, so the heads see a summary of
+the whole context rather than one position's state.
+
+The layer's weights (:func:`build_decoder_layer`) belong to the drafter's
+checkpoint; its KV cache (:class:`ContextLayerCache`) is runtime state kept in step
+with the target's through ``Drafter.commit``: each commit appends the newly
+committed positions, so the cache always holds exactly the committed sequence and
+the output at the last committed position (the one whose hidden state produced
+the root) is what the heads read.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from spec.errors import InputError, ShapeError, UnsupportedError
+
+#: ``config.model_type`` values whose decoder layer we can build and run on its own.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+
+def _backbone(model, what: str):
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    backbone = getattr(model, "model", None)
+    if (model_type not in SUPPORTED_ARCHITECTURES or backbone is None
+            or not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb")):
+        raise UnsupportedError(
+            f"{what} builds a decoder layer of the model's own architecture, which is supported for "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}; got {model_type!r} ({type(model).__name__}). "
+            "Use a supported model, or a drafter without that layer (e.g. HydraDrafter without prefix_layer)."
+        )
+    return backbone
+
+
+def build_decoder_layer(model, what: str) -> nn.Module:
+    """A fresh decoder layer like ``model``'s own, in its dtype and on its device, starting as the identity.
+
+    Linear weights are drawn as the model's init does (normal, ``initializer_range``);
+    the two projections that write into the residual stream (attention output and
+    MLP down projection) start at zero, so until trained the layer passes its input
+    through unchanged and the drafter behaves as it would without it.
+    """
+    backbone = _backbone(model, what)
+    template = backbone.layers[0]
+    layer = type(template)(model.config, layer_idx=0)
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for module in layer.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    weight = template.self_attn.q_proj.weight
+    return layer.to(device=weight.device, dtype=weight.dtype)
+
+
+def _sliding_window(model, layer: nn.Module) -> Optional[int]:
+    # Qwen2 sets it per layer (only on sliding layers); Mistral reads it from the config.
+    window = getattr(layer.self_attn, "sliding_window", None)
+    if window is None and getattr(model.config, "model_type", None) == "mistral":
+        window = getattr(model.config, "sliding_window", None)
+    return window or None
+
+
+class ContextLayerCache:
+    """Runs ``layer`` over committed hidden states chunk by chunk, with its own KV cache.
+
+    ``append(hidden)`` processes positions ``length .. length + m - 1`` attending to
+    everything before them (and within the model's sliding window, if any); the
+    result equals one causal pass over the whole sequence. The model's rotary
+    embedding is reused read-only: it has no trainable weights.
+    """
+
+    def __init__(self, model, layer: nn.Module, what: str) -> None:
+        self.layer = layer
+        self.rotary = _backbone(model, what).rotary_emb
+        self.window = _sliding_window(model, layer)
+        self.what = what
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = DynamicCache()
+        self.length = 0
+        self.last_output: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def append(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[m, H]`` at the next ``m`` positions -> the layer's outputs there ``[m, H]``."""
+        if hidden_states.dim() != 2:
+            raise ShapeError(f"commit takes hidden states of shape [m, H], got {tuple(hidden_states.shape)}.")
+        m = hidden_states.shape[0]
+        if m == 0:
+            return hidden_states
+        weight = self.layer.self_attn.q_proj.weight
+        x = hidden_states.to(device=weight.device, dtype=weight.dtype)[None]
+        positions = torch.arange(self.length, self.length + m, device=weight.device)
+        out = self.layer(
+            x,
+            attention_mask=self._mask(positions, weight.dtype),
+            position_ids=positions[None],
+            past_key_values=self.cache,
+            use_cache=True,
+            position_embeddings=self.rotary(x, positions[None]),
+        )
+        out = (out[0] if isinstance(out, tuple) else out)[0]
+        self.length += m
+        self.last_output = out[-1]
+        return out
+
+    def output_for(self, position: int) -> torch.Tensor:
+        """The output at the last committed position, checked to be the one before the root at ``position``."""
+        if self.length != position or self.last_output is None:
+            raise InputError(
+                f"The {self.what} has seen {self.length} committed positions but the root is at position "
+                f"{position}; call drafter.commit(tokens, hidden_states) after the prefill and after every step "
+                "(SpeculativeDecoder does), and drafter.reset() before a new sequence."
+            )
+        return self.last_output
+
+    def _mask(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[1, 1, m, length + m]`` additive: causal over the cached prefix and the chunk, windowed if needed."""
+        keys = torch.arange(self.length + positions.shape[0], device=positions.device)
+        offset = positions[:, None] - keys[None, :]
+        hidden = offset < 0
+        if self.window is not None:
+            hidden |= offset >= self.window
+        mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
+        return mask.masked_fill_(hidden, torch.finfo(dtype).min)[None, None]

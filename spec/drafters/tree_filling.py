@@ -1,0 +1,108 @@
+"""Filling a candidate tree from draft heads: the parts every head drafter shares.
+
+* :func:`check_tree_fits` refuses trees a drafter cannot fill;
+* :func:`root_only_draft` is the draft when there is nothing to draft from yet;
+* :func:`path_log_confidence` turns per-node log-probabilities into the cumulative
+  path confidences dynamic tree builders prune with;
+* :func:`fill_depth_by_depth` drives drafters whose head at depth d reads the
+  tokens drafted above it (Hydra, Clover): one batched head call per depth.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import attrs
+import torch
+
+from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.protocols import CandidateKind, CandidateTree, Draft
+
+
+def check_tree_fits(tree: CandidateTree, num_heads: int, vocab_size: int, what: str) -> None:
+    """Refuse trees deeper than the drafter's heads or asking for more ranks than the vocabulary has."""
+    if tree.max_depth > num_heads:
+        raise TreeTooDeepError(
+            f"The tree is {tree.max_depth} deep but this {what} has {num_heads} heads "
+            "(one per depth); use a shallower tree or more heads."
+        )
+    if tree.max_rank >= vocab_size:
+        raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the vocabulary has {vocab_size} tokens.")
+
+
+def root_only_draft(root_token: int, device: torch.device) -> Draft:
+    """The draft of a step with no hidden state to draft from (a one-token prompt): the root alone."""
+    return Draft(
+        tree=CandidateTree.root_only(),
+        tokens=torch.tensor([root_token], dtype=torch.long, device=device),
+        log_confidence=torch.zeros(1, device=device),
+    )
+
+
+def path_log_confidence(tree: CandidateTree, node_logprob: torch.Tensor) -> torch.Tensor:
+    """``[n]`` cumulative draft log-probability of each node's path (root 0): the sum over its ancestors."""
+    return tree.ancestor_mask.to(device=node_logprob.device, dtype=node_logprob.dtype) @ node_logprob
+
+
+@attrs.frozen(eq=False)
+class DepthStep:
+    """What one depth of depth-by-depth drafting works on (tensors on the drafter's device).
+
+    ``nodes``: ``[N]`` the nodes at ``depth`` that have children, which the head for
+    depth ``depth + 1`` expands in one batched call. ``paths``: ``[N, depth + 1]`` each
+    of them's path, root first, the node itself last. ``children``: the nodes at
+    ``depth + 1``; child c is the ``child_rank[c]``-th most likely token of row
+    ``child_row[c]`` of the head's output.
+    """
+
+    depth: int
+    nodes: torch.Tensor
+    paths: torch.Tensor
+    children: torch.Tensor
+    child_row: torch.Tensor
+    child_rank: torch.Tensor
+    max_rank: int
+
+
+@lru_cache(maxsize=128)
+def depth_plan(tree: CandidateTree, device: torch.device) -> tuple[DepthStep, ...]:
+    """The tree's :class:`DepthStep` per depth, computed once per tree shape and device."""
+    steps = []
+    for depth in range(tree.max_depth):
+        nodes = [i for i, d in enumerate(tree.depth_list) if d == depth and tree.children[i]]
+        row = {node: r for r, node in enumerate(nodes)}
+        children = [c for node in nodes for c in tree.children[node]]
+        steps.append(DepthStep(
+            depth=depth,
+            nodes=torch.tensor(nodes, dtype=torch.long, device=device),
+            paths=torch.tensor([tree.path_to(node) for node in nodes], dtype=torch.long, device=device),
+            children=torch.tensor(children, dtype=torch.long, device=device),
+            child_row=torch.tensor([row[tree.parents[c]] for c in children], dtype=torch.long, device=device),
+            child_rank=torch.tensor([tree.ranks[c] for c in children], dtype=torch.long, device=device),
+            max_rank=max(tree.ranks[c] for c in children),
+        ))
+    return tuple(steps)
+
+
+#: ``next_logits(step, tokens)``: logits ``[N, V]`` for the children of ``step.nodes``,
+#: given ``tokens`` ``[n]`` already filled down to ``step.depth``.
+NextLogits = Callable[[DepthStep, torch.Tensor], torch.Tensor]
+
+
+def fill_depth_by_depth(tree: CandidateTree, root_token: int, next_logits: NextLogits,
+                        device: torch.device) -> Draft:
+    """A deterministic top-k draft: each child gets the rank-th most likely token of its parent's head output.
+
+    Depths are filled in order because the head at depth d + 1 reads the tokens
+    chosen at depths <= d on its path.
+    """
+    tokens = torch.full((tree.num_nodes,), root_token, dtype=torch.long, device=device)
+    node_logprob = torch.zeros(tree.num_nodes, device=device)
+    for step in depth_plan(tree, torch.device(device)):
+        logprobs = next_logits(step, tokens).float().log_softmax(dim=-1)
+        top_logprobs, top_tokens = torch.topk(logprobs, step.max_rank + 1, dim=-1)  # [N, k]
+        tokens[step.children] = top_tokens[step.child_row, step.child_rank]
+        node_logprob[step.children] = top_logprobs[step.child_row, step.child_rank]
+    return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
+                 log_confidence=path_log_confidence(tree, node_logprob))

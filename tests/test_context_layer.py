@@ -1,0 +1,68 @@
+"""The extra decoder layer behind Hydra++'s prefix layer and Clover's augmenting block."""
+
+import pytest
+import torch
+
+from spec.drafters import ContextLayerCache, build_decoder_layer
+from spec.errors import UnsupportedError
+
+from drafter_checks import perturb
+from helpers import model, prompt
+
+
+def plain_forward(m, layer, hidden: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+    """The layer over ``hidden`` in one call, no cache, transformers' own causal attention (SDPA, no mask)."""
+    positions = torch.arange(first_position, first_position + hidden.shape[0])[None]
+    with torch.no_grad():
+        return layer(hidden[None], position_ids=positions,
+                     position_embeddings=m.model.rotary_emb(hidden[None], positions))[0]
+
+
+def target_hidden(arch: str, length: int, **overrides) -> torch.Tensor:
+    m = model(arch, **overrides)
+    with torch.no_grad():
+        return m(prompt(length, seed=8), output_hidden_states=True).hidden_states[-1][0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_chunked_appends_equal_one_causal_pass(arch):
+    m = model(arch)
+    layer = build_decoder_layer(m, "test layer")
+    perturb(layer, scale=0.1)
+    assert m.config._attn_implementation == "sdpa"
+    hidden = target_hidden(arch, 23)
+    cache = ContextLayerCache(m, layer, "test layer")
+    chunks = [cache.append(hidden[a:b]) for a, b in [(0, 0), (0, 5), (5, 6), (6, 13), (13, 14), (14, 23)]]
+    torch.testing.assert_close(torch.cat(chunks), plain_forward(m, layer, hidden), rtol=1e-9, atol=1e-9)
+    assert cache.length == 23 and torch.equal(cache.last_output, chunks[-1][-1])
+
+
+def test_untrained_layer_is_the_identity():
+    m = model("qwen2")
+    hidden = target_hidden("qwen2", 9)
+    cache = ContextLayerCache(m, build_decoder_layer(m, "test layer"), "test layer")
+    assert torch.equal(cache.append(hidden), hidden)
+
+
+def test_sliding_window_is_applied():
+    """With a window of 4, the last output equals the layer over only the last 4 positions (RoPE is relative)."""
+    m = model("mistral", context=64)
+    m.config.sliding_window = 4
+    try:
+        layer = build_decoder_layer(m, "test layer")
+        perturb(layer, scale=0.1)
+        hidden = target_hidden("mistral", 12, context=64)
+        cache = ContextLayerCache(m, layer, "test layer")
+        assert cache.window == 4
+        cache.append(hidden[:7])
+        last = cache.append(hidden[7:])[-1]
+        torch.testing.assert_close(last, plain_forward(m, layer, hidden[-4:], first_position=8)[-1],
+                                   rtol=1e-9, atol=1e-9)
+        assert not torch.allclose(last, plain_forward(m, layer, hidden)[-1])
+    finally:
+        m.config.sliding_window = None
+
+
+def test_other_architectures_are_refused():
+    with pytest.raises(UnsupportedError, match="supported for llama, qwen2, mistral; got 'gpt2'"):
+        build_decoder_layer(model("gpt2"), "test layer")
