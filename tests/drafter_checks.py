@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import pytest
 import torch
 
 from spec import (

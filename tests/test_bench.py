@@ -14,7 +14,7 @@ from spec import (
 )
 from spec.bench import Ablation, DecoderMethod, TransformersMethod, measure_cost_curve, run_benchmark, save_report
 from spec.bench import metrics
-from spec.bench.runner import interpolate
+from spec.trees.hardware import interpolate
 from spec.protocols import GenerationOutput, StepStats
 from spec.testing.broken import OverAcceptingAcceptor
 from spec.testing.drafters import OracleDrafter

@@ -11,6 +11,8 @@ import torch
 
 from spec.bench import metrics
 from spec.bench.methods import Method, MethodRun
+from spec.trees.hardware import interpolate
+from spec.trees.measure import measure_verify_costs as measure_cost_curve  # noqa: F401 (re-exported)
 
 
 class PeakMemory:
@@ -183,43 +185,3 @@ def _report(runs, peaks, baseline, sampling, cost_curve, settings) -> BenchRepor
             peak_memory_mb=peaks[name], matches_baseline=matches, mismatched_prompts=mismatched,
             ceiling_speedup=ceiling))
     return BenchReport(baseline=baseline, methods=tuple(reports), settings=settings, cost_curve=cost_curve)
-
-
-def interpolate(curve: dict[int, float], n: float) -> float:
-    """Linear interpolation of a cost curve ``{tree size: seconds}`` (clamped at its ends)."""
-    points = sorted(curve.items())
-    if n <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if n <= x1:
-            return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
-    return points[-1][1]
-
-
-def measure_cost_curve(verifier, sizes: Iterable[int], prefix: torch.Tensor, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one verify pass over ``n`` tree tokens on top of ``prefix``, for each ``n``.
-
-    The tree is the root plus ``n - 1`` siblings: verify cost depends on the token count, not the shape.
-    """
-    from spec.protocols import CandidateTree, Draft
-
-    curve = {}
-    device = verifier.model.get_output_embeddings().weight.device
-    for n in sizes:
-        tree = CandidateTree(parents=[-1] + [0] * (n - 1), ranks=list(range(n)))
-        draft = Draft(tree=tree, tokens=torch.zeros(n, dtype=torch.long))
-        times = []
-        for attempt in range(repeats + 1):
-            verifier.reset()
-            verifier.prefill(prefix)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            verifier.verify(draft)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if attempt:  # the first pass is a warm-up
-                times.append(time.perf_counter() - start)
-            verifier.commit((0,))
-        curve[n] = metrics.median(times)
-    return curve

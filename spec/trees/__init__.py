@@ -1,7 +1,39 @@
-"""Candidate trees: construction, interchange formats and tree builders."""
+"""Candidate trees: construction, interchange formats, optimisation and tree builders."""
 
 from spec.protocols.tree import CandidateTree
 from spec.trees.choices import chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.trees.dynamic import DynamicTreeBuilder
+from spec.trees.graph import tree_from_graph, tree_to_graph
+from spec.trees.hardware import SizedTree, choose_tree_for_hardware
+from spec.trees.io import draw_tree, load_tree, save_tree, tree_from_json, tree_to_json
+from spec.trees.measure import measure_acceptance, measure_draft_costs, measure_verify_costs
+from spec.trees.optimize import OptimalTrees, expected_accepted_length, greedy_tree, optimal_tree
 from spec.trees.static import StaticTreeBuilder
+from spec.trees.stats import AcceptanceStats
 
-__all__ = ["CandidateTree", "StaticTreeBuilder", "chain_tree", "full_tree", "tree_from_choices", "tree_to_choices"]
+__all__ = [
+    "AcceptanceStats",
+    "CandidateTree",
+    "DynamicTreeBuilder",
+    "OptimalTrees",
+    "SizedTree",
+    "StaticTreeBuilder",
+    "chain_tree",
+    "choose_tree_for_hardware",
+    "draw_tree",
+    "expected_accepted_length",
+    "full_tree",
+    "greedy_tree",
+    "load_tree",
+    "measure_acceptance",
+    "measure_draft_costs",
+    "measure_verify_costs",
+    "optimal_tree",
+    "save_tree",
+    "tree_from_choices",
+    "tree_from_graph",
+    "tree_from_json",
+    "tree_to_choices",
+    "tree_to_graph",
+    "tree_to_json",
+]

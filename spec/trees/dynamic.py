@@ -1,0 +1,69 @@
+"""Dynamic trees (EAGLE-2 style): reshape the tree every step from the drafter's own confidence.
+
+``tree()`` hands the drafter a fixed template (every rank < ``width`` at every depth
+<= ``depth``); the drafter fills it and reports each node's cumulative draft
+log-probability (``Draft.log_confidence``). ``select`` keeps the ``total_tokens``
+candidates with the highest confidence. A child's cumulative log-probability cannot
+exceed its parent's (rounding aside: scores are clamped to the parent's), and ties
+go to shallower nodes, so the kept set is always a subtree. Per step this is a few
+tensor ops and a top-k; no graph code.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from spec.errors import ConfigurationError, ShapeError
+from spec.protocols import CandidateTree, Draft
+from spec.trees.choices import full_tree
+
+
+def _positive(instance, attribute, value):
+    if value < 1:
+        raise ConfigurationError(f"DynamicTreeBuilder.{attribute.name} must be >= 1, got {value}.")
+
+
+@attrs.define
+class DynamicTreeBuilder:
+    depth: int = attrs.field(validator=_positive)
+    width: int = attrs.field(validator=_positive)
+    total_tokens: int = attrs.field(validator=_positive)  # candidates kept per step (root not counted)
+    _template: CandidateTree = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._template = full_tree(self.depth, self.width)
+
+    @property
+    def max_depth(self) -> int:
+        return self.depth
+
+    def tree(self) -> CandidateTree:
+        return self._template
+
+    def select(self, draft: Draft) -> Draft:
+        if draft.log_confidence is None:
+            raise ShapeError(
+                "DynamicTreeBuilder needs Draft.log_confidence (per-node cumulative draft log-probability); "
+                "this drafter does not provide it — use a static tree builder with it."
+            )
+        tree = draft.tree
+        if tree.num_nodes - 1 <= self.total_tokens:
+            return draft
+        score = draft.log_confidence.double().cpu()
+        parents = tree.parent_index
+        for _ in range(tree.max_depth):  # clamp to the parent's score, one level per pass
+            score = torch.minimum(score, score[parents])
+        score = score - tree.depths.double() * 1e-9  # ties: shallower first, so parents precede children
+        score[0] = float("inf")  # the root always stays
+        keep = torch.topk(score, self.total_tokens + 1).indices.sort().values
+        keep_list = keep.tolist()
+        kept_tree = tree.subtree(keep_list)
+        index = keep.to(draft.tokens.device)
+        return Draft(
+            tree=kept_tree,
+            tokens=draft.tokens[index],
+            kind=draft.kind,
+            draft_probs=None if draft.draft_probs is None else draft.draft_probs[index.to(draft.draft_probs.device)],
+            log_confidence=draft.log_confidence[index.to(draft.log_confidence.device)],
+        )

@@ -1,0 +1,63 @@
+"""Size the tree for the hardware: maximise expected tokens per second, not per step.
+
+A bigger tree accepts more per step but costs more to verify; how much more depends
+on the model and the device (a GPU verifies 64 tokens for about the price of one; a
+small CPU does not). Given the measured verify cost curve ``c(n)`` and drafting cost
+per depth ``d(L)``, pick the budget ``m`` and depth ``L`` maximising
+``E[gain](m, L) / (d(L) + c(m + 1))``.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from spec.errors import ConfigurationError
+from spec.protocols import CandidateTree
+from spec.trees.optimize import optimal_tree
+from spec.trees.stats import AcceptanceStats
+
+
+def interpolate(curve: dict[int, float], n: float) -> float:
+    """Piecewise-linear ``curve`` at ``n`` (clamped at its ends)."""
+    points = sorted(curve.items())
+    if not points:
+        raise ConfigurationError("An empty cost curve; measure it first.")
+    if n <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if n <= x1:
+            return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+@attrs.frozen
+class SizedTree:
+    tree: CandidateTree
+    budget: int
+    depth: int
+    expected_length: float
+    tokens_per_second: float  # predicted
+    table: tuple[tuple[int, int, float, float], ...]  # (budget, depth, expected length, predicted tokens/s)
+
+
+def choose_tree_for_hardware(stats: AcceptanceStats, verify_costs: dict[int, float],
+                             draft_costs: dict[int, float] | None = None, max_budget: int = 64,
+                             max_depth: int | None = None) -> SizedTree:
+    """The DP-optimal tree whose budget and depth maximise predicted tokens per second.
+
+    ``verify_costs``: seconds per verify pass for ``n`` tree tokens (root included).
+    ``draft_costs``: seconds per drafting call for each depth (0 when omitted).
+    """
+    max_depth = min(max_depth or stats.depth, stats.depth)
+    draft_costs = draft_costs or {}
+    table = []
+    for depth in range(1, max_depth + 1):
+        capacity = sum(stats.width ** d for d in range(1, depth + 1))
+        top = min(max_budget, capacity)
+        curve = optimal_tree(stats, top, depth).curve
+        for budget in range(1, top + 1):
+            seconds = interpolate(verify_costs, budget + 1) + (interpolate(draft_costs, depth) if draft_costs else 0.0)
+            table.append((budget, depth, curve[budget], curve[budget] / seconds))
+    budget, depth, length, speed = max(table, key=lambda row: (row[3], -row[0]))
+    return SizedTree(tree=optimal_tree(stats, budget, depth).tree, budget=budget, depth=depth,
+                     expected_length=length, tokens_per_second=speed, table=tuple(table))
