@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spec.training.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
+    from spec.trees.cli import add_parser as add_tree_parser
+
+    add_tree_parser(sub)
     build = sub.add_parser("build-model", add_help=False,
                            help="rebuild the shipped model from scratch: corpus, tokenizer, training, heads "
                            "(resumable; `spec build-model --help` for options)")

@@ -263,3 +263,22 @@ def test_dynamic_selection_keeps_the_most_confident_subtree():
     assert kept.tokens.tolist() == [0, 1, 3, 4]  # node 1 and its two children beat node 2
     with pytest.raises(ShapeError, match="log_confidence"):
         DynamicTreeBuilder(depth=2, width=2, total_tokens=3).select(Draft(tree=tree, tokens=torch.arange(7)))
+
+
+def test_spec_tree_cli(tmp_path, capsys):
+    from spec.cli import main
+
+    stats = AcceptanceStats(probs=[[0.6, 0.2, 0.1], [0.5, 0.2, 0.1], [0.4, 0.2, 0.1]], drafter="test")
+    stats.save(tmp_path / "stats.json")
+    assert main(["tree", "optimise", "--stats", str(tmp_path / "stats.json"), "--budget", "8", "--depth", "3",
+                 "--out", str(tmp_path / "tree.json"), "--png", str(tmp_path / "tree.png")]) == 0
+    tree, meta = load_tree(tmp_path / "tree.json")
+    assert tree.num_nodes == 9 and meta["expected_length"] == pytest.approx(optimal_tree(stats, 8, 3).expected_length)
+    (tmp_path / "curve.json").write_text(json.dumps({"1": 1.0, "4": 1.1, "16": 3.0}))
+    assert main(["tree", "optimise", "--stats", str(tmp_path / "stats.json"), "--budget", "15",
+                 "--cost-curve", str(tmp_path / "curve.json"), "--out", str(tmp_path / "hw.json")]) == 0
+    assert load_tree(tmp_path / "hw.json")[1]["predicted_tokens_per_second"] > 0
+    assert main(["tree", "show", str(tmp_path / "tree.json"), "--stats", str(tmp_path / "stats.json"),
+                 "--png", str(tmp_path / "again.png")]) == 0
+    out = capsys.readouterr().out
+    assert "expected accepted length" in out and (tmp_path / "again.png").exists()
