@@ -61,3 +61,31 @@ def heldout_prompts(name: str = DEFAULT, limit: Optional[int] = None) -> list[st
 
 def training_facts(name: str = DEFAULT) -> dict:
     return json.loads((shipped_path(name) / "training.json").read_text())
+
+
+DRAFTERS = {"medusa": "MedusaDrafter", "hydra": "HydraDrafter", "clover": "CloverDrafter"}
+
+
+def shipped_drafters(name: str = DEFAULT) -> list[str]:
+    heads = shipped_path(name) / "heads"
+    return sorted(p.name for p in heads.iterdir() if (p / "config.json").exists()) if heads.exists() else []
+
+
+def load_shipped_drafter(drafter: str, model, name: str = DEFAULT):
+    """The shipped heads of ``drafter`` for the shipped ``model``."""
+    import spec.drafters
+
+    path = shipped_path(name) / "heads" / drafter
+    if drafter not in DRAFTERS or not (path / "config.json").exists():
+        raise CheckpointError(f"No shipped {drafter!r} heads; shipped: {shipped_drafters(name) or 'none'}.")
+    return getattr(spec.drafters, DRAFTERS[drafter]).from_pretrained(path, model)
+
+
+def load_shipped_tree(drafter: str, name: str = DEFAULT):
+    """The tree optimised for ``drafter``'s measured acceptance on this CPU."""
+    from spec.trees import load_tree
+
+    path = shipped_path(name) / "trees" / f"{drafter}.json"
+    if not path.exists():
+        raise CheckpointError(f"No shipped tree for {drafter!r} at {path}.")
+    return load_tree(path)[0]
