@@ -108,6 +108,32 @@ def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, s
     return result.final_metrics
 
 
+def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_DIR, prompts: int = 8,
+              new_tokens: int = 48) -> dict:
+    """Measure the drafter's acceptance on held-out snippets and this machine's verify cost curve, and
+    ship the tree with the most expected tokens per second (with its statistics and cost curve)."""
+    from spec.io import atomic_write_bytes
+    from spec.trees import choose_tree_for_hardware, measure_acceptance, measure_verify_costs, save_tree
+    from spec.verifiers import TreeAttentionVerifier
+
+    texts = [s["prompt"] for s in heldout_snippets()][:prompts]
+    ids = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
+    verifier = TreeAttentionVerifier(model)
+    stats = measure_acceptance(model, drafter, verifier, ids, depth=min(4, drafter.max_depth), width=4,
+                               max_new_tokens=new_tokens, name=name)
+    costs = measure_verify_costs(verifier, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64], ids[0][0], repeats=5)
+    sized = choose_tree_for_hardware(stats, costs, max_budget=63)
+    (destination / "stats").mkdir(parents=True, exist_ok=True)
+    stats.save(destination / "stats" / f"{name}.json")
+    meta = {"expected_length": sized.expected_length, "predicted_tokens_per_second": sized.tokens_per_second,
+            "budget": sized.budget, "depth": sized.depth, "verify_costs": costs, "device": "cpu"}
+    save_tree(destination / "trees" / f"{name}.json", sized.tree, meta)
+    atomic_write_bytes(destination / "trees" / f"{name}.costs.json", json.dumps(costs).encode())
+    print(f"[tree] {name}: depth-1 top-1 acceptance {stats.probs[0][0]:.2f}, tree of {sized.budget} candidates, "
+          f"depth {sized.depth}, expected length {sized.expected_length:.2f}", flush=True)
+    return meta
+
+
 def heldout_snippets(count: int = 32, prompt_lines: int = 12) -> list[dict]:
     """Fixed prompts: the first ``prompt_lines`` lines of each function in held-out modules, in path order."""
     import ast
@@ -176,10 +202,19 @@ def main(argv=None) -> int:
     model, result = train_model(work, blocks, args.steps, args.batch_size, args.lr)
     if args.export:
         export(work, model, tokenizer, int(blocks["train"][:, 1:].numel()), args.batch_size * BLOCK_SIZE)
-    for name in filter(None, args.heads.split(",")):
+    heads = list(filter(None, args.heads.split(",")))
+    if heads:
+        from spec.models.shipped import load_shipped
+
+        # Train heads on exactly the weights users load (the export rounds them to bfloat16).
+        model, _ = load_shipped()
+    for name in heads:
         model.eval()
         metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
         print(f"[heads] {name}: {metrics}", flush=True)
+        from spec.models.shipped import load_shipped_drafter
+
+        ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
     print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
     return 0
 

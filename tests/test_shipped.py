@@ -1,0 +1,81 @@
+"""The shipped model and heads: they load offline, are really trained, and the demo works."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spec import GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
+from spec.models.shipped import (
+    ROOT,
+    heldout_prompts,
+    load_shipped,
+    load_shipped_drafter,
+    load_shipped_tree,
+    shipped_drafters,
+    training_facts,
+)
+from spec.models.shipped.corpus import corpus_files, read_corpus
+
+#: Held-out loss bound (nats/token): uniform over 4096 tokens is ln(4096) = 8.32.
+HELDOUT_LOSS_BOUND = 3.6
+#: Mean tokens per verify step on held-out snippets, greedy, with the shipped tree.
+MIN_ACCEPTED = {"medusa": 1.8}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_shipped()
+
+
+def test_everything_loads_offline_in_a_fresh_process():
+    code = ("from spec.models.shipped import load_shipped, load_shipped_drafter, shipped_drafters, load_shipped_tree\n"
+            "m, t = load_shipped()\n"
+            "for d in shipped_drafters():\n"
+            "    load_shipped_drafter(d, m); load_shipped_tree(d)\n"
+            "print('ok', len(shipped_drafters()))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME="/nonexistent")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok") and int(out.stdout.split()[1]) >= 1
+
+
+def test_shipped_files_are_small():
+    total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert total < 60 * 2**20, f"shipped files take {total / 2**20:.1f} MB"
+
+
+def test_model_is_really_trained(shipped):
+    model, tokenizer = shipped
+    text = "".join(read_corpus(corpus_files()["heldout"][:6]))
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, : 8 * 256]
+    blocks = ids[0, : (ids.shape[1] // 256) * 256].view(-1, 256)  # the training block length
+    with torch.no_grad():
+        logits = model(blocks).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item()
+    assert loss < HELDOUT_LOSS_BOUND < math.log(model.config.vocab_size)
+    assert training_facts()["heldout_loss"] < HELDOUT_LOSS_BOUND
+
+
+@pytest.mark.parametrize("drafter_name", sorted(MIN_ACCEPTED))
+def test_shipped_heads_are_really_trained(shipped, drafter_name):
+    model, tokenizer = shipped
+    assert drafter_name in shipped_drafters()
+    drafter = load_shipped_drafter(drafter_name, model)
+    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(drafter_name)),
+                                 TreeAttentionVerifier(model), GreedyAcceptor())
+    lengths = []
+    for text in heldout_prompts(limit=4):
+        prompt = tokenizer(text, return_tensors="pt").input_ids
+        lengths.append(decoder.generate(prompt, max_new_tokens=48).mean_accepted_length)
+    assert sum(lengths) / len(lengths) > MIN_ACCEPTED[drafter_name], lengths
+
+
+def test_demo_completions_are_identical(capsys):
+    from spec.cli import main
+
+    assert main(["demo", "--max-new-tokens", "24"]) == 0
+    assert "identical completions: True" in capsys.readouterr().out
