@@ -222,13 +222,14 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("recipe", ["medusa1", "medusa2", "self-distill"])
-def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, recipe):
+@pytest.mark.parametrize("drafter, recipe", [("medusa", "medusa1"), ("medusa", "medusa2"),
+                                             ("medusa", "self-distill"), ("hydra", "hydra++")])
+def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, recipe):
     from spec.cli import main
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / recipe
-    code = main(["train", "--drafter", "medusa", "--recipe", recipe, "--model", str(model_dir),
+    code = main(["train", "--drafter", drafter, "--recipe", recipe, "--model", str(model_dir),
                  "--data", str(model_dir / "data.txt"), "--out", str(out), "--steps", "6", "--batch-size", "2",
                  "--block-size", "32", "--num-heads", "2", "--eval-every", "3", "--checkpoint-every", "3",
                  "--distill-tokens", "8"])
@@ -238,7 +239,12 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, recipe):
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "eval_head0_top1" in line]
     assert [r["step"] for r in evals] == [3, 6]
     base = AutoModelForCausalLM.from_pretrained(out / "model" if recipe == "medusa2" else model_dir)
-    MedusaDrafter.from_pretrained(out / "heads", base)
+    if drafter == "hydra":
+        from spec import HydraDrafter
+
+        assert HydraDrafter.from_pretrained(out / "heads", base).heads.prefix_layer is not None
+    else:
+        MedusaDrafter.from_pretrained(out / "heads", base)
 
 
 def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tmp_path, capsys):
@@ -250,3 +256,38 @@ def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tm
     with pytest.raises(DataError, match="over the model's context"):
         main(["train", "--drafter", "medusa", "--model", str(model_dir), "--data", str(model_dir / "data.txt"),
               "--out", str(tmp_path), "--block-size", "4096"])
+
+
+def test_causal_pass_equals_the_cached_layer():
+    from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer, causal_pass
+
+    model = tiny_model("qwen2", seed=1, vocab_size=64)
+    layer = build_decoder_layer(model, "test layer")
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hidden = torch.randn(1, 9, 32, dtype=torch.float64)
+    cache = ContextLayerCache(model, layer, "test layer")
+    chunked = torch.cat([cache.append(hidden[0, :4]), cache.append(hidden[0, 4:])])
+    torch.testing.assert_close(causal_pass(model, layer, hidden, "test layer")[0], chunked)
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_hydra_training_learns_and_raises_acceptance(counting_model, tmp_path, plus_plus):
+    from spec import HydraDrafter
+    from spec.training.hydra import HydraObjective
+
+    model = counting_model
+    drafter = (HydraDrafter.hydra_plus_plus(model, num_heads=3, num_layers=2, seed=0) if plus_plus
+               else HydraDrafter.from_model(model, num_heads=3, seed=0))
+    objective = HydraObjective(model, drafter, teacher=plus_plus)
+    heldout = strided_blocks(16, 24, seed=3)
+    before_length = mean_accepted_length(model, drafter)
+    config = TrainConfig(out_dir=str(tmp_path), steps=120, batch_size=16, lr=1e-2, warmup_steps=10,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, strided_blocks(512, 24, seed=1), config)
+    drafter.heads.eval()
+    metrics = objective.evaluate(drafter.heads, heldout)
+    for k in range(3):
+        assert metrics[f"head{k}_top1"] > 0.8, metrics
+    assert mean_accepted_length(model, drafter) > before_length + 1.0

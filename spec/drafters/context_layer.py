@@ -136,3 +136,22 @@ class ContextLayerCache:
             hidden |= offset >= self.window
         mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
         return mask.masked_fill_(hidden, torch.finfo(dtype).min)[None, None]
+
+
+def causal_pass(model, layer: nn.Module, hidden_states: torch.Tensor, what: str) -> torch.Tensor:
+    """The layer over whole sequences ``[B, T, H]`` at once, with gradients: the training-time twin of
+    :class:`ContextLayerCache` (same causal, windowed attention; no cache)."""
+    rotary = _backbone(model, what).rotary_emb
+    window = _sliding_window(model, layer)
+    length = hidden_states.shape[1]
+    positions = torch.arange(length, device=hidden_states.device)
+    offset = positions[:, None] - positions[None, :]
+    hidden = offset < 0
+    if window is not None:
+        hidden |= offset >= window
+    mask = torch.zeros(hidden.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+    mask = mask.masked_fill_(hidden, torch.finfo(hidden_states.dtype).min)[None, None]
+    position_ids = positions[None].expand(hidden_states.shape[0], -1)
+    out = layer(hidden_states, attention_mask=mask, position_ids=position_ids,
+                position_embeddings=rotary(hidden_states, position_ids))
+    return out[0] if isinstance(out, tuple) else out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 RECIPES = {
     "medusa": ("medusa1", "medusa2", "self-distill"),
+    "hydra": ("hydra", "hydra++"),
 }
 
 
@@ -27,10 +28,11 @@ def add_parser(sub) -> None:
                         help="training text: a .txt/.py file, a .jsonl file with a 'text' field, or a directory of "
                         "them; for --recipe self-distill these are prompts the model continues itself")
     parser.add_argument("--out", required=True, help="output directory: checkpoints, log.jsonl, plots, heads/")
-    parser.add_argument("--recipe", default="medusa1", choices=sorted({r for rs in RECIPES.values() for r in rs}),
+    parser.add_argument("--recipe", default=None, choices=sorted({r for rs in RECIPES.values() for r in rs}),
                         help="medusa1: backbone frozen, hard targets; medusa2: backbone trained jointly "
                         "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
-                        "distribution on text the model generates from --data prompts")
+                        "distribution on text the model generates from --data prompts; hydra: Hydra heads on the data; "
+                        "hydra++: prefix layer, 4-block heads, teacher loss against the model's distribution")
     parser.add_argument("--num-heads", type=int, default=4, help="draft heads (tree depth they can fill)")
     parser.add_argument("--num-layers", type=int, default=1, help="ResBlocks per head")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss is decay**k (Medusa)")
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from spec.training.distill import generate_own_blocks
     from spec.training.plots import plot_head_accuracy
 
+    args.recipe = args.recipe or RECIPES[args.drafter][0]
     if args.recipe not in RECIPES[args.drafter]:
         raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from {RECIPES[args.drafter]}.")
     torch.manual_seed(args.seed)
@@ -82,10 +85,19 @@ def run(args: argparse.Namespace) -> int:
     train_blocks, heldout = blocks[:-heldout_count], blocks[-heldout_count:]
     if train_blocks.shape[0] == 0:
         raise ConfigurationError("All blocks were held out; give more data or a smaller --heldout-fraction.")
-    drafter = MedusaDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
+    if args.drafter == "hydra":
+        from spec.drafters import HydraDrafter
+        from spec.training.hydra import HydraObjective
+
+        plus = args.recipe == "hydra++"
+        drafter = HydraDrafter.from_model(model, num_heads=args.num_heads, num_layers=4 if plus else args.num_layers,
+                                          prefix_layer=plus, seed=args.seed)
+        objective = HydraObjective(model, drafter, teacher=plus)
+    else:
+        drafter = MedusaDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
     if args.recipe == "medusa2":
         objective = Medusa2Objective(model.train(), drafter.heads, decay=args.decay)
-    else:
+    elif args.drafter == "medusa":
         objective = MedusaObjective(model, drafter.heads, decay=args.decay, soft_targets=args.recipe == "self-distill")
     out = Path(args.out)
     config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,

@@ -89,8 +89,16 @@ def medusa_recipe(model):
     return drafter, MedusaObjective(model, drafter.heads, soft_targets=True)
 
 
+def hydra_recipe(model):
+    from spec.drafters import HydraDrafter
+    from spec.training.hydra import HydraObjective
+
+    drafter = HydraDrafter.hydra_plus_plus(model, num_heads=4, num_layers=2, seed=0)
+    return drafter, HydraObjective(model, drafter, teacher=True)
+
+
 #: drafter name -> (drafter, objective) for training the shipped heads.
-HEAD_RECIPES = {"medusa": medusa_recipe}
+HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe}
 
 
 def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, steps: int, batch_size: int,
@@ -104,7 +112,10 @@ def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, s
                          warmup_steps=20, checkpoint_every=25, eval_every=100, log_every=10)
     heldout = blocks["heldout"][:: max(blocks["heldout"].shape[0] // 32, 1)]
     result = train(objective, blocks["train"], config, eval_blocks=heldout)
+    # Shipped in bfloat16 to fit the package budget; loading casts to the model's dtype.
+    drafter.heads.to(torch.bfloat16)
     drafter.save_pretrained(destination / "heads" / name)
+    drafter.heads.to(torch.float32)
     return result.final_metrics
 
 
