@@ -223,7 +223,8 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("drafter, recipe", [("medusa", "medusa1"), ("medusa", "medusa2"),
-                                             ("medusa", "self-distill"), ("hydra", "hydra++")])
+                                             ("medusa", "self-distill"), ("hydra", "hydra++"),
+                                             ("clover", "clover")])
 def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, recipe):
     from spec.cli import main
     from transformers import AutoModelForCausalLM
@@ -243,6 +244,10 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
         from spec import HydraDrafter
 
         assert HydraDrafter.from_pretrained(out / "heads", base).heads.prefix_layer is not None
+    elif drafter == "clover":
+        from spec import CloverDrafter
+
+        CloverDrafter.from_pretrained(out / "heads", base)
     else:
         MedusaDrafter.from_pretrained(out / "heads", base)
 
@@ -288,6 +293,24 @@ def test_hydra_training_learns_and_raises_acceptance(counting_model, tmp_path, p
     train(objective, strided_blocks(512, 24, seed=1), config)
     drafter.heads.eval()
     metrics = objective.evaluate(drafter.heads, heldout)
+    for k in range(3):
+        assert metrics[f"head{k}_top1"] > 0.8, metrics
+    assert mean_accepted_length(model, drafter) > before_length + 1.0
+
+
+def test_clover_training_learns_and_raises_acceptance(counting_model, tmp_path):
+    from spec import CloverDrafter
+    from spec.training.clover import CloverObjective
+
+    model = counting_model
+    drafter = CloverDrafter.from_model(model, num_heads=3, seed=0)
+    objective = CloverObjective(model, drafter)
+    before_length = mean_accepted_length(model, drafter)
+    config = TrainConfig(out_dir=str(tmp_path), steps=120, batch_size=16, lr=1e-2, warmup_steps=10,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, strided_blocks(512, 24, seed=1), config)
+    drafter.heads.eval()
+    metrics = objective.evaluate(drafter.heads, strided_blocks(16, 24, seed=3))
     for k in range(3):
         assert metrics[f"head{k}_top1"] > 0.8, metrics
     assert mean_accepted_length(model, drafter) > before_length + 1.0

@@ -9,6 +9,7 @@ from pathlib import Path
 RECIPES = {
     "medusa": ("medusa1", "medusa2", "self-distill"),
     "hydra": ("hydra", "hydra++"),
+    "clover": ("clover",),
 }
 
 
@@ -32,7 +33,8 @@ def add_parser(sub) -> None:
                         help="medusa1: backbone frozen, hard targets; medusa2: backbone trained jointly "
                         "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
                         "distribution on text the model generates from --data prompts; hydra: Hydra heads on the data; "
-                        "hydra++: prefix layer, 4-block heads, teacher loss against the model's distribution")
+                        "hydra++: prefix layer, 4-block heads, teacher loss against the model's distribution; clover: "
+                        "augmenting block + attention decoder, soft cross-entropy to the model's distribution")
     parser.add_argument("--num-heads", type=int, default=4, help="draft heads (tree depth they can fill)")
     parser.add_argument("--num-layers", type=int, default=1, help="ResBlocks per head")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss is decay**k (Medusa)")
@@ -93,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
         drafter = HydraDrafter.from_model(model, num_heads=args.num_heads, num_layers=4 if plus else args.num_layers,
                                           prefix_layer=plus, seed=args.seed)
         objective = HydraObjective(model, drafter, teacher=plus)
+    elif args.drafter == "clover":
+        from spec.drafters import CloverDrafter
+        from spec.training.clover import CloverObjective
+
+        drafter = CloverDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
+        objective = CloverObjective(model, drafter, decay=args.decay)
     else:
         drafter = MedusaDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
     if args.recipe == "medusa2":

@@ -64,18 +64,24 @@ class HydraObjective:
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        device = next(module.parameters()).device
-        hits1: dict[int, float] = {}
-        hitsk: dict[int, float] = {}
-        counts: dict[int, int] = {}
-        for start in range(0, blocks.shape[0], 16):
-            for k, (_, logits, targets) in enumerate(self._per_head(module, blocks[start : start + 16].to(device))):
-                top = logits.topk(top_k, dim=-1).indices
-                hits1[k] = hits1.get(k, 0.0) + float((top[..., 0] == targets).sum())
-                hitsk[k] = hitsk.get(k, 0.0) + float((top == targets[..., None]).any(-1).sum())
-                counts[k] = counts.get(k, 0) + targets.numel()
-        metrics = {}
-        for k in counts:
-            metrics[f"head{k}_top1"] = hits1[k] / counts[k]
-            metrics[f"head{k}_top{top_k}"] = hitsk[k] / counts[k]
-        return metrics
+        return head_accuracy(self._per_head, module, blocks, top_k)
+
+
+@torch.no_grad()
+def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+    """Per-head top-1 and top-``top_k`` accuracy; ``per_head(module, batch)`` yields (loss, logits, targets)."""
+    device = next(module.parameters()).device
+    hits1: dict[int, float] = {}
+    hitsk: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for start in range(0, blocks.shape[0], 16):
+        for k, (_, logits, targets) in enumerate(per_head(module, blocks[start : start + 16].to(device))):
+            top = logits.topk(top_k, dim=-1).indices
+            hits1[k] = hits1.get(k, 0.0) + float((top[..., 0] == targets).sum())
+            hitsk[k] = hitsk.get(k, 0.0) + float((top == targets[..., None]).any(-1).sum())
+            counts[k] = counts.get(k, 0) + targets.numel()
+    metrics = {}
+    for k in counts:
+        metrics[f"head{k}_top1"] = hits1[k] / counts[k]
+        metrics[f"head{k}_top{top_k}"] = hitsk[k] / counts[k]
+    return metrics

@@ -97,8 +97,16 @@ def hydra_recipe(model):
     return drafter, HydraObjective(model, drafter, teacher=True)
 
 
+def clover_recipe(model):
+    from spec.drafters import CloverDrafter
+    from spec.training.clover import CloverObjective
+
+    drafter = CloverDrafter.from_model(model, num_heads=4, num_layers=1, seed=0)
+    return drafter, CloverObjective(model, drafter)
+
+
 #: drafter name -> (drafter, objective) for training the shipped heads.
-HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe}
+HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe, "clover": clover_recipe}
 
 
 def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, steps: int, batch_size: int,

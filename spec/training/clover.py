@@ -1,0 +1,64 @@
+"""Clover training (Xiao et al., 2024).
+
+Teacher forcing along the true continuation: s_0 is the augmenting block's output at
+position t; for depth d the attention decoder reads the embedding of token t+d (the
+root for d = 1) over s_0 .. s_{d-1} and gives s_d; head d maps it (MLP + norm) through
+the model's frozen lm_head to a guess of token t+d+1. The loss is Clover's: soft
+cross-entropy to the base model's own distribution for that token, weighted by
+``decay ** (d - 1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spec.drafters.context_layer import causal_pass
+from spec.training.hydra import head_accuracy
+
+
+class CloverObjective:
+    def __init__(self, model: nn.Module, drafter, decay: float = 0.8) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.drafter = drafter
+        self.decay = decay
+
+    def trainable(self) -> nn.Module:
+        return self.drafter.heads
+
+    def param_groups(self, module: nn.Module, lr: float):
+        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
+
+    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+        with torch.no_grad():
+            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
+            embeddings = self.drafter.embedding(batch)
+        num_heads = len(module.heads)
+        valid = batch.shape[1] - 1 - num_heads  # positions t whose every head has a target
+        if valid <= 0:
+            raise ValueError(f"Blocks of {batch.shape[1]} tokens are too short for {num_heads} Clover heads.")
+        states = [causal_pass(self.model, module.augmenting_layer, out.hidden_states[-1], "Clover augmenting block")[:, :valid]]
+        lm_head = self.drafter.lm_head
+        results = []
+        for d in range(1, num_heads + 1):
+            query = embeddings[:, d : d + valid]  # token t + d: the root, then the path
+            above = torch.stack(states, dim=2)  # [B, valid, d, H]
+            state = module.attention_decoder(query.flatten(0, 1), above.flatten(0, 1)).view_as(query)
+            states.append(state)
+            logits = lm_head(module.heads[d - 1](state)).float()
+            teacher = out.logits[:, d : d + valid].float().softmax(-1)
+            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
+            results.append((loss, logits, batch[:, d + 1 : d + 1 + valid]))
+        return results
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+        results = self._per_head(module, batch)
+        total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
+        metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
+        metrics["acc1"] = metrics["acc1_head0"]
+        return total, metrics
+
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+        return head_accuracy(self._per_head, module, blocks, top_k)
