@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spec.trees.cli import add_parser as add_tree_parser
 
     add_tree_parser(sub)
+    from spec.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     build = sub.add_parser("build-model", add_help=False,
                            help="rebuild the shipped model from scratch: corpus, tokenizer, training, heads "
                            "(resumable; `spec build-model --help` for options)")

@@ -79,3 +79,15 @@ def test_demo_completions_are_identical(capsys):
 
     assert main(["demo", "--max-new-tokens", "24"]) == 0
     assert "identical completions: True" in capsys.readouterr().out
+
+
+def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
+    from spec.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--num-prompts", "2", "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| medusa |" in report and "| transformers_generate |" in report and "DIFFERS" not in report
+    for name in ("report.json", "speedup.png", "accepted.png", "stages.png"):
+        assert (out / name).stat().st_size > 0
