@@ -65,6 +65,7 @@ def test_oracle_greedy_equals_autoregressive_and_generate(arch, tree, prompt_len
     drafter = OracleDrafter(ref, VOCAB, accuracy=accuracy, max_depth=6, seed=seed)
     out = speculative(arch, drafter, tree).generate(p, max_new_tokens=NEW_TOKENS)
     assert_same_tokens(out.sequences, ref[:, : p.shape[1] + NEW_TOKENS])
+    assert_same_tokens(out.sequences, m.generate(p, max_new_tokens=NEW_TOKENS, do_sample=False), "vs generate")
     if tree.max_depth >= 2 and accuracy >= 0.6:
         assert out.mean_accepted_length > 1.0, "the oracle's drafts were never accepted"
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from spec import MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
+from spec import CloverDrafter, HydraDrafter, MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
 from spec.acceptors import RejectionSamplingAcceptor
 from spec.pipelines import AutoregressiveDecoder
 from spec.protocols import SamplingParams
@@ -69,7 +69,12 @@ def sample_counts(decoder) -> Counter:
 
 def speculative(candidates, tree, acceptor=None):
     m = tiny()
-    drafter = MedusaDrafter.from_model(m, num_heads=2, candidates=candidates, seed=0)
+    if candidates == "hydra":
+        drafter = HydraDrafter.hydra_plus_plus(m, num_heads=2, num_layers=1, seed=0)
+    elif candidates == "clover":
+        drafter = CloverDrafter.from_model(m, num_heads=2, seed=0)
+    else:
+        drafter = MedusaDrafter.from_model(m, num_heads=2, candidates=candidates, seed=0)
     with torch.no_grad():  # heads that differ from the lm_head, so q differs from p
         for param in drafter.heads.parameters():
             param.add_(torch.randn_like(param) * 0.2)
@@ -94,9 +99,12 @@ def test_autoregressive_sampler_matches_the_model():
         ("top_k", "tree5"),
         ("sample_without_replacement", "tree5"),
         ("sample_with_replacement", "tree5"),
+        ("hydra", "tree5"),
+        ("clover", "tree5"),
     ],
 )
 def test_speculative_sampler_matches_the_model(candidates, tree_name):
+    """Medusa with top-k, sampled (with and without replacement) candidates; Hydra++ and Clover top-k."""
     decoder = speculative(candidates, TREES[tree_name])
     counts = sample_counts(decoder)
     assert chi_square_pvalue(counts, exact_distribution()) > ALPHA

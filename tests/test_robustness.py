@@ -101,3 +101,65 @@ def test_non_finite_logits_from_the_model_are_refused(bad):
     for decoder in (decoder_for(m, MedusaDrafter.from_model(m, num_heads=4)), AutoregressiveDecoder(m)):
         with pytest.raises(NonFiniteLogitsError, match="NaN or \\+inf"):
             decoder.generate(prompt(4, seed=1), max_new_tokens=4)
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "clover"])
+def test_heads_in_another_dtype_are_refused(kind):
+    from spec import CloverDrafter, HydraDrafter
+    from spec.errors import IncompatibleDrafterError
+
+    m = model("llama")
+    cls = {"medusa": MedusaDrafter, "hydra": HydraDrafter, "clover": CloverDrafter}[kind]
+    heads = cls.from_model(m, num_heads=2).heads.to(torch.float32)
+    with pytest.raises(IncompatibleDrafterError, match="torch.float32 on cpu but the model is torch.float64"):
+        cls(m, heads)
+
+
+def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
+    """Every loader in spec reads safetensors/JSON: make unpickling fail loudly and load everything."""
+    import pickle
+
+    from spec import CloverDrafter, HydraDrafter
+    from spec.training.checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+    from spec.trees import AcceptanceStats, load_tree, save_tree, tree_from_choices
+
+    m = model("qwen2")
+    for cls in (MedusaDrafter, HydraDrafter, CloverDrafter):
+        cls.from_model(m, num_heads=2).save_pretrained(tmp_path / cls.__name__)
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    save_training_checkpoint(tmp_path / "run", 1, layer.state_dict(), optimizer, None, {})
+    AcceptanceStats(probs=[[0.5]]).save(tmp_path / "stats.json")
+    save_tree(tmp_path / "tree.json", tree_from_choices([[0]]))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    for cls in (MedusaDrafter, HydraDrafter, CloverDrafter):
+        cls.from_pretrained(tmp_path / cls.__name__, m)
+    load_training_checkpoint(latest_checkpoint(tmp_path / "run"), torch.optim.AdamW(layer.parameters()), None)
+    AcceptanceStats.load(tmp_path / "stats.json")
+    load_tree(tmp_path / "tree.json")
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "clover"])
+def test_eos_inside_an_accepted_path_stops_exactly_under_every_drafter(kind):
+    """EOS and max_new_tokens are exact whatever the drafter and tree (long accepted paths: the oracle tests)."""
+    from spec import CloverDrafter, HydraDrafter
+
+    m = model("llama")
+    p = prompt(4, seed=21)
+    ref = reference("llama", p, 60)[0, p.shape[1]:].tolist()
+    eos = ref[40]
+    stop = ref.index(eos) + 1
+    cls = {"medusa": MedusaDrafter, "hydra": HydraDrafter, "clover": CloverDrafter}[kind]
+    for tree in (TREE, tree_from_choices([[0], [0, 0], [0, 0, 0]])):
+        decoder = SpeculativeDecoder(m, cls.from_model(m, num_heads=4, seed=0), StaticTreeBuilder(tree),
+                                     TreeAttentionVerifier(m), GreedyAcceptor())
+        out = decoder.generate(p, max_new_tokens=60, eos_token_id=eos)
+        assert out.new_tokens.tolist() == ref[:stop]
+        for budget in (1, 5, 17):
+            assert decoder.generate(p, max_new_tokens=budget).new_tokens.tolist() == ref[:budget]

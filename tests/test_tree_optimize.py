@@ -109,7 +109,8 @@ def test_dp_equals_brute_force_and_beats_greedy_and_random(stats, budget):
     assert greedy.num_nodes == budget + 1
     assert result.expected_length >= expected_accepted_length(greedy, stats) - 1e-12
     rng = random.Random(budget)
-    for tree in rng.sample(list(all_trees(stats.width, stats.depth, budget)), k=min(5, 1)):
+    candidates = list(all_trees(stats.width, stats.depth, budget))
+    for tree in rng.sample(candidates, k=min(5, len(candidates))):
         assert result.expected_length >= expected_accepted_length(tree, stats) - 1e-12
     assert all(a <= b + 1e-12 for a, b in zip(result.curve, result.curve[1:]))  # more nodes never hurt
 

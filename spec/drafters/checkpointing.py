@@ -34,6 +34,19 @@ def check_model_dims(model, *, vocab_size: int, hidden: int, what: str) -> None:
         )
 
 
+def check_same_placement(model, module: torch.nn.Module, what: str) -> None:
+    """Refuse heads whose dtype or device differs from the model's (a silent upcast or a device error later)."""
+    weight = model.get_output_embeddings().weight
+    param = next(module.parameters(), None)
+    if param is None:
+        return
+    if param.dtype != weight.dtype or param.device != weight.device:
+        raise IncompatibleDrafterError(
+            f"{what} are {param.dtype} on {param.device} but the model is {weight.dtype} on {weight.device}; "
+            f"move them with .to(dtype={weight.dtype}, device='{weight.device}') before building the drafter."
+        )
+
+
 def save_drafter(directory: str | os.PathLike, module: torch.nn.Module, drafter_type: str,
                  hyperparameters: dict[str, Any], fingerprint: ModelFingerprint) -> None:
     config = {

@@ -35,7 +35,13 @@ import torch
 from torch import nn
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
-from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.drafters.checkpointing import (
+    check_model_dims,
+    check_same_placement,
+    load_drafter,
+    load_state_strict,
+    save_drafter,
+)
 from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
 from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
 from spec.errors import ShapeError, UnsupportedError
@@ -93,6 +99,7 @@ class HydraDrafter:
 
     def __init__(self, model, heads: HydraHeads) -> None:
         check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Hydra heads")
+        check_same_placement(model, heads, "These Hydra heads")
         embedding = model.get_input_embeddings()
         if embedding is None or embedding.weight.shape[1] != heads.hidden:
             raise UnsupportedError(

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from spec.drafters.blocks import ResBlock
-from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.drafters.checkpointing import (
+    check_model_dims,
+    check_same_placement,
+    load_drafter,
+    load_state_strict,
+    save_drafter,
+)
 from spec.drafters.sampled import draw_children
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence, root_only_draft
 from spec.models import ModelFingerprint, hidden_size, output_vocab_size
@@ -75,6 +81,7 @@ class MedusaDrafter:
 
     def __init__(self, model, heads: MedusaHeads, candidates: str = "top_k") -> None:
         check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Medusa heads")
+        check_same_placement(model, heads, "These Medusa heads")
         if candidates not in CANDIDATE_MODES:
             raise ValueError(f"candidates must be one of {sorted(CANDIDATE_MODES)}, got {candidates!r}.")
         self.model = model
