@@ -20,8 +20,9 @@ from spec.models.shipped import (
 )
 from spec.models.shipped.corpus import corpus_files, read_corpus
 
-#: Held-out loss bound (nats/token): uniform over 4096 tokens is ln(4096) = 8.32.
-HELDOUT_LOSS_BOUND = 3.6
+#: Held-out loss bound (nats/token) over 48 blocks spread across every held-out module; the shipped model
+#: measures about 3.3 there, and uniform guessing over 4096 tokens would be ln(4096) = 8.32.
+HELDOUT_LOSS_BOUND = 4.0
 #: Mean tokens per verify step on held-out snippets, greedy, with the shipped tree.
 MIN_ACCEPTED = {"medusa": 1.8}
 
@@ -50,9 +51,10 @@ def test_shipped_files_are_small():
 
 def test_model_is_really_trained(shipped):
     model, tokenizer = shipped
-    text = "".join(read_corpus(corpus_files()["heldout"][:6]))
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, : 8 * 256]
-    blocks = ids[0, : (ids.shape[1] // 256) * 256].view(-1, 256)  # the training block length
+    text = "".join(read_corpus(corpus_files()["heldout"]))
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    blocks = ids[: (ids.numel() // 256) * 256].view(-1, 256)  # the training block length
+    blocks = blocks[:: max(blocks.shape[0] // 48, 1)][:48]
     with torch.no_grad():
         logits = model(blocks).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item()
