@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from spec.drafters.blocks import ResBlock
+from spec.drafters.base import HeadDrafter
 from spec.drafters.checkpointing import (
     check_model_dims,
     check_same_placement,
@@ -47,7 +48,7 @@ from spec.drafters.checkpointing import (
 from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
 from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
 from spec.errors import ShapeError, UnsupportedError
-from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
 
 _AUGMENTING_BLOCK = "Clover augmenting block"
@@ -103,7 +104,7 @@ class CloverHeads(nn.Module):
         )
 
 
-class CloverDrafter:
+class CloverDrafter(HeadDrafter):
     """Drafts a tree with Clover heads: node at depth d, rank r gets the r-th most likely token of head d,
     whose state was built down the node's path by the attention decoder."""
 
@@ -170,25 +171,7 @@ class CloverDrafter:
         load_state_strict(heads, state, directory)
         return cls(model, heads)
 
-    @property
-    def fingerprint(self) -> ModelFingerprint:
-        """The base model's fingerprint, read now (so it follows a backbone changed by training)."""
-        return ModelFingerprint.of(self.model)
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters of the drafter alone (the model's embeddings and lm_head are frozen and shared)."""
-        return sum(p.numel() for p in self.heads.parameters())
-
     # ---- Drafter protocol ----------------------------------------------------------------
-    @property
-    def num_heads(self) -> int:
-        return len(self.heads.heads)
-
-    @property
-    def max_depth(self) -> int:
-        return self.num_heads
-
     def reset(self) -> None:
         self._augment.reset()
 

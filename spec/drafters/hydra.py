@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
+from spec.drafters.base import HeadDrafter
 from spec.drafters.checkpointing import (
     check_model_dims,
     check_same_placement,
@@ -45,7 +46,7 @@ from spec.drafters.checkpointing import (
 from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
 from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
 from spec.errors import ShapeError, UnsupportedError
-from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
 
 _PREFIX_LAYER = "Hydra++ prefix layer"
@@ -89,7 +90,7 @@ class HydraHeads(nn.Module):
                     head[-1].bias.copy_(lm_head.bias)
 
 
-class HydraDrafter:
+class HydraDrafter(HeadDrafter):
     """Drafts a tree with Hydra (or Hydra++) heads: node at depth d, rank r gets the r-th most likely
     token of head d given the hidden state and the tokens on the node's path."""
 
@@ -159,25 +160,7 @@ class HydraDrafter:
         load_state_strict(heads, state, directory)
         return cls(model, heads)
 
-    @property
-    def fingerprint(self) -> ModelFingerprint:
-        """The base model's fingerprint, read now (so it follows a backbone changed by training)."""
-        return ModelFingerprint.of(self.model)
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters of the drafter alone (heads and prefix layer; the model's embeddings are frozen)."""
-        return sum(p.numel() for p in self.heads.parameters())
-
     # ---- Drafter protocol ----------------------------------------------------------------
-    @property
-    def num_heads(self) -> int:
-        return len(self.heads.heads)
-
-    @property
-    def max_depth(self) -> int:
-        return self.num_heads
-
     def reset(self) -> None:
         if self._prefix is not None:
             self._prefix.reset()

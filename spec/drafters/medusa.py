@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spec.drafters.blocks import ResBlock
+from spec.drafters.base import HeadDrafter
 from spec.drafters.checkpointing import (
     check_model_dims,
     check_same_placement,
@@ -27,7 +28,7 @@ from spec.drafters.checkpointing import (
 )
 from spec.drafters.sampled import draw_children
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence, root_only_draft
-from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
 from spec.randomness import TorchRandomness
 from spec.sampling import processed_logits
@@ -68,7 +69,7 @@ class MedusaHeads(nn.Module):
                     head[-1].bias.copy_(lm_head.bias)
 
 
-class MedusaDrafter:
+class MedusaDrafter(HeadDrafter):
     """Drafts a tree from Medusa heads: node at depth d, rank r gets head d-1's r-th most likely token.
 
     ``candidates``: ``"top_k"`` (deterministic, the default), or, when sampling at
@@ -124,24 +125,7 @@ class MedusaDrafter:
         load_state_strict(heads, state, directory)
         return cls(model, heads, candidates)
 
-    @property
-    def fingerprint(self) -> ModelFingerprint:
-        """The base model's fingerprint, read now (so it follows a backbone changed by training)."""
-        return ModelFingerprint.of(self.model)
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.heads.parameters())
-
     # ---- Drafter protocol ----------------------------------------------------------------
-    @property
-    def num_heads(self) -> int:
-        return len(self.heads.heads)
-
-    @property
-    def max_depth(self) -> int:
-        return self.num_heads
-
     def reset(self) -> None:
         pass
 

@@ -14,22 +14,15 @@ import torch
 from torch import nn
 
 from spec.drafters.context_layer import causal_pass
+from spec.training.objectives import FrozenBackboneObjective
 from spec.training.hydra import head_accuracy
 
 
-class CloverObjective:
+class CloverObjective(FrozenBackboneObjective):
     def __init__(self, model: nn.Module, drafter, decay: float = 0.8) -> None:
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        super().__init__(model, drafter.heads)
         self.drafter = drafter
         self.decay = decay
-
-    def trainable(self) -> nn.Module:
-        return self.drafter.heads
-
-    def param_groups(self, module: nn.Module, lr: float):
-        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
 
     def _per_head(self, module: nn.Module, batch: torch.Tensor):
         with torch.no_grad():

@@ -14,22 +14,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from spec.drafters.context_layer import causal_pass
+from spec.training.objectives import FrozenBackboneObjective
 
 
-class HydraObjective:
+class HydraObjective(FrozenBackboneObjective):
     def __init__(self, model: nn.Module, drafter, teacher: bool = True, decay: float = 1.0) -> None:
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        super().__init__(model, drafter.heads)
         self.drafter = drafter
         self.teacher = teacher
         self.decay = decay
-
-    def trainable(self) -> nn.Module:
-        return self.drafter.heads
-
-    def param_groups(self, module: nn.Module, lr: float):
-        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
 
     def _per_head(self, module: nn.Module, batch: torch.Tensor):
         with torch.no_grad():

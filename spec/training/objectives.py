@@ -58,7 +58,23 @@ def shifted_head_targets(tokens: torch.Tensor, num_heads: int) -> tuple[torch.Te
     return targets, valid[None].expand(batch, -1, -1)
 
 
-class MedusaObjective:
+class FrozenBackboneObjective:
+    """Base of the recipes that train draft heads on a frozen model: only ``heads`` learns."""
+
+    def __init__(self, model: nn.Module, heads: nn.Module) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.heads = heads
+
+    def trainable(self) -> nn.Module:
+        return self.heads
+
+    def param_groups(self, module: nn.Module, lr: float):
+        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
+
+
+class MedusaObjective(FrozenBackboneObjective):
     """Medusa-1: the backbone frozen, head k trained with cross-entropy against the token k + 2
     after its position (the token k + 1 after the root), weighted by ``decay ** k``.
 
@@ -68,18 +84,9 @@ class MedusaObjective:
     """
 
     def __init__(self, model: nn.Module, heads: nn.Module, decay: float = 0.8, soft_targets: bool = False) -> None:
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.heads = heads
+        super().__init__(model, heads)
         self.decay = decay
         self.soft_targets = soft_targets
-
-    def trainable(self) -> nn.Module:
-        return self.heads
-
-    def param_groups(self, module: nn.Module, lr: float):
-        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
 
     def _forward(self, module: nn.Module, batch: torch.Tensor):
         with torch.no_grad():
