@@ -78,6 +78,10 @@ def test_medusa1_learns_raises_acceptance_and_leaves_the_backbone_untouched(coun
     for k in range(3):  # chance is 1/64
         assert untrained[f"head{k}_top1"] < 0.2, untrained
         assert trained[f"head{k}_top1"] > 0.8, trained
+    from spec.training.evaluation import acceptance_table
+
+    table = acceptance_table(objective, drafter.heads, heldout, width=2)
+    assert table.probs[0][0] == pytest.approx(trained["head0_top1"])
     trained_length = mean_accepted_length(model, drafter)
     assert trained_length > untrained_length + 1.0, (untrained_length, trained_length)
     for name, tensor in model.state_dict().items():
@@ -235,10 +239,15 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
                  "--block-size", "32", "--num-heads", "2", "--eval-every", "3", "--checkpoint-every", "3",
                  "--distill-tokens", "8"])
     assert code == 0
-    for name in ("log.jsonl", "head_accuracy.png", "summary.json", "heads/model.safetensors", "heads/config.json"):
+    for name in ("log.jsonl", "head_accuracy.png", "summary.json", "heads/model.safetensors", "heads/config.json",
+                 "acceptance_stats.json"):
         assert (out / name).exists(), name
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "eval_head0_top1" in line]
     assert [r["step"] for r in evals] == [3, 6]
+    from spec.trees import AcceptanceStats, optimal_tree
+
+    stats = AcceptanceStats.load(out / "acceptance_stats.json")  # the tree builders read it directly
+    assert stats.depth == 2 and stats.width == 4 and optimal_tree(stats, 3).tree.num_nodes == 4
     base = AutoModelForCausalLM.from_pretrained(out / "model" if recipe == "medusa2" else model_dir)
     if drafter == "hydra":
         from spec import HydraDrafter

@@ -119,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
         model.save_pretrained(out / "model", safe_serialization=True)
         tokenizer.save_pretrained(out / "model")
     plot_head_accuracy(result.log_path, out / "head_accuracy.png")
+    from spec.models import ModelFingerprint
+    from spec.training.evaluation import acceptance_table
+
+    stats = acceptance_table(objective, drafter.heads, heldout, width=4, name=f"{args.drafter}/{args.recipe}",
+                             model_fingerprint=ModelFingerprint.of(model).to_dict())
+    stats.save(out / "acceptance_stats.json")
     summary = {"before": start_metrics, "after": result.final_metrics, "heads": str(out / "heads")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

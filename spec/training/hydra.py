@@ -48,6 +48,10 @@ class HydraObjective(FrozenBackboneObjective):
             results.append((loss, logits, targets))
         return results
 
+    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
+        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
+
     def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
         results = self._per_head(module, batch)
         total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))

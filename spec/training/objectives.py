@@ -114,6 +114,12 @@ class MedusaObjective(FrozenBackboneObjective):
         accuracy = (correct * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
         return losses, accuracy, head_logits, targets, valid
 
+    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
+        _, _, head_logits, targets, valid = self.per_head_losses(module, batch)
+        return [(head_logits[:, :, k][valid[:, :, k]], targets[:, :, k][valid[:, :, k]])
+                for k in range(head_logits.shape[2])]
+
     def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
         losses, accuracy, *_ = self.per_head_losses(module, batch)
         weights = self.decay ** torch.arange(losses.shape[0], dtype=losses.dtype, device=losses.device)

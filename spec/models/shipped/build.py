@@ -132,7 +132,8 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     """Measure the drafter's acceptance on held-out snippets and this machine's verify cost curve, and
     ship the tree with the most expected tokens per second (with its statistics and cost curve)."""
     from spec.io import atomic_write_bytes
-    from spec.trees import choose_tree_for_hardware, measure_acceptance, measure_verify_costs, save_tree
+    from spec.trees import (choose_tree_for_hardware, measure_acceptance, measure_draft_costs,
+                            measure_verify_costs, save_tree)
     from spec.verifiers import TreeAttentionVerifier
 
     texts = [s["prompt"] for s in heldout_snippets()][:prompts]
@@ -141,11 +142,14 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     stats = measure_acceptance(model, drafter, verifier, ids, depth=min(4, drafter.max_depth), width=4,
                                max_new_tokens=new_tokens, name=name)
     costs = measure_verify_costs(verifier, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64], ids[0][0], repeats=5)
-    sized = choose_tree_for_hardware(stats, costs, max_budget=63)
+    # Drafting is not free on a CPU (each head ends in a vocabulary projection): size the tree with it.
+    draft_costs = measure_draft_costs(drafter, verifier, ids[0][0], range(1, stats.depth + 1), width=2, repeats=5)
+    sized = choose_tree_for_hardware(stats, costs, draft_costs, max_budget=63)
     (destination / "stats").mkdir(parents=True, exist_ok=True)
     stats.save(destination / "stats" / f"{name}.json")
     meta = {"expected_length": sized.expected_length, "predicted_tokens_per_second": sized.tokens_per_second,
-            "budget": sized.budget, "depth": sized.depth, "verify_costs": costs, "device": "cpu"}
+            "budget": sized.budget, "depth": sized.depth, "verify_costs": costs, "draft_costs": draft_costs,
+            "device": "cpu"}
     save_tree(destination / "trees" / f"{name}.json", sized.tree, meta)
     atomic_write_bytes(destination / "trees" / f"{name}.costs.json", json.dumps(costs).encode())
     print(f"[tree] {name}: depth-1 top-1 acceptance {stats.probs[0][0]:.2f}, tree of {sized.budget} candidates, "
@@ -210,6 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", default="", help=f"comma-separated drafters whose heads to train and ship "
                         f"(from {sorted(HEAD_RECIPES)}); needs the model exported first")
     parser.add_argument("--head-steps", type=int, default=400, help="optimizer steps per drafter (default: %(default)s)")
+    parser.add_argument("--trees-only", action="store_true",
+                        help="skip head training: re-measure acceptance and costs and re-size the shipped trees")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,8 +235,9 @@ def main(argv=None) -> int:
         model, _ = load_shipped()
     for name in heads:
         model.eval()
-        metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
-        print(f"[heads] {name}: {metrics}", flush=True)
+        if not args.trees_only:
+            metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
+            print(f"[heads] {name}: {metrics}", flush=True)
         from spec.models.shipped import load_shipped_drafter
 
         ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
