@@ -110,3 +110,11 @@ def test_ablation_grid_records_and_files(tmp_path):
     assert len(pipelines) == 6
     assert all(r["matches_baseline"] for r in records if r["sampling"] == "greedy")
     assert (tmp_path / "ablation.json").exists() and (tmp_path / "t1" / "report.md").exists()
+
+
+def test_assisted_generation_baseline_runs_and_matches():
+    m = model("llama")
+    assistant = model("llama", seed=3)  # same vocabulary, other weights: a (bad) draft model
+    report = run_benchmark([TransformersMethod.greedy(m), TransformersMethod.assisted(m, assistant)],
+                           [prompt(5, seed=1)], max_new_tokens=12, repeats=1, warmup=0)
+    assert report.method("transformers_assisted").matches_baseline is True

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds")
     bench.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 uses rejection sampling")
     bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baselines")
+    bench.add_argument("--assistant", default=None, help="a smaller transformers model directory (same tokenizer): "
+                       "adds transformers assisted generation with it as the draft model")
     bench.add_argument("--out", default="bench-out", help="output directory")
     bench.set_defaults(func=run)
 
@@ -48,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     methods = [DecoderMethod("autoregressive", AutoregressiveDecoder(model))]
     if not args.no_transformers:
         methods = [TransformersMethod.greedy(model), TransformersMethod.prompt_lookup(model)] + methods
+        if args.assistant:
+            from transformers import AutoModelForCausalLM
+
+            assistant = AutoModelForCausalLM.from_pretrained(args.assistant, local_files_only=True).eval()
+            methods.append(TransformersMethod.assisted(model, assistant))
     for name in filter(None, args.drafters.split(",")):
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
         decoder = SpeculativeDecoder(model, load_shipped_drafter(name, model), StaticTreeBuilder(load_shipped_tree(name)),
