@@ -1,7 +1,7 @@
 """spec: lossless speculative decoding with draft heads, as a pipeline of swappable stages."""
 
 from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor
-from spec.drafters import CloverDrafter, HydraDrafter, MedusaDrafter
+from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
     Acceptance,
@@ -19,7 +19,7 @@ from spec.protocols import (
     Verifier,
 )
 from spec.trees import StaticTreeBuilder, chain_tree, full_tree, tree_from_choices, tree_to_choices
-from spec.verifiers import TreeAttentionVerifier
+from spec.verifiers import SelfDraftVerifier, TreeAttentionVerifier
 
 __version__ = "0.1.0"
 
@@ -36,9 +36,11 @@ __all__ = [
     "GenerationOutput",
     "GreedyAcceptor",
     "HydraDrafter",
+    "KangarooDrafter",
     "MedusaDrafter",
     "RejectionSamplingAcceptor",
     "SamplingParams",
+    "SelfDraftVerifier",
     "SpeculativeDecoder",
     "StaticTreeBuilder",
     "StepStats",

@@ -69,6 +69,15 @@ def sample_counts(decoder) -> Counter:
 
 def speculative(candidates, tree, acceptor=None):
     m = tiny()
+    if candidates == "kangaroo":
+        from spec.drafters.kangaroo import KangarooDrafter
+
+        drafter = KangarooDrafter.from_model(m, exit_layer=1, threshold=0.1, max_depth=2, seed=0)
+        with torch.no_grad():
+            for param in drafter.adapter.parameters():
+                param.add_(torch.randn_like(param) * 0.2)
+        return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), drafter.verifier,
+                                  acceptor or RejectionSamplingAcceptor())
     if candidates == "hydra":
         drafter = HydraDrafter.hydra_plus_plus(m, num_heads=2, num_layers=1, seed=0)
     elif candidates == "clover":
@@ -101,10 +110,11 @@ def test_autoregressive_sampler_matches_the_model():
         ("sample_with_replacement", "tree5"),
         ("hydra", "tree5"),
         ("clover", "tree5"),
+        ("kangaroo", "tree5"),
     ],
 )
 def test_speculative_sampler_matches_the_model(candidates, tree_name):
-    """Medusa with top-k, sampled (with and without replacement) candidates; Hydra++ and Clover top-k."""
+    """Medusa with top-k, sampled (with and without replacement) candidates; Hydra++, Clover, Kangaroo top-k."""
     decoder = speculative(candidates, TREES[tree_name])
     counts = sample_counts(decoder)
     assert chi_square_pvalue(counts, exact_distribution()) > ALPHA

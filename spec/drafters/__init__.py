@@ -3,13 +3,17 @@
 ``MedusaDrafter`` (independent heads), ``HydraDrafter`` (heads that read the drafted
 path; Hydra++ with options) and ``CloverDrafter`` (regressive attention decoder over
 the path, augmenting block) all implement the same ``Drafter`` protocol, so each is
-a one-line swap for the others. See docs/drafters.md.
+a one-line swap for the others. ``KangarooDrafter`` self-drafts with the model's own
+shallow layers and must be paired with its ``SelfDraftVerifier`` (``drafter.verifier``),
+the one deliberate coupling between stages: they share the shallow layers' work.
+See docs/drafters.md.
 """
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
 from spec.drafters.clover import AttentionDecoder, CloverDrafter, CloverHeads
 from spec.drafters.context_layer import SUPPORTED_ARCHITECTURES, ContextLayerCache, build_decoder_layer
 from spec.drafters.hydra import HydraDrafter, HydraHeads
+from spec.drafters.kangaroo import KangarooAdapter, KangarooDrafter
 from spec.drafters.medusa import MedusaDrafter, MedusaHeads
 
 __all__ = [
@@ -20,6 +24,8 @@ __all__ = [
     "ContextLayerCache",
     "HydraDrafter",
     "HydraHeads",
+    "KangarooAdapter",
+    "KangarooDrafter",
     "MedusaDrafter",
     "MedusaHeads",
     "ProjectedResBlock",

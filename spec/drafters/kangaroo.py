@@ -1,0 +1,203 @@
+"""Kangaroo (Liu et al., 2024, "Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting").
+
+The draft model is the target itself, cut after ``exit_layer`` layers, plus a small
+adapter: ``y = x + Attn(Norm1(x))``, ``Norm2(y)``, then the target's frozen lm_head.
+The adapter's attention is the model's own attention class with its own KV cache over
+the committed positions' shallow states (output projection zero-initialised, so an
+untrained adapter is the identity plus a norm).
+
+Two early exits: drafting exits the network at ``exit_layer`` (the first), and a
+branch stops growing when the probability of its last drafted token is below
+``threshold`` (the second): that token is still verified, but not extended. The root
+is always extended. With a chain this is the paper's algorithm; with a tree, each
+extended node gets its top-k children (the paper's open extension).
+
+Built on a :class:`SelfDraftVerifier`, whose state it shares: every drafted token
+passes the shallow layers once, here, and the verifier runs only the deep layers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
+from spec.drafters.tree_filling import check_tree_fits, path_log_confidence
+from spec.errors import ConfigurationError, InputError
+from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
+from spec.verifiers.self_draft import SelfDraftVerifier, additive_mask
+
+
+class KangarooAdapter(nn.Module):
+    """Norm, one attention block of the model's own architecture, norm."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        backbone = model.model
+        template = backbone.layers[0]
+        self.norm_in = type(template.input_layernorm)(hidden_size(model), eps=model.config.rms_norm_eps)
+        self.attention = type(template.self_attn)(model.config, layer_idx=0)
+        self.norm_out = type(backbone.norm)(hidden_size(model), eps=model.config.rms_norm_eps)
+        std = getattr(model.config, "initializer_range", 0.02)
+        with torch.no_grad():
+            for module in self.attention.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            self.attention.o_proj.weight.zero_()  # starts as the identity on the residual stream
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, rotary,
+                cache: Optional[DynamicCache]) -> torch.Tensor:
+        attended, _ = self.attention(self.norm_in(x), attention_mask=mask, position_ids=position_ids,
+                                     past_key_values=cache, position_embeddings=rotary)
+        return self.norm_out(x + attended)
+
+
+class KangarooDrafter:
+    """Self-drafts with the target's shallow layers + adapter; pair it with ``self.verifier``."""
+
+    drafter_type = "kangaroo"
+
+    def __init__(self, verifier: SelfDraftVerifier, adapter: KangarooAdapter, threshold: float = 0.6,
+                 max_depth: int = 6) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigurationError(f"threshold must be in [0, 1], got {threshold}.")
+        model = verifier.model
+        check_model_dims(model, vocab_size=output_vocab_size(model), hidden=hidden_size(model), what="The adapter")
+        self.verifier = verifier
+        self.state = verifier.state
+        self.model = model
+        self.adapter = adapter.eval()
+        self.threshold = threshold
+        self._max_depth = max_depth
+        self.reset()
+
+    @classmethod
+    def from_model(cls, model, exit_layer: int, threshold: float = 0.6, max_depth: int = 6,
+                   seed: Optional[int] = None) -> "KangarooDrafter":
+        """A fresh adapter and its verifier; use ``drafter.verifier`` as the pipeline's verifier."""
+        verifier = SelfDraftVerifier(model, exit_layer)  # first: it refuses unsupported models and exit layers
+        if seed is not None:
+            torch.manual_seed(seed)
+        weight = model.get_output_embeddings().weight
+        adapter = KangarooAdapter(model).to(device=weight.device, dtype=weight.dtype)
+        return cls(verifier, adapter, threshold, max_depth)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        hyper = {"exit_layer": self.state.exit_layer, "threshold": self.threshold, "max_depth": self._max_depth}
+        save_drafter(directory, self.adapter, self.drafter_type, hyper, ModelFingerprint.of(self.model))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None) -> "KangarooDrafter":
+        hyper, state = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"})
+        weight = model.get_output_embeddings().weight
+        adapter = KangarooAdapter(model).to(device=weight.device, dtype=weight.dtype)
+        load_state_strict(adapter, state, directory)
+        return cls(SelfDraftVerifier(model, hyper["exit_layer"]), adapter,
+                   hyper["threshold"] if threshold is None else threshold, hyper["max_depth"])
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.adapter.parameters())
+
+    # ---- Drafter protocol ------------------------------------------------------------------
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    def reset(self) -> None:
+        self._adapter_cache = DynamicCache()
+        self._adapter_length = 0
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        """Advance the adapter over the committed positions' shallow states (left by the verifier)."""
+        shallow = self.state.committed_shallow
+        if shallow is None or shallow.shape[0] != tokens.shape[0]:
+            raise InputError("KangarooDrafter.commit must follow its SelfDraftVerifier's prefill or commit.")
+        self._crop_adapter()
+        if shallow.shape[0]:
+            m = shallow.shape[0]
+            visible = torch.ones(m, self._adapter_length + m, dtype=torch.bool, device=shallow.device)
+            visible = visible.tril(self._adapter_length)
+            self._adapter(shallow, visible, torch.arange(self._adapter_length, self._adapter_length + m,
+                                                          device=shallow.device))
+        self._adapter_length += shallow.shape[0]
+
+    @torch.no_grad()
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+                generator: Optional[torch.Generator] = None) -> Draft:
+        check_tree_fits(tree, self._max_depth, output_vocab_size(self.model), "Kangaroo drafter")
+        state = self.state
+        if state.committed != context.position or state.node_hidden:
+            raise InputError(
+                f"The self-draft state has {state.committed} committed tokens but the root is at {context.position}; "
+                "use drafter.verifier as the pipeline's verifier."
+            )
+        # Template node -> index in the draft (breadth-first, kept nodes only).
+        kept: dict[int, int] = {0: 0}
+        tokens = [context.root_token]
+        node_logprob = [0.0]
+        frontier = [0]
+        adapter_states = list(self._draft_and_adapt([context.root_token], [[0]], [0]))
+        extend = {0: True}
+        while frontier:
+            expanding = [n for n in frontier if tree.children[n] and extend[n]]
+            if not expanding:
+                break
+            rows = torch.stack([adapter_states[kept[n]] for n in expanding])
+            logprobs = self.model.lm_head(rows).float().log_softmax(-1)
+            top_lp, top_tok = logprobs.topk(tree.max_rank + 1, dim=-1)
+            new_nodes, new_tokens, new_paths, new_depths = [], [], [], []
+            for row, parent in enumerate(expanding):
+                for child in tree.children[parent]:
+                    rank = tree.ranks[child]
+                    kept[child] = len(tokens)
+                    tokens.append(int(top_tok[row, rank]))
+                    node_logprob.append(float(top_lp[row, rank]))
+                    # The second early exit: a token drafted with low confidence is verified, not extended.
+                    extend[child] = float(top_lp[row, rank].exp()) >= self.threshold
+                    new_nodes.append(child)
+                    new_tokens.append(tokens[-1])
+                    new_paths.append([kept[a] for a in tree.path_to(child)])
+                    new_depths.append(tree.depth_list[child])
+            adapter_states = adapter_states + list(self._draft_and_adapt(new_tokens, new_paths, new_depths))
+            frontier = new_nodes
+        order = sorted(kept, key=kept.get)
+        draft_tree = tree.subtree(order)  # breadth-first order of the template = drafting order
+        logprob = torch.tensor(node_logprob, dtype=torch.float32)
+        self._crop_adapter()
+        return Draft(tree=draft_tree, tokens=torch.tensor(tokens, dtype=torch.long), kind=CandidateKind.DETERMINISTIC,
+                     log_confidence=path_log_confidence(draft_tree, logprob))
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _draft_and_adapt(self, tokens: list[int], paths: list[list[int]], depths: list[int]) -> torch.Tensor:
+        """Shallow layers (shared with verification) then the adapter, for new tree nodes."""
+        start = len(self.state.node_hidden)
+        shallow = self.state.draft_nodes(tokens, paths, depths)
+        m = len(tokens)
+        visible = torch.zeros(m, self._adapter_length + start + m, dtype=torch.bool, device=shallow.device)
+        visible[:, : self._adapter_length] = True
+        for row, path in enumerate(paths):
+            visible[row, [self._adapter_length + node for node in path]] = True
+        positions = torch.tensor([self._adapter_length + d for d in depths], device=shallow.device)
+        return self._adapter(shallow, visible, positions)
+
+    def _adapter(self, shallow: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = shallow[None].to(self.adapter.norm_in.weight.dtype)
+        position_ids = positions[None]
+        rotary = self.state.backbone.rotary_emb(x, position_ids)
+        return self.adapter(x, additive_mask(visible, x.dtype), position_ids, rotary, self._adapter_cache)[0]
+
+    def _crop_adapter(self) -> None:
+        """Drop the adapter's entries for tree nodes: its cache holds committed positions only."""
+        for layer in self._adapter_cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[:, :, : self._adapter_length]
+                layer.values = layer.values[:, :, : self._adapter_length]

@@ -1,0 +1,118 @@
+"""Kangaroo: self-drafting with shallow layers + adapter, double early exit, no duplicated work."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
+from spec.drafters.kangaroo import KangarooDrafter
+from spec.errors import ConfigurationError, IncompatibleDrafterError, UnsupportedError
+from spec.protocols import Acceptance
+from spec.testing.assertions import assert_same_tokens
+from spec.testing.strategies import candidate_trees
+from spec.trees import chain_tree, tree_from_choices
+
+from helpers import model, prompt
+
+LAYERS = 4
+
+
+def deep_model(arch):
+    return model(arch, num_layers=LAYERS)
+
+
+def decoder(m, drafter, tree, acceptor=None):
+    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), drafter.verifier, acceptor or GreedyAcceptor())
+
+
+def perturbed(m, exit_layer, threshold, seed=0):
+    drafter = KangarooDrafter.from_model(m, exit_layer=exit_layer, threshold=threshold, seed=seed)
+    with torch.no_grad():
+        for p in drafter.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return drafter
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@settings(max_examples=8)
+@given(exit_layer=st.integers(1, LAYERS - 1), threshold=st.sampled_from([0.0, 0.05, 0.2, 0.6, 1.0]),
+       tree=st.one_of(st.integers(1, 5).map(chain_tree), candidate_trees(max_nodes=12, max_depth=4, max_width=3)),
+       seed=st.integers(0, 1000))
+def test_greedy_equals_autoregressive(arch, exit_layer, threshold, tree, seed):
+    m = deep_model(arch)
+    p = prompt(1 + seed % 9, seed=seed)
+    out = decoder(m, perturbed(m, exit_layer, threshold, seed), tree).generate(p, max_new_tokens=48)
+    assert_same_tokens(out.sequences, AutoregressiveDecoder(m).generate(p, max_new_tokens=48).sequences)
+
+
+def test_early_exit_really_stops_drafting():
+    m = deep_model("llama")
+    p = prompt(6, seed=3)
+    strict = decoder(m, perturbed(m, 2, threshold=1.0), chain_tree(5)).generate(p, max_new_tokens=40)
+    assert all(step.tree_size <= 2 for step in strict.steps)  # root + at most one drafted token
+    loose = decoder(m, perturbed(m, 2, threshold=0.0), chain_tree(5)).generate(p, max_new_tokens=40)
+    # The full draft length every step, except where the remaining budget truncates the tree.
+    produced = 0
+    for step in loose.steps:
+        assert step.tree_size == min(6, 40 - produced)
+        produced += step.emitted
+
+
+def test_every_token_passes_every_layer_exactly_once_per_step():
+    m = deep_model("qwen2")
+    counts = [0] * LAYERS
+    hooks = [layer.register_forward_pre_hook(lambda mod, args, kwargs, i=i: counts.__setitem__(i, counts[i] + args[0].shape[1]),
+                                             with_kwargs=True)
+             for i, layer in enumerate(m.model.layers)]
+    try:
+        drafter = perturbed(m, 2, threshold=0.1)
+        p = prompt(9, seed=4)
+        out = decoder(m, drafter, tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0]])).generate(p, max_new_tokens=40)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    expected = (p.shape[1] - 1) + sum(step.tree_size for step in out.steps)
+    assert counts == [expected] * LAYERS, (counts, expected)
+
+
+class AcceptLongestChain:
+    """Accepts every drafted token of a chain (wrong output, but exercises the all-accepted commit)."""
+
+    def accept(self, draft, verification, sampling, generator=None):
+        path = draft.tree.path_to(draft.tree.num_nodes - 1)
+        return Acceptance(path=path, tokens=draft.tokens[list(path[1:])].tolist(),
+                          bonus_token=int(verification.logits[path[-1]].argmax()))
+
+
+def test_caches_hold_exactly_the_committed_sequence_even_when_everything_is_accepted():
+    m = deep_model("llama")
+    drafter = perturbed(m, 1, threshold=0.0)
+    p = prompt(5, seed=7)
+    out = decoder(m, drafter, chain_tree(3), AcceptLongestChain()).generate(p, max_new_tokens=30)
+    assert max(s.accepted for s in out.steps) == 3
+    committed = out.sequences[0, :-1]  # the last token is the next root, not cached yet
+    fresh = KangarooDrafter(type(drafter.verifier)(m, 1), drafter.adapter, 0.0)
+    hidden = fresh.verifier.prefill(committed)
+    fresh.commit(committed, hidden)
+    for a, b in zip(drafter.state.cache.layers, fresh.state.cache.layers):
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(drafter._adapter_cache.layers[0].keys, fresh._adapter_cache.layers[0].keys,
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    m = deep_model("llama")
+    drafter = perturbed(m, 2, threshold=0.4)
+    drafter.save_pretrained(tmp_path)
+    loaded = KangarooDrafter.from_pretrained(tmp_path, m)
+    assert loaded.state.exit_layer == 2 and loaded.threshold == 0.4
+    for (name, a), (_, b) in zip(drafter.adapter.state_dict().items(), loaded.adapter.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(IncompatibleDrafterError):
+        KangarooDrafter.from_pretrained(tmp_path, model("llama", seed=5, num_layers=LAYERS))
+    with pytest.raises(ConfigurationError, match="exit_layer"):
+        KangarooDrafter.from_model(m, exit_layer=LAYERS)
+    with pytest.raises(UnsupportedError, match="llama, qwen2, mistral"):
+        KangarooDrafter.from_model(model("gpt2"), exit_layer=1)
+    assert drafter.num_parameters < sum(p.numel() for p in m.model.layers[0].parameters())
