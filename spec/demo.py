@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     text = args.prompt if args.prompt is not None else heldout_prompts()[args.prompt_index]
     prompt = tokenizer(text, return_tensors="pt").input_ids
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
-    speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(model), acceptor)
+    verifier = getattr(drafter, "verifier", None) or TreeAttentionVerifier(model)  # Kangaroo brings its own
+    speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, acceptor)
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
     for decoder in (baseline, speculative):  # warm-up: first calls pay one-off initialisation

@@ -55,9 +55,9 @@ def counting_model(tmp_path_factory):
     return model.eval()
 
 
-def mean_accepted_length(model, drafter) -> float:
+def mean_accepted_length(model, drafter, verifier=None) -> float:
     tree = tree_from_choices([[0], [1], [0, 0], [0, 1], [0, 0, 0]])
-    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(model),
+    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier or TreeAttentionVerifier(model),
                                  GreedyAcceptor())
     prompts = strided_blocks(6, 4, seed=9)
     return sum(decoder.generate(p[None], max_new_tokens=40).mean_accepted_length for p in prompts) / len(prompts)
@@ -228,7 +228,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("drafter, recipe", [("medusa", "medusa1"), ("medusa", "medusa2"),
                                              ("medusa", "self-distill"), ("hydra", "hydra++"),
-                                             ("clover", "clover")])
+                                             ("clover", "clover"), ("kangaroo", "kangaroo")])
 def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, recipe):
     from spec.cli import main
     from transformers import AutoModelForCausalLM
@@ -237,7 +237,7 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
     code = main(["train", "--drafter", drafter, "--recipe", recipe, "--model", str(model_dir),
                  "--data", str(model_dir / "data.txt"), "--out", str(out), "--steps", "6", "--batch-size", "2",
                  "--block-size", "32", "--num-heads", "2", "--eval-every", "3", "--checkpoint-every", "3",
-                 "--distill-tokens", "8"])
+                 "--distill-tokens", "8", "--exit-layer", "1"])
     assert code == 0
     for name in ("log.jsonl", "head_accuracy.png", "summary.json", "heads/model.safetensors", "heads/config.json",
                  "acceptance_stats.json"):
@@ -247,7 +247,8 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
     from spec.trees import AcceptanceStats, optimal_tree
 
     stats = AcceptanceStats.load(out / "acceptance_stats.json")  # the tree builders read it directly
-    assert stats.depth == 2 and stats.width == 4 and optimal_tree(stats, 3).tree.num_nodes == 4
+    assert stats.depth == (1 if drafter == "kangaroo" else 2) and stats.width == 4
+    assert optimal_tree(stats, 3).tree.num_nodes == 4
     base = AutoModelForCausalLM.from_pretrained(out / "model" if recipe == "medusa2" else model_dir)
     if drafter == "hydra":
         from spec import HydraDrafter
@@ -257,6 +258,10 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
         from spec import CloverDrafter
 
         CloverDrafter.from_pretrained(out / "heads", base)
+    elif drafter == "kangaroo":
+        from spec import KangarooDrafter
+
+        assert KangarooDrafter.from_pretrained(out / "heads", base).state.exit_layer == 1
     else:
         MedusaDrafter.from_pretrained(out / "heads", base)
 
@@ -323,3 +328,28 @@ def test_clover_training_learns_and_raises_acceptance(counting_model, tmp_path):
     for k in range(3):
         assert metrics[f"head{k}_top1"] > 0.8, metrics
     assert mean_accepted_length(model, drafter) > before_length + 1.0
+
+
+def test_kangaroo_adapter_training_learns_the_full_models_choice(tmp_path):
+    from spec import KangarooDrafter
+    from spec.training.kangaroo import KangarooObjective
+
+    model = tiny_model("llama", seed=0, vocab_size=64, dtype=torch.float32, num_layers=4)
+    from spec.training import LanguageModelObjective
+
+    lm_config = TrainConfig(out_dir=str(tmp_path / "lm"), steps=150, batch_size=16, lr=1e-2, warmup_steps=20,
+                            checkpoint_every=1000, eval_every=1000, progress=False)
+    train(LanguageModelObjective(model), strided_blocks(512, 24), lm_config)
+    model.eval()
+    drafter = KangarooDrafter.from_model(model, exit_layer=1, threshold=0.0, max_depth=3, seed=0)
+    objective = KangarooObjective(model, drafter)
+    heldout = strided_blocks(16, 24, seed=3)
+    before = objective.evaluate(drafter.adapter, heldout)
+    untrained_length = mean_accepted_length(model, drafter, verifier=drafter.verifier)
+    config = TrainConfig(out_dir=str(tmp_path / "adapter"), steps=150, batch_size=16, lr=1e-2, warmup_steps=10,
+                         checkpoint_every=1000, eval_every=1000, progress=False)
+    train(objective, strided_blocks(512, 24, seed=1), config)
+    drafter.adapter.eval()
+    after = objective.evaluate(drafter.adapter, heldout)
+    assert after["head0_top1"] > max(0.8, before["head0_top1"] + 0.2), (before, after)
+    assert mean_accepted_length(model, drafter, verifier=drafter.verifier) > untrained_length + 0.5

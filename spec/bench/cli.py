@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
             methods.append(TransformersMethod.assisted(model, assistant))
     for name in filter(None, args.drafters.split(",")):
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
-        decoder = SpeculativeDecoder(model, load_shipped_drafter(name, model), StaticTreeBuilder(load_shipped_tree(name)),
-                                     TreeAttentionVerifier(model), acceptor)
+        drafter = load_shipped_drafter(name, model)
+        verifier = getattr(drafter, "verifier", None) or TreeAttentionVerifier(model)  # Kangaroo brings its own
+        decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(name)), verifier, acceptor)
         methods.append(DecoderMethod(name, decoder))
     curve = measure_verify_costs(TreeAttentionVerifier(model), [1, 2, 4, 8, 16, 32, 64], prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}

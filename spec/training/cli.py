@@ -10,6 +10,7 @@ RECIPES = {
     "medusa": ("medusa1", "medusa2", "self-distill"),
     "hydra": ("hydra", "hydra++"),
     "clover": ("clover",),
+    "kangaroo": ("kangaroo",),
 }
 
 
@@ -34,9 +35,11 @@ def add_parser(sub) -> None:
                         "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
                         "distribution on text the model generates from --data prompts; hydra: Hydra heads on the data; "
                         "hydra++: prefix layer, 4-block heads, teacher loss against the model's distribution; clover: "
-                        "augmenting block + attention decoder, soft cross-entropy to the model's distribution")
+                        "augmenting block + attention decoder, soft cross-entropy to the model's distribution; kangaroo: "
+                        "the adapter after --exit-layer shallow layers matches the full model's distribution")
     parser.add_argument("--num-heads", type=int, default=4, help="draft heads (tree depth they can fill)")
     parser.add_argument("--num-layers", type=int, default=1, help="ResBlocks per head")
+    parser.add_argument("--exit-layer", type=int, default=2, help="kangaroo: shallow layers the adapter reads")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss is decay**k (Medusa)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch")
@@ -95,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         drafter = HydraDrafter.from_model(model, num_heads=args.num_heads, num_layers=4 if plus else args.num_layers,
                                           prefix_layer=plus, seed=args.seed)
         objective = HydraObjective(model, drafter, teacher=plus)
+    elif args.drafter == "kangaroo":
+        from spec.drafters import KangarooDrafter
+        from spec.training.kangaroo import KangarooObjective
+
+        drafter = KangarooDrafter.from_model(model, exit_layer=args.exit_layer, max_depth=args.num_heads, seed=args.seed)
+        objective = KangarooObjective(model, drafter)
     elif args.drafter == "clover":
         from spec.drafters import CloverDrafter
         from spec.training.clover import CloverObjective
@@ -122,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from spec.models import ModelFingerprint
     from spec.training.evaluation import acceptance_table
 
-    stats = acceptance_table(objective, drafter.heads, heldout, width=4, name=f"{args.drafter}/{args.recipe}",
+    stats = acceptance_table(objective, objective.trainable(), heldout, width=4, name=f"{args.drafter}/{args.recipe}",
                              model_fingerprint=ModelFingerprint.of(model).to_dict())
     stats.save(out / "acceptance_stats.json")
     summary = {"before": start_metrics, "after": result.final_metrics, "heads": str(out / "heads")}

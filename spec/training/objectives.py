@@ -195,6 +195,9 @@ class Medusa2Objective(MedusaObjective):
         accuracy = ((head_logits.argmax(-1) == targets).float() * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
         return total, {"lm_loss": float(lm_loss.detach()), "acc1": float(accuracy[0])}
 
+    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return MedusaObjective.head_predictions(self, module["heads"], batch)
+
     @torch.no_grad()
     def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
         heads_metrics = MedusaObjective.evaluate(self, module["heads"], blocks, top_k)

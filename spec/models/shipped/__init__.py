@@ -63,7 +63,8 @@ def training_facts(name: str = DEFAULT) -> dict:
     return json.loads((shipped_path(name) / "training.json").read_text())
 
 
-DRAFTERS = {"medusa": "MedusaDrafter", "hydra": "HydraDrafter", "clover": "CloverDrafter"}
+DRAFTERS = {"medusa": "MedusaDrafter", "hydra": "HydraDrafter", "clover": "CloverDrafter",
+            "kangaroo": "KangarooDrafter"}
 
 
 def shipped_drafters(name: str = DEFAULT) -> list[str]:

@@ -105,8 +105,17 @@ def clover_recipe(model):
     return drafter, CloverObjective(model, drafter)
 
 
+def kangaroo_recipe(model):
+    from spec.drafters import KangarooDrafter
+    from spec.training.kangaroo import KangarooObjective
+
+    drafter = KangarooDrafter.from_model(model, exit_layer=2, threshold=0.3, max_depth=4, seed=0)
+    return drafter, KangarooObjective(model, drafter)
+
+
 #: drafter name -> (drafter, objective) for training the shipped heads.
-HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe, "clover": clover_recipe}
+HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe, "clover": clover_recipe,
+                "kangaroo": kangaroo_recipe}
 
 
 def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, steps: int, batch_size: int,
@@ -121,9 +130,10 @@ def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, s
     heldout = blocks["heldout"][:: max(blocks["heldout"].shape[0] // 32, 1)]
     result = train(objective, blocks["train"], config, eval_blocks=heldout)
     # Shipped in bfloat16 to fit the package budget; loading casts to the model's dtype.
-    drafter.heads.to(torch.bfloat16)
+    trained = objective.trainable()
+    trained.to(torch.bfloat16)
     drafter.save_pretrained(destination / "heads" / name)
-    drafter.heads.to(torch.float32)
+    trained.to(torch.float32)
     return result.final_metrics
 
 
@@ -139,11 +149,13 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     texts = [s["prompt"] for s in heldout_snippets()][:prompts]
     ids = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
     verifier = TreeAttentionVerifier(model)
-    stats = measure_acceptance(model, drafter, verifier, ids, depth=min(4, drafter.max_depth), width=4,
+    # A self-drafter (Kangaroo) only works with its own verifier; verify costs are measured on the full pass.
+    paired = getattr(drafter, "verifier", None) or verifier
+    stats = measure_acceptance(model, drafter, paired, ids, depth=min(4, drafter.max_depth), width=4,
                                max_new_tokens=new_tokens, name=name)
     costs = measure_verify_costs(verifier, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64], ids[0][0], repeats=5)
     # Drafting is not free on a CPU (each head ends in a vocabulary projection): size the tree with it.
-    draft_costs = measure_draft_costs(drafter, verifier, ids[0][0], range(1, stats.depth + 1), width=2, repeats=5)
+    draft_costs = measure_draft_costs(drafter, paired, ids[0][0], range(1, stats.depth + 1), width=2, repeats=5)
     sized = choose_tree_for_hardware(stats, costs, draft_costs, max_budget=63)
     (destination / "stats").mkdir(parents=True, exist_ok=True)
     stats.save(destination / "stats" / f"{name}.json")

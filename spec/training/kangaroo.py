@@ -1,0 +1,43 @@
+"""Kangaroo adapter training (Liu et al., 2024): make ``lm_head(adapter(h_shallow))`` match the full
+model's next-token distribution at the same position (soft cross-entropy), the backbone frozen."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spec.training.hydra import head_accuracy
+from spec.training.objectives import FrozenBackboneObjective
+from spec.verifiers.self_draft import additive_mask
+
+
+class KangarooObjective(FrozenBackboneObjective):
+    def __init__(self, model: nn.Module, drafter) -> None:
+        super().__init__(model, drafter.adapter)
+        self.drafter = drafter
+
+    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+        with torch.no_grad():
+            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
+        # hidden_states[0] is the embedding output, so [exit_layer] is after the first exit_layer layers.
+        shallow = out.hidden_states[self.drafter.state.exit_layer]
+        length = shallow.shape[1]
+        positions = torch.arange(length, device=batch.device)[None].expand(batch.shape[0], -1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=batch.device).tril()
+        rotary = self.drafter.state.backbone.rotary_emb(shallow, positions)
+        adapted = module(shallow, additive_mask(causal, shallow.dtype), positions, rotary, None)
+        logits = self.model.lm_head(adapted).float()
+        teacher = out.logits.float().softmax(-1)
+        loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
+        # The target's own greedy choice is what a greedy step must guess.
+        return [(loss, logits, out.logits.argmax(-1))]
+
+    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+        [(loss, logits, targets)] = self._per_head(module, batch)
+        return loss, {"acc1": float((logits.argmax(-1) == targets).float().mean())}
+
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+        return head_accuracy(self._per_head, module, blocks, top_k)
