@@ -116,3 +116,14 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     with pytest.raises(UnsupportedError, match="llama, qwen2, mistral"):
         KangarooDrafter.from_model(model("gpt2"), exit_layer=1)
     assert drafter.num_parameters < sum(p.numel() for p in m.model.layers[0].parameters())
+
+
+def test_tree_measurements_work_with_a_self_drafter():
+    from spec.trees import measure_acceptance, measure_draft_costs
+
+    m = deep_model("qwen2")
+    drafter = perturbed(m, 2, threshold=0.0)
+    costs = measure_draft_costs(drafter, drafter.verifier, prompt(6, seed=1)[0], [1, 2, 3], width=2, repeats=2)
+    assert set(costs) == {1, 2, 3} and all(c > 0 for c in costs.values())
+    stats = measure_acceptance(m, drafter, drafter.verifier, [prompt(6, seed=2)], depth=2, width=2, max_new_tokens=16)
+    assert stats.depth == 2 and stats.samples > 0

@@ -37,8 +37,9 @@ def stage_breakdown(outputs: Sequence[GenerationOutput]) -> dict[str, float]:
     verify = sum(s.verify_s for o in outputs for s in o.steps)
     accept = sum(s.accept_s for o in outputs for s in o.steps)
     commit = sum(s.commit_s for o in outputs for s in o.steps)
-    total = sum(o.total_s - o.prefill_s for o in outputs)
-    other = max(total - draft - verify - accept - commit, 0.0)
+    # The autoregressive baseline's first step is its prefill; never let the stages exceed the whole.
+    total = max(sum(o.total_s - o.prefill_s for o in outputs), draft + verify + accept + commit)
+    other = total - draft - verify - accept - commit
     if total <= 0:
         return {k: float("nan") for k in ("draft", "verify", "accept", "commit", "other")}
     return {"draft": draft / total, "verify": verify / total, "accept": accept / total, "commit": commit / total,

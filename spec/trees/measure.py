@@ -96,23 +96,27 @@ def measure_verify_costs(verifier: Verifier, sizes: Iterable[int], prefix: torch
 
 def measure_draft_costs(drafter: Drafter, verifier: Verifier, prefix: torch.Tensor, depths: Iterable[int],
                         width: int = 1, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of ``drafter.propose`` for a ``width``-ary tree of each depth."""
-    verifier.reset()
-    hidden = verifier.prefill(prefix[:-1])
-    drafter.reset()
-    drafter.commit(prefix[:-1], hidden)
-    context = DraftContext(tokens=prefix, prev_hidden=hidden[-1] if hidden.shape[0] else None)
+    """Median seconds of ``drafter.propose`` for a ``width``-ary tree of each depth.
+
+    The state is rebuilt before every (untimed) call, since self-drafters write into the verifier's state.
+    """
     costs = {}
     for depth in depths:
         tree = full_tree(depth, width) if width > 1 else chain_tree(depth)
         times = []
         for attempt in range(repeats + 1):
+            verifier.reset()
+            drafter.reset()
+            hidden = verifier.prefill(prefix[:-1])
+            drafter.commit(prefix[:-1], hidden)
+            context = DraftContext(tokens=prefix, prev_hidden=hidden[-1] if hidden.shape[0] else None)
             start = time.perf_counter()
             drafter.propose(tree, context, SamplingParams(), None)
             if attempt:
                 times.append(time.perf_counter() - start)
         costs[depth] = statistics.median(times)
     verifier.reset()
+    drafter.reset()
     return costs
 
 
