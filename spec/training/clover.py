@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from spec.drafters.context_layer import causal_pass
-from spec.training.objectives import FrozenBackboneObjective
-from spec.training.hydra import head_accuracy
+from spec.training.objectives import PerHeadObjective
 
 
-class CloverObjective(FrozenBackboneObjective):
+class CloverObjective(PerHeadObjective):
     def __init__(self, model: nn.Module, drafter, decay: float = 0.8) -> None:
         super().__init__(model, drafter.heads)
         self.drafter = drafter
@@ -45,17 +44,3 @@ class CloverObjective(FrozenBackboneObjective):
             loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
             results.append((loss, logits, batch[:, d + 1 : d + 1 + valid]))
         return results
-
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
-        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
-
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        results = self._per_head(module, batch)
-        total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
-        metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
-        metrics["acc1"] = metrics["acc1_head0"]
-        return total, metrics
-
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        return head_accuracy(self._per_head, module, blocks, top_k)

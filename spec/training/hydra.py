@@ -14,10 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from spec.drafters.context_layer import causal_pass
-from spec.training.objectives import FrozenBackboneObjective
+from spec.training.objectives import PerHeadObjective
 
 
-class HydraObjective(FrozenBackboneObjective):
+class HydraObjective(PerHeadObjective):
     def __init__(self, model: nn.Module, drafter, teacher: bool = True, decay: float = 1.0) -> None:
         super().__init__(model, drafter.heads)
         self.drafter = drafter
@@ -47,38 +47,3 @@ class HydraObjective(FrozenBackboneObjective):
                 loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
             results.append((loss, logits, targets))
         return results
-
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
-        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
-
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        results = self._per_head(module, batch)
-        total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
-        metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
-        metrics["acc1"] = metrics.get("acc1_head0", 0.0)
-        return total, metrics
-
-    @torch.no_grad()
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        return head_accuracy(self._per_head, module, blocks, top_k)
-
-
-@torch.no_grad()
-def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-    """Per-head top-1 and top-``top_k`` accuracy; ``per_head(module, batch)`` yields (loss, logits, targets)."""
-    device = next(module.parameters()).device
-    hits1: dict[int, float] = {}
-    hitsk: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    for start in range(0, blocks.shape[0], 16):
-        for k, (_, logits, targets) in enumerate(per_head(module, blocks[start : start + 16].to(device))):
-            top = logits.topk(top_k, dim=-1).indices
-            hits1[k] = hits1.get(k, 0.0) + float((top[..., 0] == targets).sum())
-            hitsk[k] = hitsk.get(k, 0.0) + float((top == targets[..., None]).any(-1).sum())
-            counts[k] = counts.get(k, 0) + targets.numel()
-    metrics = {}
-    for k in counts:
-        metrics[f"head{k}_top1"] = hits1[k] / counts[k]
-        metrics[f"head{k}_top{top_k}"] = hitsk[k] / counts[k]
-    return metrics

@@ -6,12 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spec.training.hydra import head_accuracy
-from spec.training.objectives import FrozenBackboneObjective
+from spec.training.objectives import PerHeadObjective
 from spec.verifiers.self_draft import additive_mask
 
 
-class KangarooObjective(FrozenBackboneObjective):
+class KangarooObjective(PerHeadObjective):
     def __init__(self, model: nn.Module, drafter) -> None:
         super().__init__(model, drafter.adapter)
         self.drafter = drafter
@@ -31,13 +30,3 @@ class KangarooObjective(FrozenBackboneObjective):
         loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
         # The target's own greedy choice is what a greedy step must guess.
         return [(loss, logits, out.logits.argmax(-1))]
-
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
-
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        [(loss, logits, targets)] = self._per_head(module, batch)
-        return loss, {"acc1": float((logits.argmax(-1) == targets).float().mean())}
-
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        return head_accuracy(self._per_head, module, blocks, top_k)

@@ -74,6 +74,51 @@ class FrozenBackboneObjective:
         return [{"params": [p for p in module.parameters() if p.requires_grad]}]
 
 
+class PerHeadObjective(FrozenBackboneObjective):
+    """Recipes whose ``_per_head(module, batch)`` returns, per head, (loss, logits ``[B, L, V]``, targets ``[B, L]``):
+    the loss is ``sum_k decay**k * loss_k``; evaluation reports each head's top-1 and top-k accuracy."""
+
+    decay: float = 1.0
+
+    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+        raise NotImplementedError
+
+    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
+        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
+
+    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+        results = self._per_head(module, batch)
+        total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
+        metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
+        metrics["acc1"] = metrics.get("acc1_head0", 0.0)
+        return total, metrics
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+        return head_accuracy(self._per_head, module, blocks, top_k)
+
+
+@torch.no_grad()
+def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+    """Per-head top-1 and top-``top_k`` accuracy; ``per_head(module, batch)`` yields (loss, logits, targets)."""
+    device = next(module.parameters()).device
+    hits1: dict[int, float] = {}
+    hitsk: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for start in range(0, blocks.shape[0], 16):
+        for k, (_, logits, targets) in enumerate(per_head(module, blocks[start : start + 16].to(device))):
+            top = logits.topk(top_k, dim=-1).indices
+            hits1[k] = hits1.get(k, 0.0) + float((top[..., 0] == targets).sum())
+            hitsk[k] = hitsk.get(k, 0.0) + float((top == targets[..., None]).any(-1).sum())
+            counts[k] = counts.get(k, 0) + targets.numel()
+    metrics = {}
+    for k in counts:
+        metrics[f"head{k}_top1"] = hits1[k] / counts[k]
+        metrics[f"head{k}_top{top_k}"] = hitsk[k] / counts[k]
+    return metrics
+
+
 class MedusaObjective(FrozenBackboneObjective):
     """Medusa-1: the backbone frozen, head k trained with cross-entropy against the token k + 2
     after its position (the token k + 1 after the root), weighted by ``decay ** k``.
