@@ -14,6 +14,7 @@ path never walks a Python graph.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from functools import cached_property
 from typing import Iterable, Sequence
 
@@ -169,22 +170,25 @@ class CandidateTree:
 
         Row i is what node i may attend to inside the tree: the tree-attention mask.
         """
-        n = self.num_nodes
-        mask = torch.zeros(n, n, dtype=torch.bool)
-        for i in range(n):
-            mask[i, i] = True
-            if i:
-                mask[i] |= mask[self.parents[i]]
+        mask = torch.eye(self.num_nodes, dtype=torch.bool)
+        parents = self.parent_index
+        # Breadth-first order: each depth is one contiguous block whose parents all sit in earlier
+        # blocks, so a block inherits its parents' rows in one op (dynamic trees build this every step).
+        for d in range(1, self.max_depth + 1):
+            start, end = bisect_left(self.depth_list, d), bisect_right(self.depth_list, d)
+            mask[start:end] |= mask[parents[start:end]]
         return mask
 
     @cached_property
     def leaf_paths(self) -> torch.Tensor:
         """``[num_leaves, max_depth + 1]`` int64 root-to-leaf node indices, right-padded with -1."""
-        paths = torch.full((len(self.leaves), self.max_depth + 1), -1, dtype=torch.long)
-        for row, leaf in enumerate(self.leaves):
-            path = self.path_to(leaf)
-            paths[row, : len(path)] = torch.tensor(path)
-        return paths
+        n = self.num_nodes
+        on_path = self.ancestor_mask[list(self.leaves)]  # [leaves, n]
+        # A parent's index is below its child's, so a path's nodes in index order run root to leaf:
+        # sort each row's path nodes first (by index), the rest after, and keep depth + 1 columns.
+        index = torch.arange(n).expand_as(on_path)
+        ordered = torch.where(on_path, index, index + n).sort(dim=1).values[:, : self.max_depth + 1]
+        return torch.where(ordered < n, ordered, torch.full_like(ordered, -1))
 
     # ---- derived trees ---------------------------------------------------------------
     def subtree(self, keep: Iterable[int]) -> "CandidateTree":
