@@ -52,3 +52,12 @@ class ProjectedResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.residual(x) + self.dropout(nn.functional.silu(self.linear(x)))
+
+
+def copy_lm_head_into_heads(heads: nn.ModuleList, lm_head: nn.Linear) -> None:
+    """Start each head's own vocabulary projection (its last module) as a copy of the model's lm_head."""
+    with torch.no_grad():
+        for head in heads:
+            head[-1].weight.copy_(lm_head.weight)
+            if head[-1].bias is not None and lm_head.bias is not None:
+                head[-1].bias.copy_(lm_head.bias)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from spec.drafters.blocks import ResBlock
+from spec.drafters.blocks import ResBlock, copy_lm_head_into_heads
 from spec.drafters.base import HeadDrafter
 from spec.drafters.checkpointing import (
     check_model_dims,
@@ -62,11 +62,7 @@ class MedusaHeads(nn.Module):
         return torch.stack([head(hidden_states) for head in self.heads], dim=-2)
 
     def init_from_lm_head(self, lm_head: nn.Linear) -> None:
-        with torch.no_grad():
-            for head in self.heads:
-                head[-1].weight.copy_(lm_head.weight)
-                if head[-1].bias is not None and lm_head.bias is not None:
-                    head[-1].bias.copy_(lm_head.bias)
+        copy_lm_head_into_heads(self.heads, lm_head)
 
 
 class MedusaDrafter(HeadDrafter):
