@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from spec.runtime_options import add_runtime_arguments, verifier_for
+
 
 def add_parser(sub) -> None:
     demo = sub.add_parser(
@@ -29,6 +31,7 @@ def add_parser(sub) -> None:
     demo.add_argument("--seed", type=int, default=0, help="sampling seed")
     demo.add_argument("--random-model", action="store_true",
                       help="use a random tiny model and an oracle drafter instead (no shipped files needed)")
+    add_runtime_arguments(demo)
     demo.set_defaults(func=run)
 
 
@@ -50,15 +53,13 @@ def run(args: argparse.Namespace) -> int:
         return _random_model_demo(args)
     from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder
-    from spec.verifiers import TreeAttentionVerifier
-
-    model, tokenizer = load_shipped()
+    model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
     drafter = load_shipped_drafter(args.drafter, model)
     tree = _tree_argument(args.tree) if args.tree else load_shipped_tree(args.drafter)
     text = args.prompt if args.prompt is not None else heldout_prompts()[args.prompt_index]
     prompt = tokenizer(text, return_tensors="pt").input_ids
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
-    verifier = getattr(drafter, "verifier", None) or TreeAttentionVerifier(model)  # Kangaroo brings its own
+    verifier = verifier_for(model, drafter, args.verifier, args.compile)
     speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, acceptor)
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
@@ -80,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
           f"(speedup {sd.tokens_per_second / ar.tokens_per_second:.2f}x)")
     print(f"mean accepted length: {sd.mean_accepted_length:.2f} tokens per verify step "
           f"({len(sd.steps)} steps for {sd.new_tokens.numel()} tokens)")
+    print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}")
     return 0 if same or args.temperature > 0 else 1
 
 
 def _random_model_demo(args: argparse.Namespace) -> int:
-    from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
+    from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
     from spec.testing.drafters import OracleDrafter
     from spec.testing.models import tiny_model
     from spec.trees import tree_from_choices
@@ -95,7 +97,8 @@ def _random_model_demo(args: argparse.Namespace) -> int:
         [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]])
     baseline = AutoregressiveDecoder(model).generate(prompt, max_new_tokens=args.max_new_tokens)
     drafter = OracleDrafter(baseline.sequences, 256, accuracy=0.8, max_depth=tree.max_depth, seed=args.seed)
-    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(model), GreedyAcceptor())
+    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier_for(model, drafter, args.verifier,
+                                                                                       args.compile), GreedyAcceptor())
     result = decoder.generate(prompt, max_new_tokens=args.max_new_tokens)
     same = torch.equal(result.sequences, baseline.sequences)
     print("Random tiny Llama, oracle drafter (right 80% of the time); token ids, not text.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from spec.runtime_options import add_runtime_arguments, verifier_for
+
 
 def add_parser(sub) -> None:
     bench = sub.add_parser(
@@ -27,6 +29,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baselines")
     bench.add_argument("--assistant", default=None, help="a smaller transformers model directory (same tokenizer): "
                        "adds transformers assisted generation with it as the draft model")
+    bench.add_argument("--no-profile", action="store_true", help="skip the extra pass that measures the share of "
+                       "each step outside network forward passes")
+    add_runtime_arguments(bench, several_verifiers=True)
     bench.add_argument("--out", default="bench-out", help="output directory")
     bench.set_defaults(func=run)
 
@@ -38,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder, load_tree
     from spec.trees.measure import measure_verify_costs
-    from spec.verifiers import TreeAttentionVerifier
+    from spec.verifiers import make_verifier
 
-    model, tokenizer = load_shipped()
+    model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
     if args.prompts:
         with open(args.prompts) as handle:
             texts = [r.get("prompt", r.get("text")) for r in map(json.loads, filter(str.strip, handle))]
@@ -55,16 +60,23 @@ def run(args: argparse.Namespace) -> int:
 
             assistant = AutoModelForCausalLM.from_pretrained(args.assistant, local_files_only=True).eval()
             methods.append(TransformersMethod.assisted(model, assistant))
+    kinds = [k for k in args.verifiers.split(",") if k]
     for name in filter(None, args.drafters.split(",")):
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
         drafter = load_shipped_drafter(name, model)
-        verifier = getattr(drafter, "verifier", None) or TreeAttentionVerifier(model)  # Kangaroo brings its own
-        decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(name)), verifier, acceptor)
-        methods.append(DecoderMethod(name, decoder))
-    curve = measure_verify_costs(TreeAttentionVerifier(model), [1, 2, 4, 8, 16, 32, 64], prompts[0][0], repeats=3)
+        for kind in kinds if getattr(drafter, "verifier", None) is None else kinds[:1]:  # Kangaroo brings its own
+            verifier = verifier_for(model, drafter, kind, args.compile)
+            decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(name)), verifier,
+                                         acceptor)
+            label = name if len(kinds) == 1 else f"{name}/{type(verifier).__name__.removesuffix('Verifier')}"
+            methods.append(DecoderMethod(label, decoder))
+    # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
+    curve = measure_verify_costs(make_verifier(model, kinds[0] if kinds else "auto"), [1, 2, 4, 8, 16, 32, 64],
+                                 prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}
     report = run_benchmark(methods, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
-                           warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True)
+                           warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,
+                           profile_overhead=not args.no_profile)
     save_report(report, args.out)
     print(markdown_table(report))
     print(f"written to {args.out}/ (report.json, report.md, speedup.png, accepted.png, stages.png)")

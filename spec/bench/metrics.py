@@ -46,6 +46,19 @@ def stage_breakdown(outputs: Sequence[GenerationOutput]) -> dict[str, float]:
             "other": other / total}
 
 
+def overhead_share(outputs: Sequence[GenerationOutput]) -> float:
+    """Share of step time outside network forward passes, over steps timed with a ForwardTimer."""
+    steps = [s for o in outputs for s in o.steps if s.forward_s is not None]
+    total = sum(s.total_s for s in steps)
+    return sum(s.overhead_s for s in steps) / total if total > 0 else float("nan")
+
+
+def mean_step_ms(outputs: Sequence[GenerationOutput]) -> float:
+    """Mean wall time of one decoding step, milliseconds."""
+    steps = [s for o in outputs for s in o.steps]
+    return 1000 * sum(s.total_s for s in steps) / len(steps) if steps else float("nan")
+
+
 def zero_overhead_speedup(mean_accepted: float, cost_one: float, cost_tree: float) -> float:
     """The speedup over one-token decoding if drafting and bookkeeping were free: tau * c(1) / c(n)."""
     return mean_accepted * cost_one / cost_tree if cost_tree > 0 else float("nan")

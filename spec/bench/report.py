@@ -19,8 +19,8 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 
 def markdown_table(report: BenchReport) -> str:
-    head = ("| method | tokens/s | speedup vs " + report.baseline + " | mean accepted | zero-overhead ceiling | "
-            + " | ".join(f"{s} %" for s in STAGES) + " | peak MB | greedy output |")
+    head = ("| method | tokens/s | speedup vs " + report.baseline + " | mean accepted | zero-overhead ceiling | step ms | "
+            "outside forward % | " + " | ".join(f"{s} %" for s in STAGES) + " | peak MB | greedy output |")
     rule = "|" + "---|" * (head.count("|") - 1)
     rows = [head, rule]
     for m in report.methods:
@@ -28,7 +28,8 @@ def markdown_table(report: BenchReport) -> str:
         check = {None: "n/a (sampling)", True: "identical"}.get(m.matches_baseline,
                                                                f"DIFFERS on prompts {list(m.mismatched_prompts)}")
         rows.append(f"| {m.name} | {_fmt(m.tokens_per_second, '.1f')} | {_fmt(m.speedup)}x | {_fmt(m.mean_accepted)} | "
-                    f"{_fmt(m.ceiling_speedup)}{'x' if m.ceiling_speedup else ''} | " + " | ".join(stages)
+                    f"{_fmt(m.ceiling_speedup)}{'x' if m.ceiling_speedup else ''} | {_fmt(m.step_ms)} | "
+                    f"{_fmt(100 * m.overhead_share, '.0f')} | " + " | ".join(stages)
                     + f" | {_fmt(m.peak_memory_mb, '.0f')} | {check} |")
     return "\n".join(rows) + "\n"
 

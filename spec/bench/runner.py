@@ -11,6 +11,7 @@ import torch
 
 from spec.bench import metrics
 from spec.bench.methods import Method, MethodRun
+from spec.timing import ForwardTimer
 from spec.trees.hardware import interpolate
 from spec.trees.measure import measure_verify_costs as measure_cost_curve  # noqa: F401 (re-exported)
 
@@ -71,6 +72,9 @@ class MethodReport:
     matches_baseline: Optional[bool]  # None when sampling (outputs are not comparable)
     mismatched_prompts: tuple[int, ...]
     ceiling_speedup: Optional[float] = None
+    step_ms: float = float("nan")  # mean decoding step, timed runs
+    # Share of a step outside network forward passes, from one extra profiled pass (ForwardTimer).
+    overhead_share: float = float("nan")
 
 
 @attrs.frozen
@@ -98,12 +102,16 @@ def run_benchmark(
     eos_token_id: Optional[int] = None,
     cost_curve: Optional[dict[int, float]] = None,
     progress: bool = False,
+    profile_overhead: bool = True,
 ) -> BenchReport:
     """Every method on every prompt, ``warmup + repeats`` times, interleaved so drift hits all alike.
 
     Within a repeat the method order rotates per prompt. ``baseline`` (default: the first
     method) is what speedups are relative to; under greedy decoding every method's
     tokens are compared with the baseline's and mismatches are flagged, never hidden.
+    With ``profile_overhead``, one more untimed pass per method with per-step timing
+    (``ForwardTimer``) measures how much of a step lies outside network forward passes;
+    it is kept apart because the timer's hooks (and CUDA synchronisation) cost time.
     """
     sampling = dict(sampling or {})
     baseline = baseline or methods[0].name
@@ -138,7 +146,17 @@ def run_benchmark(
                 runs[name].append(per_method[name])
     if bar is not None:
         bar.close()
-    return _report(runs, peaks, baseline, sampling, cost_curve,
+    profiled: dict[str, list[MethodRun]] = {name: [] for name in names}
+    if profile_overhead:
+        for method in methods:
+            for index, prompt in enumerate(prompts):
+                args = dict(sampling)
+                if "seed" in args:
+                    args["seed"] = args["seed"] + index
+                with ForwardTimer():
+                    profiled[method.name].append(method.run(prompt, max_new_tokens,
+                                                            _with_eos(method, args, eos_token_id)))
+    return _report(runs, peaks, baseline, sampling, cost_curve, profiled,
                    {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
                     "prompts": len(prompts), "sampling": sampling, "device": str(device)})
 
@@ -155,7 +173,7 @@ def _device_of(methods: Sequence[Method]) -> torch.device:
     return torch.device("cpu")
 
 
-def _report(runs, peaks, baseline, sampling, cost_curve, settings) -> BenchReport:
+def _report(runs, peaks, baseline, sampling, cost_curve, profiled, settings) -> BenchReport:
     greedy = sampling.get("temperature", 0.0) == 0
     base_runs = runs[baseline]
     base_tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep])
@@ -183,5 +201,6 @@ def _report(runs, peaks, baseline, sampling, cost_curve, settings) -> BenchRepor
             accepted_histogram=metrics.accepted_histogram(outputs) if outputs else {},
             stages=metrics.stage_breakdown(outputs) if outputs else {}, mean_tree_size=mean_tree,
             peak_memory_mb=peaks[name], matches_baseline=matches, mismatched_prompts=mismatched,
-            ceiling_speedup=ceiling))
+            ceiling_speedup=ceiling, step_ms=metrics.mean_step_ms(outputs) if outputs else float("nan"),
+            overhead_share=metrics.overhead_share([r.output for r in profiled[name] if r.output is not None])))
     return BenchReport(baseline=baseline, methods=tuple(reports), settings=settings, cost_curve=cost_curve)

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from spec.pipelines.inputs import normalise_request
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
+from spec.timing import active_timer
 
 
 class AutoregressiveDecoder:
@@ -45,7 +46,9 @@ class AutoregressiveDecoder:
         steps: list[StepStats] = []
         prefill_s = 0.0
         finished = request.max_new_tokens == 0
+        timer = active_timer()
         while not finished:
+            forward_before = timer.seconds if timer else 0.0
             t0 = time.perf_counter()
             logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True).logits[0, -1]
             t1 = time.perf_counter()
@@ -58,7 +61,8 @@ class AutoregressiveDecoder:
             t2 = time.perf_counter()
             if not steps:
                 prefill_s = t1 - t0
-            steps.append(StepStats(tree_size=1, accepted=0, emitted=1, verify_s=t1 - t0, accept_s=t2 - t1))
+            steps.append(StepStats(tree_size=1, accepted=0, emitted=1, verify_s=t1 - t0, accept_s=t2 - t1,
+                                   forward_s=timer.seconds - forward_before if timer else None))
             kept, finished = request.take([token], generated)
             generated.extend(kept)
             next_input = torch.tensor([[token]], device=device)

@@ -48,6 +48,7 @@ def normalise_request(
     top_p: float,
     seed: Optional[int],
     stop_sequences: Optional[Sequence[Sequence[int]]] = None,
+    context_limit: Optional[int] = None,
 ) -> GenerateRequest:
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     ids = torch.as_tensor(input_ids)
@@ -69,11 +70,12 @@ def normalise_request(
         raise InputError(f"Prompt token ids must be in [0, {vocab}); got values from {int(ids.min())} to {int(ids.max())}.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
-    limit = context_length(model)
+    limit = context_length(model) if context_limit is None else min(context_length(model), context_limit)
     if ids.numel() + max_new_tokens > limit:
         raise ContextLengthError(
             f"The prompt ({ids.numel()} tokens) plus max_new_tokens ({max_new_tokens}) is "
-            f"{ids.numel() + max_new_tokens} tokens, over the model's context of {limit}; "
+            f"{ids.numel() + max_new_tokens} tokens, over the context of {limit} (the model's, or the verifier's "
+            "cache if smaller); "
             f"shorten the prompt or ask for at most {max(limit - ids.numel(), 0)} new tokens."
         )
     if eos_token_id is None:

@@ -23,6 +23,7 @@ from spec.protocols import (
     Verifier,
 )
 from spec.sampling import make_generator
+from spec.timing import active_timer
 
 
 class SpeculativeDecoder:
@@ -57,7 +58,7 @@ class SpeculativeDecoder:
         Stops after an ``eos_token_id`` or a completed ``stop_sequences`` entry (token ids).
         """
         request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
-                                    seed, stop_sequences)
+                                    seed, stop_sequences, context_limit=self.verifier.max_length)
         start = time.perf_counter()
         sampling = request.sampling
         generator = make_generator(sampling, self.model.get_output_embeddings().weight.device)
@@ -75,7 +76,9 @@ class SpeculativeDecoder:
         prefill_s = time.perf_counter() - start
 
         finished = request.max_new_tokens == 0
+        timer = active_timer()
         while not finished:
+            forward_before = timer.seconds if timer else 0.0
             t0 = time.perf_counter()
             # A step yields at most depth + 1 tokens; drafting deeper than needed is wasted work.
             tree = self.tree_builder.tree().truncated(request.max_new_tokens - len(generated) - 1)
@@ -96,6 +99,6 @@ class SpeculativeDecoder:
             generated.extend(kept)
             steps.append(StepStats(tree_size=draft.tree.num_nodes, accepted=acceptance.num_accepted,
                                    emitted=len(kept), draft_s=t1 - t0, verify_s=t2 - t1, accept_s=t3 - t2,
-                                   commit_s=t4 - t3))
+                                   commit_s=t4 - t3, forward_s=timer.seconds - forward_before if timer else None))
         return GenerationOutput(sequences=torch.tensor([out + generated]), prompt_length=prompt.numel(), steps=tuple(steps),
                                 prefill_s=prefill_s, total_s=time.perf_counter() - start)

@@ -206,6 +206,13 @@ class StepStats:
     verify_s: float = 0.0
     accept_s: float = 0.0
     commit_s: float = 0.0
+    # Of the above, seconds inside network forward passes; measured only under a spec.timing.ForwardTimer.
+    forward_s: Optional[float] = None
+
+    @property
+    def overhead_s(self) -> Optional[float]:
+        """Seconds of the step outside forward passes (None unless timed with a ForwardTimer)."""
+        return None if self.forward_s is None else self.total_s - self.forward_s
 
     @property
     def total_s(self) -> float:

@@ -35,10 +35,16 @@ def shipped_path(name: str = DEFAULT) -> Path:
     return path
 
 
-def load_shipped(name: str = DEFAULT, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """``(model, tokenizer)`` from the package, offline (never touches a model hub)."""
+def load_shipped(name: str = DEFAULT, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` from the package, offline (never touches a model hub).
+
+    ``device`` and ``dtype`` may be ``"auto"`` (see ``spec.models.placement``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from spec.models.placement import resolve_placement
+
+    device, dtype = resolve_placement(device, dtype)
     path = shipped_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -1,0 +1,78 @@
+"""Tree attention kernels for the fast verifier: one signature, interchangeable.
+
+Each takes queries ``[1, heads, n, head_dim]`` and the cache's keys and values
+``[1, kv_heads, attend, head_dim]`` (``attend``: the cached prefix, the tree's rows,
+and on compiled paths some padding), plus a mask object built by the matching
+``*_mask`` function, and returns ``[1, heads, n, head_dim]``.
+
+* ``sdpa``: a boolean mask ``[n, attend]`` for ``scaled_dot_product_attention``;
+  the CPU default, and the reference for the others.
+* ``flex``: PyTorch's FlexAttention with a block mask computed from the tree's
+  ancestor matrix and the prefix length; nothing dense is built on the host and
+  fully visible prefix blocks skip the mask function. Meant for CUDA with
+  ``torch.compile`` (unfused and slow in eager mode, where it is only for tests).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_KINDS = ("sdpa", "flex")
+
+
+def sdpa_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor,
+              window: Optional[int]) -> torch.Tensor:
+    """``[n, attend]`` bool: the prefix ``0 .. start-1``, then the tree by ancestry; the padding hidden.
+
+    ``ancestors`` ``[n, n]`` bool (a node sees itself and its ancestors), ``positions`` ``[n]``.
+    For a causal pass over new tokens ``ancestors`` is lower-triangular. With a sliding
+    ``window``, ``ancestors`` must already hide new rows too far back; this hides prefix rows.
+    """
+    n = ancestors.shape[0]
+    visible = torch.zeros(n, attend, dtype=torch.bool, device=ancestors.device)
+    visible[:, :start] = True
+    visible[:, start : start + n] = ancestors
+    if window is not None and start > 0:
+        # Keys in the prefix sit at their row index; further back than the window is hidden.
+        keys = torch.arange(start, device=ancestors.device)
+        visible[:, :start] &= (positions[:, None] - keys[None, :]) < window
+    return visible
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None], scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor, window: Optional[int]):
+    """A FlexAttention ``BlockMask`` equal to ``sdpa_mask``'s, from the ancestor matrix and the prefix length."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = ancestors.shape[0]
+    # depth 0 is the first new row, so positions[0] is the prefix length, already on the device.
+    prefix = positions[0]
+
+    def tree_mask(b, h, q, kv):
+        in_tree = (kv >= prefix) & (kv < prefix + n)
+        local = (kv - prefix).clamp(0, n - 1)
+        visible = (kv < prefix) | (in_tree & ancestors[q, local])
+        if window is not None:
+            # Prefix keys sit at their row index; the window among new rows is already in ``ancestors``.
+            visible = visible & ((kv >= prefix) | (positions[q] - kv < window))
+        return visible
+
+    return create_block_mask(tree_mask, None, None, n, attend, device=ancestors.device)
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+MASKS = {"sdpa": sdpa_mask, "flex": flex_mask}
+KERNELS = {"sdpa": sdpa_attention, "flex": flex_attention}

@@ -1,0 +1,25 @@
+"""Pick the verifier for a model: the fast path where it applies, the generic one elsewhere."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from spec.errors import ConfigurationError
+from spec.verifiers.fast import FastTreeVerifier
+from spec.verifiers.llama_family import unsupported_reason
+from spec.verifiers.tree_attention import TreeAttentionVerifier
+
+VERIFIER_KINDS = ("auto", "fast", "generic")
+
+
+def make_verifier(model, kind: str = "auto", *, compile: Optional[bool] = None, attention: str = "auto"):
+    """``kind``: ``"auto"`` (fast for Llama-family models, generic otherwise), ``"fast"`` or ``"generic"``.
+
+    ``compile`` and ``attention`` go to :class:`FastTreeVerifier`; asking for ``"fast"`` on a model
+    it cannot run raises ``UnsupportedError`` naming the reason.
+    """
+    if kind not in VERIFIER_KINDS:
+        raise ConfigurationError(f"verifier kind must be one of {VERIFIER_KINDS}, got {kind!r}.")
+    if kind == "generic" or (kind == "auto" and unsupported_reason(model) is not None):
+        return TreeAttentionVerifier(model)
+    return FastTreeVerifier(model, compile=compile, attention=attention)

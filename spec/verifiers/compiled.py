@@ -1,0 +1,48 @@
+"""``torch.compile`` a step function, falling back to eager when compilation is unavailable.
+
+Compilation can fail for reasons that have nothing to do with the model: no C++
+compiler for inductor on CPU, an unsupported Python or platform, a backend bug.
+The step is a pure function of its tensor arguments plus in-place cache writes at
+given rows, so re-running it eagerly after a failed compiled call gives the same
+result; we warn once and stay eager from then on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+
+class CompiledStep:
+    """Calls ``fn`` compiled (``mode``: inductor mode, e.g. ``reduce-overhead`` for CUDA graphs) or eagerly."""
+
+    def __init__(self, fn: Callable, enabled: bool, mode: Optional[str] = None) -> None:
+        self.fn = fn
+        self.mode = mode
+        self.failure: Optional[str] = None
+        self._compiled: Optional[Callable] = None
+        if enabled:
+            try:
+                self._compiled = torch.compile(fn, mode=mode, dynamic=None, fullgraph=False)
+            except Exception as error:  # torch.compile itself can refuse (e.g. unsupported Python)
+                self._give_up(error)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def __call__(self, *args):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as error:
+                self._give_up(error)
+        return self.fn(*args)
+
+    def _give_up(self, error: Exception) -> None:
+        self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        self._compiled = None
+        warnings.warn(f"torch.compile failed ({self.failure}); the verifier runs eagerly instead.",
+                      RuntimeWarning, stacklevel=3)

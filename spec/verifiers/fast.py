@@ -1,0 +1,199 @@
+"""The fast verifier: static KV cache, per-shape buffers on the device, an optionally compiled step.
+
+Same protocol and same results as :class:`TreeAttentionVerifier`, built for a step
+whose cost outside the forward pass is close to nothing:
+
+* keys and values live in one preallocated :class:`StaticKVCache`; ``commit`` moves the
+  accepted path's rows into place with one gather for all layers, and nothing is ever
+  reallocated or concatenated;
+* per tree shape, the ancestor matrix, depths, row offsets and accepted-path indices are
+  built once on the device; a step adds the prefix length to them there, with no
+  host-device synchronisation (the acceptor's read of the logits is the step's only one);
+* the verify pass is one function of tensors (``LlamaFamilyForward``), compiled with
+  ``torch.compile`` when asked (CUDA graphs on GPU via ``mode="reduce-overhead"``), with
+  an eager fallback;
+* attention is ``sdpa`` with a boolean mask, or FlexAttention with a block mask built from
+  the tree (the CUDA default when compiling).
+
+Llama-family models only (Llama, Qwen2, Mistral); ``make_verifier`` picks the generic
+verifier for everything else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+import attrs
+import torch
+
+from spec.errors import ConfigurationError, InputError, ShapeError
+from spec.protocols import CandidateTree, Draft, Verification
+from spec.timing import forward_region
+from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS
+from spec.verifiers.compiled import CompiledStep
+from spec.verifiers.llama_family import LlamaFamilyForward
+
+
+@attrs.frozen
+class TreeBuffers:
+    """One tree shape's device tensors: ``ancestors`` ``[n, n]`` bool (window applied), ``depths`` and
+    ``offsets`` ``[n]`` int64 (``offsets`` = 0 .. n-1, the tree's cache rows above the prefix)."""
+
+    ancestors: torch.Tensor
+    depths: torch.Tensor
+    offsets: torch.Tensor
+    paths: dict = attrs.field(factory=dict, eq=False)  # accepted path -> its offsets on the device
+
+
+class FastTreeVerifier:
+    """A Verifier for Llama-family models; see the module docstring.
+
+    ``compile``: None (default) compiles on CUDA only; True or False forces it.
+    ``attention``: ``"auto"`` (FlexAttention when compiling on CUDA, else SDPA), ``"sdpa"`` or ``"flex"``.
+    ``spare_rows``: cache rows past the context for a tree's scratch entries near the context's end.
+    ``max_length``: cap the cache (and usable context) below the model's, to save memory.
+    """
+
+    MAX_CACHED_SHAPES = 64
+    PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
+
+    def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
+                 max_length: Optional[int] = None) -> None:
+        self.model = model.eval()
+        self.forward = LlamaFamilyForward(model)
+        device = self.forward.device
+        if attention not in ("auto",) + ATTENTION_KINDS:
+            raise ConfigurationError(f"attention must be 'auto' or one of {ATTENTION_KINDS}, got {attention!r}.")
+        if spare_rows < 1:
+            raise ConfigurationError(f"spare_rows must be at least 1, got {spare_rows}.")
+        if max_length is not None and not 1 <= max_length <= self.forward.max_length:
+            raise ConfigurationError(f"max_length must be in [1, {self.forward.max_length}] (the model's context), "
+                                     f"got {max_length}.")
+        compile = device.type == "cuda" if compile is None else bool(compile)
+        if attention == "auto":
+            attention = "flex" if compile and device.type == "cuda" else "sdpa"
+        self.attention = attention
+        self._max_length = max_length or self.forward.max_length
+        self._spare = spare_rows
+        self.cache = self.forward.new_cache(self._max_length + spare_rows)
+        if compile and device.type == "cuda":
+            # CUDA graphs need the cache at a fixed address.
+            for tensor in self.cache.tensors:
+                torch._dynamo.mark_static_address(tensor)
+        self._step = CompiledStep(self._verify_pass, enabled=compile,
+                                  mode="reduce-overhead" if device.type == "cuda" else None)
+        self._buffers: OrderedDict[CandidateTree, TreeBuffers] = OrderedDict()
+        self.reset()
+
+    # ---- Verifier protocol -------------------------------------------------------------
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def cached_length(self) -> int:
+        return self._cached
+
+    @property
+    def compiled(self) -> bool:
+        return self._step.compiled
+
+    def reset(self) -> None:
+        # Stale rows need no clearing: a pass only attends to rows it or a commit wrote.
+        self._cached = 0
+        self._pending: Optional[TreeBuffers] = None
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cache ``tokens`` ``[m]``; returns last-layer hidden states ``[m, H]``."""
+        if tokens.dim() != 1:
+            raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        if self._pending is not None:
+            raise InputError("prefill() called while a verified tree awaits commit(); commit the accepted path first.")
+        m, start, device = tokens.shape[0], self._cached, self.forward.device
+        if m == 0:
+            return torch.empty(0, self.model.get_output_embeddings().weight.shape[1], dtype=self.forward.dtype,
+                               device=device)
+        self._check_room(start + m - 1, start + m)
+        offsets = torch.arange(m, device=device)
+        causal = offsets[:, None] >= offsets[None, :]
+        if self.forward.window is not None:
+            causal &= (offsets[:, None] - offsets[None, :]) < self.forward.window
+        positions = offsets + start
+        # Prompts vary in length, so the prefill runs eagerly with SDPA; only the verify step is compiled.
+        mask = MASKS["sdpa"](causal, start, start + m, positions, self.forward.window)
+        with forward_region():
+            hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
+                                     self.cache.values, start + m, mask, KERNELS["sdpa"])
+        self._cached += m
+        return hidden
+
+    @torch.no_grad()
+    def verify(self, draft: Draft) -> Verification:
+        if self._pending is not None:
+            raise InputError("verify() called while a verified tree awaits commit(); commit the accepted path first.")
+        tree, start = draft.tree, self._cached
+        n = tree.num_nodes
+        self._check_room(start + tree.max_depth, start + n)
+        buffers = self._tree_buffers(tree)
+        positions = buffers.depths + start
+        rows = buffers.offsets + start
+        attend = start + n
+        if self._step.compiled:
+            attend = min(-(-attend // self.PAD_TO) * self.PAD_TO, self.cache.rows)
+        mask = MASKS[self.attention](buffers.ancestors, start, attend, positions, self.forward.window)
+        with forward_region():
+            hidden, logits = self._step(draft.tokens.to(self.forward.device), positions, rows, self.cache.keys,
+                                        self.cache.values, attend, mask)
+        self._pending = buffers
+        return Verification(tree=tree, logits=logits, hidden_states=hidden)
+
+    def commit(self, path: tuple[int, ...]) -> None:
+        buffers = self._pending
+        if buffers is None:
+            raise InputError("commit() called with no verified tree pending; call verify() first.")
+        n = buffers.offsets.shape[0]
+        if not path or path[0] != 0 or max(path) >= n or min(path) < 0:
+            raise ShapeError(f"commit path {path} must start at the root and index nodes of the verified tree.")
+        if any(node != i for i, node in enumerate(path)):
+            offsets = buffers.paths.get(path)
+            if offsets is None:
+                offsets = buffers.paths[path] = torch.tensor(path, device=self.forward.device)
+            self.cache.compact(self._cached, offsets + self._cached)
+        self._cached += len(path)
+        self._pending = None
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _verify_pass(self, tokens, positions, rows, keys, values, attend, mask):
+        return self.forward(tokens, positions, rows, keys, values, attend, mask, KERNELS[self.attention])
+
+    def _tree_buffers(self, tree: CandidateTree) -> TreeBuffers:
+        buffers = self._buffers.get(tree)
+        if buffers is not None:
+            self._buffers.move_to_end(tree)
+            return buffers
+        device = self.forward.device
+        ancestors = tree.ancestor_mask.clone()
+        depths = tree.depths.to(torch.int64)
+        if self.forward.window is not None:
+            ancestors &= (depths[:, None] - depths[None, :]) < self.forward.window
+        buffers = TreeBuffers(ancestors=ancestors.to(device), depths=depths.to(device),
+                              offsets=torch.arange(tree.num_nodes, device=device))
+        self._buffers[tree] = buffers
+        if len(self._buffers) > self.MAX_CACHED_SHAPES:
+            self._buffers.popitem(last=False)
+        return buffers
+
+    def _check_room(self, last_position: int, rows_needed: int) -> None:
+        if last_position >= self._max_length:
+            raise InputError(
+                f"Position {last_position} is past the verifier's context of {self._max_length} tokens; "
+                "shorten the prompt or max_new_tokens (the pipelines check this before generating)."
+            )
+        if rows_needed > self.cache.rows:
+            raise InputError(
+                f"This step needs {rows_needed} cache rows but the static cache has {self.cache.rows} "
+                f"({self._max_length} context + {self._spare} spare); build the verifier with a larger spare_rows "
+                "or use a smaller tree."
+            )

@@ -1,0 +1,135 @@
+"""The forward pass of a Llama-family model over a static KV cache, using the model's own modules.
+
+Llama, Qwen2 and Mistral share one decoder layer: RMSNorm, attention with rotary
+embeddings and grouped KV heads, RMSNorm, gated MLP, each with a residual. This
+runs that layer from the model's own submodules (so weights are shared, not copied,
+and norms, MLP and projections are exactly the model's), but writes keys and values
+straight into a :class:`StaticKVCache` and takes its attention mask and kernel as
+arguments. Everything a step needs is a tensor argument, so one step can be compiled.
+
+Rotary embeddings are looked up in a table computed once by the model's own rotary
+module: each position's angles are computed independently, so the table's rows are
+bit-identical to what the model computes on the fly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from spec.errors import UnsupportedError
+from spec.models import context_length, model_dtype
+from spec.verifiers.static_cache import StaticKVCache
+
+SUPPORTED = ("llama", "qwen2", "mistral")
+# Rotary variants whose angles depend only on the position (not on the sequence length).
+POSITION_ONLY_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+def sliding_window(config) -> Optional[int]:
+    """The attention window shared by every layer, None for full attention; raises when layers differ."""
+    window = getattr(config, "sliding_window", None) or None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return window
+    windows = {window if kind == "sliding_attention" else None for kind in layer_types}
+    if len(windows) > 1:
+        raise UnsupportedError("the layers mix sliding-window and full attention")
+    return windows.pop()
+
+
+def unsupported_reason(model) -> Optional[str]:
+    """Why the fast path cannot run ``model``, or None when it can."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED:
+        return f"model type {model_type!r} is not one of {', '.join(SUPPORTED)}"
+    backbone = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if backbone is None or not all(hasattr(backbone, name) for name in needed) or not hasattr(model, "lm_head"):
+        return f"{type(model).__name__} does not have the usual model.{{{', '.join(needed)}}} and lm_head modules"
+    rope = getattr(backbone.rotary_emb, "rope_type", "default")
+    if rope not in POSITION_ONLY_ROPE:
+        return f"rotary embeddings of type {rope!r} depend on the sequence length"
+    try:
+        sliding_window(config)
+    except UnsupportedError as error:
+        return str(error)
+    for layer in backbone.layers:
+        attention = getattr(layer, "self_attn", None)
+        if not all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+            return f"decoder layer {type(layer).__name__} has no standard q/k/v/o projections"
+    return None
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``[1, heads, n, d]`` with ``cos``/``sin`` ``[1, 1, n, d]`` (rotate-half layout)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# attention(q [1, heads, n, d], k, v [1, kv_heads, attend, d], mask, scale) -> [1, heads, n, d]
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object, float], torch.Tensor]
+
+
+class LlamaFamilyForward:
+    """Runs ``model`` over new tokens on top of a static cache; see the module docstring."""
+
+    def __init__(self, model) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise UnsupportedError(f"The fast verifier cannot run this model: {reason}. "
+                                   "Use TreeAttentionVerifier (make_verifier picks it automatically).")
+        backbone = model.model
+        config = model.config
+        self.model = model
+        self.embed = backbone.embed_tokens
+        self.layers = list(backbone.layers)
+        self.norm = backbone.norm
+        self.lm_head = model.lm_head
+        self.window = sliding_window(config)
+        self.max_length = context_length(model)
+        attention = self.layers[0].self_attn
+        self.head_dim = attention.head_dim
+        self.scale = float(getattr(attention, "scaling", self.head_dim ** -0.5))
+        self.kv_heads = config.num_key_value_heads
+        self.dtype = model_dtype(model)
+        self.device = self.embed.weight.device
+        positions = torch.arange(self.max_length, device=self.device)[None]
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            cos, sin = backbone.rotary_emb(probe, positions)
+        self.cos, self.sin = cos[0], sin[0]  # [max_length, head_dim]
+
+    def new_cache(self, rows: int) -> StaticKVCache:
+        return StaticKVCache(len(self.layers), self.kv_heads, self.head_dim, rows, self.dtype, self.device)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, keys: list[torch.Tensor],
+                 values: list[torch.Tensor], attend: int, mask,
+                 attention: AttentionKernel) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``tokens`` ``[n]`` at ``positions`` ``[n]``, writing their keys and values at cache ``rows`` ``[n]``.
+
+        ``keys``, ``values``: the cache's per-layer ``[kv_heads, rows, d]`` tensors, updated in place;
+        attention reads their first ``attend`` rows under ``mask``. Returns final hidden states ``[n, H]`` (after the
+        last norm, as transformers reports them) and logits ``[n, V]``.
+        """
+        n = tokens.shape[0]
+        x = self.embed(tokens)[None]
+        cos = self.cos[positions][None, None].to(x.dtype)
+        sin = self.sin[positions][None, None].to(x.dtype)
+        for index, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys[index].index_copy_(1, rows, k[0])
+            values[index].index_copy_(1, rows, v[0])
+            out = attention(q, keys[index][:, :attend][None], values[index][:, :attend][None], mask, self.scale)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = self.norm(x)[0]
+        return hidden, self.lm_head(hidden)
