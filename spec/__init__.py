@@ -19,7 +19,7 @@ from spec.protocols import (
     Verifier,
 )
 from spec.trees import StaticTreeBuilder, chain_tree, full_tree, tree_from_choices, tree_to_choices
-from spec.verifiers import SelfDraftVerifier, TreeAttentionVerifier
+from spec.verifiers import FastTreeVerifier, SelfDraftVerifier, TreeAttentionVerifier, make_verifier
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "RejectionSamplingAcceptor",
     "SamplingParams",
     "SelfDraftVerifier",
+    "FastTreeVerifier",
     "SpeculativeDecoder",
     "StaticTreeBuilder",
     "StepStats",
@@ -49,6 +50,7 @@ __all__ = [
     "TypicalAcceptor",
     "Verification",
     "Verifier",
+    "make_verifier",
     "chain_tree",
     "full_tree",
     "tree_from_choices",

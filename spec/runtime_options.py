@@ -15,7 +15,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
     kinds = "auto (fast for Llama-family models, else generic), fast (static cache), generic (any transformers LM)"
     if several_verifiers:
         parser.add_argument("--verifiers", default="auto", help="comma-separated verifiers to benchmark, each one a "
-                            f"method: {kinds}")
+                            f"method: {kinds}; a '+compile' suffix compiles that one (e.g. generic,fast,fast+compile)")
     else:
         parser.add_argument("--verifier", default="auto", help=kinds)
     parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
@@ -27,10 +27,15 @@ def compile_flag(value: str) -> Optional[bool]:
 
 
 def verifier_for(model, drafter, kind: str, compile: str):
-    """The drafter's own verifier where it brings one (Kangaroo shares its state), else ``make_verifier``."""
+    """The drafter's own verifier where it brings one (Kangaroo shares its state), else ``make_verifier``.
+
+    ``kind`` may end in ``+compile``, which overrides ``compile`` for that verifier.
+    """
     from spec.verifiers import make_verifier
 
     own = getattr(drafter, "verifier", None)
     if own is not None:
         return own
+    if kind.endswith("+compile"):
+        kind, compile = kind.removesuffix("+compile"), "on"
     return make_verifier(model, kind, compile=compile_flag(compile))

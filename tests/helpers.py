@@ -8,6 +8,7 @@ from spec import AutoregressiveDecoder
 from spec.testing.models import tiny_model
 
 ARCHS = ("llama", "qwen2", "mistral", "gpt2")
+LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # what the fast verifier runs
 VOCAB = 96
 
 

@@ -1,26 +1,33 @@
-"""The verifier's outputs at every node equal a plain forward pass over prefix + that node's path."""
+"""The verifier's outputs at every node equal a plain forward pass over prefix + that node's path.
+
+Every test runs on the generic verifier (all architectures) and on the fast one
+(Llama-family architectures).
+"""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spec import CandidateTree, Draft, TreeAttentionVerifier
+from spec import CandidateTree, Draft, FastTreeVerifier, TreeAttentionVerifier
 from spec.errors import InputError
 from spec.testing.strategies import candidate_trees
 
-from helpers import ARCHS, VOCAB, model
+from helpers import ARCHS, LLAMA_FAMILY, VOCAB, model
+
+CASES = [(arch, TreeAttentionVerifier) for arch in ARCHS] + [(arch, FastTreeVerifier) for arch in LLAMA_FAMILY]
+IDS = [f"{arch}-{cls.__name__}" for arch, cls in CASES]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,make", CASES, ids=IDS)
 @settings(max_examples=6)
 @given(tree=candidate_trees(max_nodes=16), prefix_len=st.integers(0, 12), seed=st.integers(0, 2**16))
-def test_tree_logits_equal_path_forward(arch, tree, prefix_len, seed):
+def test_tree_logits_equal_path_forward(arch, make, tree, prefix_len, seed):
     m = model(arch)
     g = torch.Generator().manual_seed(seed)
     prefix = torch.randint(0, VOCAB, (prefix_len,), generator=g)
     tokens = torch.randint(0, VOCAB, (tree.num_nodes,), generator=g)
-    verifier = TreeAttentionVerifier(m)
+    verifier = make(m)
     hidden = verifier.prefill(prefix)
     verification = verifier.verify(Draft(tree=tree, tokens=tokens))
     with torch.no_grad():
@@ -35,14 +42,14 @@ def test_tree_logits_equal_path_forward(arch, tree, prefix_len, seed):
             torch.testing.assert_close(hidden, full, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_commit_leaves_cache_of_the_accepted_path(arch):
+@pytest.mark.parametrize("arch,make", CASES, ids=IDS)
+def test_commit_leaves_cache_of_the_accepted_path(arch, make):
     """After committing a path, verifying the next tree equals a forward over prefix + path."""
     m = model(arch)
     tree = CandidateTree(parents=[-1, 0, 0, 2, 2, 4], ranks=[0, 0, 1, 0, 1, 0])
     prefix = torch.arange(5, 10)
     tokens = torch.tensor([11, 12, 13, 14, 15, 16])
-    verifier = TreeAttentionVerifier(m)
+    verifier = make(m)
     verifier.prefill(prefix)
     verifier.verify(Draft(tree=tree, tokens=tokens))
     path = (0, 2, 4, 5)  # not a prefix of the node order: exercises the gather
@@ -57,8 +64,9 @@ def test_commit_leaves_cache_of_the_accepted_path(arch):
     torch.testing.assert_close(result.logits, expected, rtol=1e-9, atol=1e-9)
 
 
-def test_protocol_misuse_is_refused():
-    verifier = TreeAttentionVerifier(model("llama"))
+@pytest.mark.parametrize("make", [TreeAttentionVerifier, FastTreeVerifier])
+def test_protocol_misuse_is_refused(make):
+    verifier = make(model("llama"))
     with pytest.raises(InputError, match="no verified tree"):
         verifier.commit((0,))
     verifier.prefill(torch.tensor([1, 2]))
@@ -67,19 +75,23 @@ def test_protocol_misuse_is_refused():
         verifier.verify(Draft(tree=CandidateTree.root_only(), tokens=torch.tensor([3])))
 
 
-def test_sliding_window_is_applied_in_the_mask():
+@pytest.mark.parametrize("make", [TreeAttentionVerifier, FastTreeVerifier])
+def test_sliding_window_is_applied_in_the_mask(make):
     """Mistral with a short window: tree verification equals the model's own windowed forward."""
     m = model("mistral", seed=3, context=64)
     m.config.sliding_window = 4
-    m.config._attn_implementation = "eager"
+    # SDPA, not eager: transformers' eager attention takes its softmax in float32 even for a float64 model.
     prefix = torch.arange(2, 12)
     tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
     tokens = torch.tensor([30, 31, 32, 33])
-    verifier = TreeAttentionVerifier(m)
-    verifier.prefill(prefix)
+    verifier = make(m)
+    hidden = verifier.prefill(prefix)
     result = verifier.verify(Draft(tree=tree, tokens=tokens))
     with torch.no_grad():
         for node in range(tree.num_nodes):
             seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
             torch.testing.assert_close(result.logits[node], m(seq[None]).logits[0, -1], rtol=1e-9, atol=1e-9)
+        # The prefill (10 tokens, longer than the window) is windowed too.
+        torch.testing.assert_close(hidden, m(prefix[None], output_hidden_states=True).hidden_states[-1][0],
+                                   rtol=1e-9, atol=1e-9)
     m.config.sliding_window = None

@@ -43,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder, load_tree
     from spec.trees.measure import measure_verify_costs
-    from spec.verifiers import make_verifier
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
     if args.prompts:
@@ -68,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
             verifier = verifier_for(model, drafter, kind, args.compile)
             decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(name)), verifier,
                                          acceptor)
-            label = name if len(kinds) == 1 else f"{name}/{type(verifier).__name__.removesuffix('Verifier')}"
+            label = name if len(kinds) == 1 or verifier is getattr(drafter, "verifier", None) else f"{name}/{kind}"
             methods.append(DecoderMethod(label, decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
-    curve = measure_verify_costs(make_verifier(model, kinds[0] if kinds else "auto"), [1, 2, 4, 8, 16, 32, 64],
-                                 prompts[0][0], repeats=3)
+    curve = measure_verify_costs(verifier_for(model, None, kinds[0] if kinds else "auto", args.compile),
+                                 [1, 2, 4, 8, 16, 32, 64], prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}
     report = run_benchmark(methods, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
                            warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,

@@ -70,12 +70,14 @@ def normalise_request(
         raise InputError(f"Prompt token ids must be in [0, {vocab}); got values from {int(ids.min())} to {int(ids.max())}.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
-    limit = context_length(model) if context_limit is None else min(context_length(model), context_limit)
+    limit = context_length(model)
+    where = "the model's context"
+    if context_limit is not None and context_limit < limit:
+        limit, where = context_limit, f"the verifier's cache (the model's context is {limit})"
     if ids.numel() + max_new_tokens > limit:
         raise ContextLengthError(
             f"The prompt ({ids.numel()} tokens) plus max_new_tokens ({max_new_tokens}) is "
-            f"{ids.numel() + max_new_tokens} tokens, over the context of {limit} (the model's, or the verifier's "
-            "cache if smaller); "
+            f"{ids.numel() + max_new_tokens} tokens, over {where} of {limit}; "
             f"shorten the prompt or ask for at most {max(limit - ids.numel(), 0)} new tokens."
         )
     if eos_token_id is None:
