@@ -16,7 +16,15 @@ from functools import lru_cache
 import pytest
 import torch
 
-from spec import CloverDrafter, HydraDrafter, MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
+from spec import (
+    CloverDrafter,
+    FastTreeVerifier,
+    HydraDrafter,
+    MedusaDrafter,
+    SpeculativeDecoder,
+    StaticTreeBuilder,
+    TreeAttentionVerifier,
+)
 from spec.acceptors import RejectionSamplingAcceptor
 from spec.pipelines import AutoregressiveDecoder
 from spec.protocols import SamplingParams
@@ -69,6 +77,9 @@ def sample_counts(decoder) -> Counter:
 
 def speculative(candidates, tree, acceptor=None):
     m = tiny()
+    verifier = TreeAttentionVerifier(m)
+    if candidates.endswith("+fast"):  # the same drafter, verified through the static-cache fast path
+        candidates, verifier = candidates.removesuffix("+fast"), FastTreeVerifier(m)
     if candidates == "kangaroo":
         from spec.drafters.kangaroo import KangarooDrafter
 
@@ -87,8 +98,7 @@ def speculative(candidates, tree, acceptor=None):
     with torch.no_grad():  # heads that differ from the lm_head, so q differs from p
         for param in drafter.heads.parameters():
             param.add_(torch.randn_like(param) * 0.2)
-    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(m),
-                              acceptor or RejectionSamplingAcceptor())
+    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), verifier, acceptor or RejectionSamplingAcceptor())
 
 
 def test_exact_distribution_is_a_distribution():
@@ -107,6 +117,7 @@ def test_autoregressive_sampler_matches_the_model():
         ("top_k", "chain2"),
         ("top_k", "tree5"),
         ("sample_without_replacement", "tree5"),
+        ("sample_without_replacement+fast", "tree5"),
         ("sample_with_replacement", "tree5"),
         ("hydra", "tree5"),
         ("clover", "tree5"),
