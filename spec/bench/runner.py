@@ -148,6 +148,11 @@ def run_benchmark(
         bar.close()
     profiled: dict[str, list[MethodRun]] = {name: [] for name in names}
     if profile_overhead:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(methods) * len(prompts), desc="overhead profile", dynamic_ncols=True)
         for method in methods:
             for index, prompt in enumerate(prompts):
                 args = dict(sampling)
@@ -156,6 +161,10 @@ def run_benchmark(
                 with ForwardTimer():
                     profiled[method.name].append(method.run(prompt, max_new_tokens,
                                                             _with_eos(method, args, eos_token_id)))
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
     return _report(runs, peaks, baseline, sampling, cost_curve, profiled,
                    {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
                     "prompts": len(prompts), "sampling": sampling, "device": str(device)})

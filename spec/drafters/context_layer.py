@@ -22,6 +22,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from spec.errors import InputError, ShapeError, UnsupportedError
+from spec.models import cache_kwargs
 
 #: ``config.model_type`` values whose decoder layer we can build and run on its own.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
@@ -108,7 +109,7 @@ class ContextLayerCache:
             x,
             attention_mask=self._mask(positions, weight.dtype),
             position_ids=positions[None],
-            past_key_values=self.cache,
+            **cache_kwargs(self.layer, self.cache),
             use_cache=True,
             position_embeddings=self.rotary(x, positions[None]),
         )

@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence
 from spec.errors import ConfigurationError, InputError
-from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.models import ModelFingerprint, cache_kwargs, hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
 from spec.verifiers.self_draft import SelfDraftVerifier, additive_mask
 
@@ -55,7 +55,7 @@ class KangarooAdapter(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, rotary,
                 cache: Optional[DynamicCache]) -> torch.Tensor:
         attended, _ = self.attention(self.norm_in(x), attention_mask=mask, position_ids=position_ids,
-                                     past_key_values=cache, position_embeddings=rotary)
+                                     **cache_kwargs(self.attention, cache), position_embeddings=rotary)
         return self.norm_out(x + attended)
 
 

@@ -1,6 +1,6 @@
 """Facts about Hugging Face causal LMs that several stages need, read one way everywhere."""
 
-from spec.models.facts import context_length, hidden_size, model_dtype, output_vocab_size
+from spec.models.facts import cache_kwargs, context_length, hidden_size, model_dtype, output_vocab_size
 from spec.models.fingerprint import ModelFingerprint
 
-__all__ = ["ModelFingerprint", "context_length", "hidden_size", "model_dtype", "output_vocab_size"]
+__all__ = ["ModelFingerprint", "cache_kwargs", "context_length", "hidden_size", "model_dtype", "output_vocab_size"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from spec.errors import UnsupportedError
@@ -41,3 +44,16 @@ def context_length(model) -> int:
 
 def model_dtype(model) -> torch.dtype:
     return _lm_head(model).weight.dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_kwargs(module, cache) -> dict:
+    """``{"cache": cache}`` or ``{"past_key_values": cache}``, whichever ``module.forward`` takes.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40).
+    """
+    return {_cache_keyword(type(module).forward): cache}

@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from transformers import DynamicCache
 
+from spec.models import cache_kwargs
 from spec.pipelines.inputs import normalise_request
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
@@ -50,7 +51,7 @@ class AutoregressiveDecoder:
         while not finished:
             forward_before = timer.seconds if timer else 0.0
             t0 = time.perf_counter()
-            logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True).logits[0, -1]
+            logits = self.model(input_ids=next_input, **cache_kwargs(self.model, cache), use_cache=True).logits[0, -1]
             t1 = time.perf_counter()
             check_finite(logits)
             if sampling.is_greedy:

@@ -112,14 +112,23 @@ class LlamaFamilyForward:
         """Run ``tokens`` ``[n]`` at ``positions`` ``[n]``, writing their keys and values at cache ``rows`` ``[n]``.
 
         ``keys``, ``values``: the cache's per-layer ``[kv_heads, rows, d]`` tensors, updated in place;
-        attention reads their first ``attend`` rows under ``mask``. Returns final hidden states ``[n, H]`` (after the
-        last norm, as transformers reports them) and logits ``[n, V]``.
+        attention reads their first ``attend`` rows under ``mask``. Returns final hidden states ``[n, H]``
+        (after the last norm, as transformers reports them) and logits ``[n, V]``.
         """
-        n = tokens.shape[0]
         x = self.embed(tokens)[None]
+        x = self.run_layers(x, range(len(self.layers)), positions, rows, keys, values, attend, mask, attention)
+        hidden = self.norm(x)[0]
+        return hidden, self.lm_head(hidden)
+
+    def run_layers(self, x: torch.Tensor, layers: range, positions: torch.Tensor, rows: torch.Tensor,
+                   keys: list[torch.Tensor], values: list[torch.Tensor], attend: int, mask,
+                   attention: AttentionKernel) -> torch.Tensor:
+        """Residual stream ``x`` ``[1, n, H]`` through decoder ``layers`` (a self-drafter runs them in two parts)."""
+        n = x.shape[1]
         cos = self.cos[positions][None, None].to(x.dtype)
         sin = self.sin[positions][None, None].to(x.dtype)
-        for index, layer in enumerate(self.layers):
+        for index in layers:
+            layer = self.layers[index]
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
@@ -131,5 +140,4 @@ class LlamaFamilyForward:
             out = attention(q, keys[index][:, :attend][None], values[index][:, :attend][None], mask, self.scale)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        hidden = self.norm(x)[0]
-        return hidden, self.lm_head(hidden)
+        return x

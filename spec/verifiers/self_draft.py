@@ -10,6 +10,11 @@ That sharing is why this needs its own verifier: the generic ``TreeAttentionVeri
 runs the whole model from token ids. Both keep the same protocol, so pipelines,
 acceptors and tests treat them alike. Supported: Llama-family models (Llama, Qwen2,
 Mistral), whose decoder layers can be run one by one.
+
+The layers run on the fast verifier's machinery (``LlamaFamilyForward`` over a
+``StaticKVCache``): drafted nodes' shallow keys and values are written at their rows
+after the committed ones, the deep layers' at the same rows during ``verify``, and
+``commit`` gathers the accepted path's rows into place in every layer.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from transformers import DynamicCache
 
 from spec.errors import ConfigurationError, InputError, ShapeError, UnsupportedError
-from spec.models import context_length, model_dtype
+from spec.models import context_length
 from spec.protocols import Draft, Verification
+from spec.verifiers.attention import sdpa_attention
+from spec.verifiers.llama_family import LlamaFamilyForward, unsupported_reason
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -35,32 +41,34 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class SelfDraftState:
     """What the self-drafter and its verifier share for one sequence.
 
-    ``cache``: the target's KV cache, all layers; ``committed``: committed tokens cached in
-    every layer. During a step, ``node_hidden`` holds the shallow hidden state of each tree
-    node drafted so far (breadth-first, root first), and layers ``< exit_layer`` also hold
-    their keys and values, in the same order, after the committed ones.
+    ``cache``: the target's static KV cache, all layers; ``committed``: committed tokens cached
+    in every layer. During a step, ``node_hidden`` holds the shallow hidden state of each tree
+    node drafted so far (breadth-first, root first), and layers ``< exit_layer`` also hold their
+    keys and values at rows ``committed + node index``.
     """
 
-    def __init__(self, model, exit_layer: int) -> None:
+    def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
         model_type = getattr(model.config, "model_type", None)
-        backbone = getattr(model, "model", None)
-        if model_type not in SUPPORTED or backbone is None or not hasattr(backbone, "layers"):
+        reason = unsupported_reason(model)
+        if reason is not None:
             raise UnsupportedError(
                 f"Self-drafting runs the model's decoder layers one by one, supported for {', '.join(SUPPORTED)}; "
-                f"got {model_type!r}. Use TreeAttentionVerifier with another drafter."
+                f"got {model_type!r} ({reason}). Use TreeAttentionVerifier with another drafter."
             )
-        num_layers = len(backbone.layers)
+        num_layers = len(model.model.layers)
         if not 1 <= exit_layer < num_layers:
             raise ConfigurationError(f"exit_layer must be in [1, {num_layers - 1}] for this {num_layers}-layer model, "
                                      f"got {exit_layer}.")
         self.model = model
-        self.backbone = backbone
+        self.backbone = model.model
+        self.forward = LlamaFamilyForward(model)
         self.exit_layer = exit_layer
-        self.dtype = model_dtype(model)
+        self.dtype = self.forward.dtype
+        self.cache = self.forward.new_cache(self.forward.max_length + spare_rows)
         self.reset()
 
     def reset(self) -> None:
-        self.cache = DynamicCache()
+        # Stale rows need no clearing: a pass only attends to rows it or a commit wrote.
         self.committed = 0
         self.node_hidden: list[torch.Tensor] = []
         self.node_ancestors: list[list[int]] = []  # per drafted node: indices (in node order) of its path
@@ -69,19 +77,17 @@ class SelfDraftState:
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.embed_tokens.weight.device
+        return self.forward.device
 
-    def run_layers(self, hidden: torch.Tensor, layers: range, visible: torch.Tensor,
-                   positions: torch.Tensor) -> torch.Tensor:
-        """``hidden`` ``[m, H]`` through ``layers`` with cache; ``visible`` ``[m, cached + m]`` bool."""
-        x = hidden[None]
-        position_ids = positions[None]
-        mask = additive_mask(visible, x.dtype)
-        rotary = self.backbone.rotary_emb(x, position_ids)
-        for index in layers:
-            out = self.backbone.layers[index](x, attention_mask=mask, position_ids=position_ids,
-                                              past_key_values=self.cache, use_cache=True, position_embeddings=rotary)
-            x = out[0] if isinstance(out, tuple) else out
+    def run_layers(self, hidden: torch.Tensor, layers: range, visible: torch.Tensor, positions: torch.Tensor,
+                   rows: torch.Tensor) -> torch.Tensor:
+        """``hidden`` ``[m, H]`` through ``layers``, caching at ``rows`` ``[m]``; ``visible`` ``[m, attend]`` bool."""
+        if rows.numel() and int(rows[-1]) >= self.cache.rows:
+            raise InputError(f"The self-draft cache has {self.cache.rows} rows and this step needs row "
+                             f"{int(rows[-1])}; use a smaller tree or a larger spare_rows.")
+        visible = self._windowed(visible, positions, rows)
+        x = self.forward.run_layers(hidden[None], layers, positions, rows, self.cache.keys, self.cache.values,
+                                    visible.shape[1], visible, sdpa_attention)
         return x[0]
 
     @torch.no_grad()
@@ -92,25 +98,40 @@ class SelfDraftState:
         shallow hidden states ``[m, H]`` and records them for ``verify``.
         """
         start, m = len(self.node_hidden), len(tokens)
-        embeddings = self.backbone.embed_tokens(torch.tensor(tokens, device=self.device))
+        embeddings = self.forward.embed(torch.tensor(tokens, device=self.device))
         visible = torch.zeros(m, self.committed + start + m, dtype=torch.bool, device=self.device)
         visible[:, : self.committed] = True
         for row, path in enumerate(ancestors):
             visible[row, [self.committed + node for node in path]] = True
         positions = torch.tensor([self.committed + d for d in depths], device=self.device)
-        hidden = self.run_layers(embeddings, range(self.exit_layer), visible, positions)
+        rows = torch.arange(self.committed + start, self.committed + start + m, device=self.device)
+        self.node_depths.extend(depths)
+        hidden = self.run_layers(embeddings, range(self.exit_layer), visible, positions, rows)
         self.node_hidden.extend(hidden)
         self.node_ancestors.extend(ancestors)
-        self.node_depths.extend(depths)
         return hidden
+
+    def _windowed(self, visible: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Hide keys further back than a sliding window (committed rows sit at their own position)."""
+        window = self.forward.window
+        if window is None:
+            return visible
+        attend = visible.shape[1]
+        key_positions = torch.arange(attend, device=self.device)
+        tree_rows = attend - self.committed
+        if tree_rows > 0 and self.node_depths:  # else a prefill: new rows sit at their own position too
+            # Rows after the committed ones hold tree nodes, at committed + depth.
+            depths = torch.tensor(self.node_depths[:tree_rows], device=self.device)
+            key_positions[self.committed:] = self.committed + depths
+        return visible & ((positions[:, None] - key_positions[None, :]) < window)
 
 
 class SelfDraftVerifier:
     """Runs layers ``exit_layer ..`` over the shallow states the self-drafter left, then norm and lm_head."""
 
-    def __init__(self, model, exit_layer: int) -> None:
+    def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
         self.model = model.eval()
-        self.state = SelfDraftState(model, exit_layer)
+        self.state = SelfDraftState(model, exit_layer, spare_rows)
         self._pending = 0
 
     @property
@@ -129,11 +150,15 @@ class SelfDraftVerifier:
         if m == 0:
             state.committed_shallow = torch.empty(0, hidden_size, dtype=state.dtype, device=state.device)
             return state.committed_shallow
+        if state.committed + m > self.max_length:
+            raise InputError(f"Prefilling {m} tokens after {state.committed} is past the model's context of "
+                             f"{self.max_length}; shorten the prompt.")
         positions = torch.arange(state.committed, state.committed + m, device=state.device)
         causal = torch.ones(m, state.committed + m, dtype=torch.bool, device=state.device).tril(state.committed)
-        x = state.backbone.embed_tokens(tokens.to(state.device))
-        shallow = state.run_layers(x, range(state.exit_layer), causal, positions)
-        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), causal, positions)
+        x = state.forward.embed(tokens.to(state.device))
+        shallow = state.run_layers(x, range(state.exit_layer), causal, positions, positions)
+        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), causal, positions,
+                                positions)
         state.committed += m
         state.committed_shallow = shallow
         return state.backbone.norm(deep[None])[0]
@@ -152,8 +177,9 @@ class SelfDraftVerifier:
         visible = torch.ones(tree.num_nodes, state.committed + tree.num_nodes, dtype=torch.bool, device=state.device)
         visible[:, state.committed:] = tree.ancestor_mask.to(state.device)
         positions = state.committed + tree.depths.to(state.device)
+        rows = torch.arange(state.committed, state.committed + tree.num_nodes, device=state.device)
         shallow = torch.stack(state.node_hidden)
-        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), visible, positions)
+        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), visible, positions, rows)
         hidden = state.backbone.norm(deep[None])[0]
         self._pending = tree.num_nodes
         return Verification(tree=tree, logits=self.model.lm_head(hidden), hidden_states=hidden)
@@ -163,12 +189,8 @@ class SelfDraftVerifier:
         if not self._pending:
             raise InputError("commit() called with no verified tree pending; call verify() first.")
         start, keep = state.committed, len(path)
-        rows = torch.tensor(path, device=state.device) + start
-        for layer in state.cache.layers:
-            for name in ("keys", "values"):
-                full = getattr(layer, name)
-                full[:, :, start : start + keep] = full.index_select(2, rows)
-                setattr(layer, name, full[:, :, : start + keep])
+        if any(node != i for i, node in enumerate(path)):
+            state.cache.compact(start, torch.tensor(path, device=state.device) + start)
         state.committed_shallow = torch.stack([state.node_hidden[i] for i in path])
         state.committed += keep
         state.node_hidden, state.node_ancestors, state.node_depths = [], [], []

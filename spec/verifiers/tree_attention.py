@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from spec.errors import InputError, ShapeError, UnsupportedError
-from spec.models import context_length, model_dtype
+from spec.models import cache_kwargs, context_length, model_dtype
 from spec.protocols import CandidateTree, Draft, Verification
 
 
@@ -75,7 +75,7 @@ class TreeAttentionVerifier:
         out = self.model(
             input_ids=tokens.to(self._device)[None],
             position_ids=positions[None],
-            past_key_values=self._cache,
+            **cache_kwargs(self.model, self._cache),
             use_cache=True,
             output_hidden_states=True,
         )
@@ -94,7 +94,7 @@ class TreeAttentionVerifier:
             input_ids=draft.tokens.to(self._device)[None],
             attention_mask=mask,
             position_ids=(self._cached + depths)[None],
-            past_key_values=self._cache,
+            **cache_kwargs(self.model, self._cache),
             use_cache=True,
             output_hidden_states=True,
         )
