@@ -79,6 +79,47 @@ def test_smoke_run_writes_every_file_with_every_field(tmp_path):
     assert sum(medusa.accepted_histogram.values()) > 0
     assert report.method("transformers_generate").speedup == pytest.approx(1.0)
     assert "| medusa |" in files["markdown"].read_text()
+    for name in ("autoregressive", "medusa", "oracle"):  # the profiled pass measured every decoder's steps
+        assert 0.0 < report.method(name).overhead_share < 1.0 and report.method(name).step_ms > 0
+    assert report.method("transformers_generate").overhead_share != report.method("transformers_generate").overhead_share
+
+
+def test_forward_timer_counts_outermost_calls_once(monkeypatch):
+    """A fake clock that ticks once per read: nested modules and marked regions must not be counted twice."""
+    import spec.timing as timing
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(ticks)))
+    inner = torch.nn.Linear(2, 2)
+    outer = torch.nn.Sequential(inner, torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    x = torch.ones(1, 2)
+    outer(x)  # no timer: nothing counted, no clock read
+    assert timing.active_timer() is None
+    with timing.ForwardTimer() as timer:
+        outer(x)  # one outermost call: clock read at entry and exit only -> 1 tick
+        assert timer.seconds == 1.0
+        with timing.forward_region():  # a marked region around modules: still one span
+            inner(x)
+            outer(x)
+        assert timer.seconds == 2.0
+        with pytest.raises(RuntimeError, match="already active"):
+            timing.ForwardTimer().__enter__()
+    assert timing.active_timer() is None
+    outer(x)  # hooks removed
+    with timing.forward_region():
+        pass
+    assert timer.seconds == 2.0
+
+
+def test_overhead_share_on_known_steps():
+    steps = (StepStats(tree_size=4, accepted=1, emitted=2, draft_s=1.0, verify_s=3.0, forward_s=3.0),
+             StepStats(tree_size=4, accepted=0, emitted=1, draft_s=1.0, verify_s=3.0, forward_s=2.0),
+             StepStats(tree_size=4, accepted=0, emitted=1, draft_s=5.0))  # untimed step: ignored
+    out = GenerationOutput(sequences=torch.zeros(1, 5, dtype=torch.long), prompt_length=1, steps=steps,
+                           prefill_s=0.0, total_s=14.0)
+    assert steps[0].overhead_s == 1.0 and steps[2].overhead_s is None
+    assert metrics.overhead_share([out]) == pytest.approx(3.0 / 8.0)
+    assert metrics.mean_step_ms([out]) == pytest.approx(1000 * 13.0 / 3)
 
 
 def test_a_method_with_different_greedy_output_is_flagged(tmp_path):
