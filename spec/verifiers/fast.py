@@ -77,7 +77,8 @@ class FastTreeVerifier:
         self._max_length = max_length or self.forward.max_length
         self._spare = spare_rows
         self.cache = self.forward.new_cache(self._max_length + spare_rows)
-        if compile and device.type == "cuda":
+        self._cuda_graphs = compile and device.type == "cuda"
+        if self._cuda_graphs:
             # CUDA graphs need the cache at a fixed address.
             for tensor in self.cache.tensors:
                 torch._dynamo.mark_static_address(tensor)
@@ -144,8 +145,13 @@ class FastTreeVerifier:
             attend = min(-(-attend // self.PAD_TO) * self.PAD_TO, self.cache.rows)
         mask = MASKS[self.attention](buffers.ancestors, start, attend, positions, self.forward.window)
         with forward_region():
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             hidden, logits = self._step(draft.tokens.to(self.forward.device), positions, rows, self.cache.keys,
                                         self.cache.values, attend, mask)
+            if self._cuda_graphs and self._step.compiled:
+                # A graph replay reuses its output memory; the drafter and acceptor hold these across steps.
+                hidden, logits = hidden.clone(), logits.clone()
         self._pending = buffers
         return Verification(tree=tree, logits=logits, hidden_states=hidden)
 

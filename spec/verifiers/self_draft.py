@@ -26,6 +26,7 @@ import torch
 from spec.errors import ConfigurationError, InputError, ShapeError, UnsupportedError
 from spec.models import context_length
 from spec.protocols import Draft, Verification
+from spec.timing import forward_region
 from spec.verifiers.attention import sdpa_attention
 from spec.verifiers.llama_family import LlamaFamilyForward, unsupported_reason
 
@@ -86,8 +87,9 @@ class SelfDraftState:
             raise InputError(f"The self-draft cache has {self.cache.rows} rows and this step needs row "
                              f"{int(rows[-1])}; use a smaller tree or a larger spare_rows.")
         visible = self._windowed(visible, positions, rows)
-        x = self.forward.run_layers(hidden[None], layers, positions, rows, self.cache.keys, self.cache.values,
-                                    visible.shape[1], visible, sdpa_attention)
+        with forward_region():
+            x = self.forward.run_layers(hidden[None], layers, positions, rows, self.cache.keys, self.cache.values,
+                                        visible.shape[1], visible, sdpa_attention)
         return x[0]
 
     @torch.no_grad()
