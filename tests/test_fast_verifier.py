@@ -225,6 +225,11 @@ def test_make_verifier_picks_the_path_per_model():
     mixed.config.sliding_window = 8
     assert "mix" in unsupported_reason(mixed)
     assert isinstance(make_verifier(mixed), TreeAttentionVerifier)
+    dynamic = tiny_model("llama", seed=0, vocab_size=VOCAB)
+    dynamic.model.rotary_emb.rope_type = "dynamic"  # NTK scaling that depends on the sequence length
+    assert "sequence length" in unsupported_reason(dynamic)
+    with pytest.raises(UnsupportedError, match="sequence length"):
+        FastTreeVerifier(dynamic)
 
 
 def test_context_end_and_cache_limits():
