@@ -5,6 +5,7 @@ import torch
 
 from spec import (
     AutoregressiveDecoder,
+    FastTreeVerifier,
     GreedyAcceptor,
     MedusaDrafter,
     RejectionSamplingAcceptor,
@@ -144,11 +145,13 @@ def test_ablation_grid_records_and_files(tmp_path):
         acceptors={"greedy": GreedyAcceptor(), "rejection": RejectionSamplingAcceptor()},
         sampling={"greedy": {}, "t1": {"temperature": 1.0, "seed": 0}},
         transformers_baselines=False,
+        verifiers={"generic": TreeAttentionVerifier, "fast": FastTreeVerifier},
     )
     records = ablation.run([prompt(5, seed=3)], max_new_tokens=8, repeats=1, warmup=0, out_dir=tmp_path)
     pipelines = [r for r in records if r["tree"] != "-"]
-    # greedy: 2 trees x 2 acceptors; t=1: 2 trees x rejection only
-    assert len(pipelines) == 6
+    # greedy: 2 trees x 2 verifiers x 2 acceptors; t=1: 2 trees x 2 verifiers x rejection only
+    assert len(pipelines) == 12
+    assert {r["verifier"] for r in pipelines} == {"generic", "fast"}
     assert all(r["matches_baseline"] for r in records if r["sampling"] == "greedy")
     assert (tmp_path / "ablation.json").exists() and (tmp_path / "t1" / "report.md").exists()
 

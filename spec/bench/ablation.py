@@ -1,11 +1,11 @@
-"""Ablations: a grid of drafters x trees x acceptors x sampling settings, measured like any benchmark."""
+"""Ablations: a grid of drafters x trees x verifiers x acceptors x sampling settings, measured like any benchmark."""
 
 from __future__ import annotations
 
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import attrs
 import torch
@@ -15,13 +15,21 @@ from spec.bench.report import save_report
 from spec.bench.runner import BenchReport, run_benchmark
 
 
+def _auto_verifier(model):
+    from spec.verifiers import make_verifier
+
+    return make_verifier(model)
+
+
 @attrs.define
 class Ablation:
     """Every combination of the named stages, with the autoregressive and transformers baselines.
 
-    ``drafters``, ``tree_builders``, ``acceptors``: name -> stage. ``sampling``: name ->
-    ``generate`` keyword arguments (temperature, top_k, top_p, seed). The greedy
-    acceptor is only paired with greedy settings. Each sampling setting is one
+    ``drafters``, ``tree_builders``, ``acceptors``: name -> stage. ``verifiers``: name -> a
+    function of the model that builds a verifier (default: ``make_verifier``); a drafter that
+    brings its own verifier (Kangaroo) uses it instead. ``sampling``: name -> ``generate``
+    keyword arguments (temperature, top_k, top_p, seed). The greedy acceptor is only paired
+    with greedy settings. Each sampling setting is one
     interleaved benchmark run; the result is a list of flat records.
     """
 
@@ -31,21 +39,27 @@ class Ablation:
     acceptors: dict[str, Any]
     sampling: dict[str, dict[str, Any]] = attrs.field(factory=lambda: {"greedy": {}})
     transformers_baselines: bool = True
+    verifiers: dict[str, Callable[[Any], Any]] = attrs.field(factory=lambda: {"auto": _auto_verifier})
 
     def pipelines(self, sampling: dict[str, Any]) -> list[tuple[dict[str, str], DecoderMethod]]:
         from spec.pipelines import SpeculativeDecoder
-        from spec.verifiers import TreeAttentionVerifier
 
         greedy = sampling.get("temperature", 0.0) == 0
+        several = len(self.verifiers) > 1
         out = []
-        for (d, drafter), (t, builder), (a, acceptor) in itertools.product(
-                self.drafters.items(), self.tree_builders.items(), self.acceptors.items()):
+        for (d, drafter), (t, builder), (v, make), (a, acceptor) in itertools.product(
+                self.drafters.items(), self.tree_builders.items(), self.verifiers.items(), self.acceptors.items()):
             if not greedy and type(acceptor).__name__ == "GreedyAcceptor":
                 continue
             if builder.max_depth > drafter.max_depth:
                 continue
-            decoder = SpeculativeDecoder(self.model, drafter, builder, TreeAttentionVerifier(self.model), acceptor)
-            out.append(({"drafter": d, "tree": t, "acceptor": a}, DecoderMethod(f"{d}/{t}/{a}", decoder)))
+            own = getattr(drafter, "verifier", None)
+            if own is not None and v != next(iter(self.verifiers)):
+                continue  # a self-drafter's verifier is fixed: one row, not one per verifier
+            decoder = SpeculativeDecoder(self.model, drafter, builder, own or make(self.model), acceptor)
+            label = {"drafter": d, "tree": t, "verifier": "own" if own is not None else v, "acceptor": a}
+            name = f"{d}/{t}/{label['verifier']}/{a}" if several else f"{d}/{t}/{a}"
+            out.append((label, DecoderMethod(name, decoder)))
         return out
 
     def run(self, prompts: Sequence[torch.Tensor], max_new_tokens: int, repeats: int = 3, warmup: int = 1,
@@ -69,7 +83,7 @@ class Ablation:
             labels = {method.name: label for label, method in labelled}
             for m in report.methods:
                 records.append({"sampling": setting, **labels.get(m.name, {"drafter": m.name, "tree": "-",
-                                                                           "acceptor": "-"}),
+                                                                           "verifier": "-", "acceptor": "-"}),
                                 "method": m.name, "tokens_per_second": m.tokens_per_second, "speedup": m.speedup,
                                 "mean_accepted": m.mean_accepted, "matches_baseline": m.matches_baseline})
         if out_dir is not None:

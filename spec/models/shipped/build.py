@@ -144,11 +144,11 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     from spec.io import atomic_write_bytes
     from spec.trees import (choose_tree_for_hardware, measure_acceptance, measure_draft_costs,
                             measure_verify_costs, save_tree)
-    from spec.verifiers import TreeAttentionVerifier
+    from spec.verifiers import make_verifier
 
     texts = [s["prompt"] for s in heldout_snippets()][:prompts]
     ids = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
-    verifier = TreeAttentionVerifier(model)
+    verifier = make_verifier(model)  # the verifier the demo and bench use by default
     # A self-drafter (Kangaroo) only works with its own verifier; verify costs are measured on the full pass.
     paired = getattr(drafter, "verifier", None) or verifier
     stats = measure_acceptance(model, drafter, paired, ids, depth=min(4, drafter.max_depth), width=4,
