@@ -95,3 +95,32 @@ def test_sliding_window_is_applied_in_the_mask(make):
         torch.testing.assert_close(hidden, m(prefix[None], output_hidden_states=True).hidden_states[-1][0],
                                    rtol=1e-9, atol=1e-9)
     m.config.sliding_window = None
+
+
+def test_layers_mixing_sliding_and_full_attention_get_a_mask_each():
+    """Qwen2 with max_window_layers: layer 0 full attention, layer 1 a 4-token window; prefix longer than that."""
+    import transformers
+
+    from spec import make_verifier
+    from spec.testing.models import tiny_config
+
+    config = transformers.Qwen2Config(**{**tiny_config("qwen2", vocab_size=VOCAB).to_dict(), "use_sliding_window": True,
+                                          "sliding_window": 4, "max_window_layers": 1, "layer_types": None})
+    assert set(config.layer_types) == {"full_attention", "sliding_attention"}
+    torch.manual_seed(0)
+    m = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    with torch.no_grad():
+        for param in m.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.15)
+    verifier = make_verifier(m)
+    assert isinstance(verifier, TreeAttentionVerifier)  # the fast path refuses mixed layers
+    prefix = torch.arange(2, 14)
+    tree = CandidateTree(parents=[-1, 0, 0, 1, 3], ranks=[0, 0, 1, 0, 0])
+    tokens = torch.tensor([30, 31, 32, 33, 34])
+    verifier.prefill(prefix)
+    result = verifier.verify(Draft(tree=tree, tokens=tokens))
+    with torch.no_grad():
+        for node in range(tree.num_nodes):
+            seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
+            torch.testing.assert_close(result.logits[node], m(seq[None]).logits[0, -1], rtol=1e-9, atol=1e-9)

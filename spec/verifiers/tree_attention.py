@@ -32,7 +32,8 @@ class TreeAttentionVerifier:
     """The generic verifier: correct for every model whose attention honours a 4D mask.
 
     Tested on Llama, Qwen2, Mistral and GPT-2. Models with sliding-window attention
-    get the window applied in the mask, since our cache keeps every position.
+    get the window applied in the mask, since our cache keeps every position; models
+    whose layers mix sliding and full attention get one mask per attention type.
     """
 
     MAX_CACHED_SHAPES = 64
@@ -41,6 +42,11 @@ class TreeAttentionVerifier:
         self.model = model.eval()
         self._dtype = model_dtype(model)
         self._window: Optional[int] = getattr(model.config, "sliding_window", None) or None
+        layer_types = set(getattr(model.config, "layer_types", None) or ())
+        if layer_types == {"full_attention"}:
+            self._window = None
+        # transformers takes {attention type: mask} when layers differ (e.g. Qwen2 with max_window_layers).
+        self._mixed = self._window is not None and len(layer_types) > 1
         # Bounded: dynamic trees and early exits make new shapes every step.
         self._tree_masks: OrderedDict[CandidateTree, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.reset()
@@ -89,7 +95,9 @@ class TreeAttentionVerifier:
         tree = draft.tree
         self._check_room(self._cached + tree.max_depth)
         tree_mask, depths = self._tree_buffers(tree)
-        mask = self._full_mask(tree_mask, depths)
+        mask = self._full_mask(tree_mask, depths, self._window)
+        if self._mixed:
+            mask = {"sliding_attention": mask, "full_attention": self._full_mask(tree_mask, depths, None)}
         out = self.model(
             input_ids=draft.tokens.to(self._device)[None],
             attention_mask=mask,
@@ -139,15 +147,17 @@ class TreeAttentionVerifier:
             self._tree_masks.move_to_end(tree)
         return buffers
 
-    def _full_mask(self, tree_mask: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-        """``[1, 1, n, cached + n]``: the whole prefix visible, the tree by ancestry."""
+    def _full_mask(self, tree_mask: torch.Tensor, depths: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+        """``[1, 1, n, cached + n]``: the whole prefix visible (or its last ``window`` positions), the tree by ancestry."""
         n, cached = tree_mask.shape[0], self._cached
         mask = torch.zeros(n, cached + n, dtype=self._dtype, device=self._device)
         mask[:, cached:] = tree_mask
-        if self._window is not None and cached + int(depths[-1]) >= self._window:
+        if window is not None and cached + int(depths[-1]) >= window:
             query_pos = (cached + depths)[:, None]
             key_pos = torch.arange(cached, device=self._device)[None, :]
-            mask[:, :cached].masked_fill_(query_pos - key_pos >= self._window, torch.finfo(self._dtype).min)
+            mask[:, :cached].masked_fill_(query_pos - key_pos >= window, torch.finfo(self._dtype).min)
+            # Inside the tree too, should the window be shorter than the tree is deep.
+            mask[:, cached:].masked_fill_(depths[:, None] - depths[None, :] >= window, torch.finfo(self._dtype).min)
         return mask[None, None]
 
     def _check_room(self, last_position: int) -> None:
