@@ -194,6 +194,68 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_compiled_step_blames_the_compiler_only_when_eager_succeeds():
+    calls = []
+    step = compiled_module.CompiledStep(lambda x: x + 1, enabled=False, on_fallback=lambda: calls.append("fallback"))
+    assert step(1) == 2 and not step.compiled
+
+    def compiled_raising(error):
+        def call(*args):
+            raise error
+        return call
+
+    # The compiled call fails, eager succeeds: the compiler was at fault -> eager from now on, hook called once.
+    step = compiled_module.CompiledStep(lambda x: x + 1, enabled=False, on_fallback=lambda: calls.append("fallback"))
+    step._compiled = compiled_raising(RuntimeError("inductor broke"))
+    with pytest.warns(RuntimeWarning, match="inductor broke"):
+        assert step(1) == 2
+    assert not step.compiled and calls == ["fallback"]
+
+    # Both fail: the caller's error propagates and compilation stays on.
+    def bad_input(x):
+        raise ValueError("bad input")
+
+    step = compiled_module.CompiledStep(bad_input, enabled=False)
+    step._compiled = compiled_raising(ValueError("bad input"))
+    with pytest.raises(ValueError, match="bad input"):
+        step(1)
+    assert step.compiled
+
+    # Running out of memory is not the compiler's fault either.
+    step = compiled_module.CompiledStep(lambda x: x, enabled=False)
+    step._compiled = compiled_raising(torch.OutOfMemoryError("out of memory"))
+    with pytest.raises(torch.OutOfMemoryError):
+        step(1)
+    assert step.compiled
+
+
+def test_padded_attention_and_long_prefixes_under_a_compiled_step(monkeypatch):
+    """Compiled steps attend over the prefix rounded up to 64 rows; FlexAttention works in 128-row blocks.
+
+    Dynamo's ``eager`` backend traces the step like inductor does (same padding, same block masks) without
+    generating code, so this runs in seconds; a prefix of 200 tokens crosses block boundaries.
+    """
+    real_compile = torch.compile
+    monkeypatch.setattr(compiled_module.torch, "compile",
+                        lambda fn, **kwargs: real_compile(fn, backend="eager", dynamic=kwargs.get("dynamic")))
+    tree = CandidateTree(parents=[-1, 0, 0, 1, 1, 2, 3], ranks=[0, 0, 1, 0, 1, 0, 0])
+    plan = [(tree, (0, 1, 4)), (tree, (0, 2, 5)), (tree, (0,)), (tree, (0, 1, 3, 6))] * 4
+    for arch, window in (("llama", None), ("mistral", 130)):
+        m = model(arch, seed=6, context=512)
+        m.config.sliding_window = window
+        prefix = torch.randint(0, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
+        generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for attention in ("sdpa", "flex"):
+                verifier = FastTreeVerifier(m, compile=True, attention=attention)
+                fast = _steps(lambda mm: verifier, m, prefix, plan, seed=3)
+                assert verifier.compiled, verifier._step.failure
+                for a, b in zip(fast, generic):
+                    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        m.config.sliding_window = None
+
+
 @pytest.mark.slow
 def test_compiled_step_equals_eager():
     """torch.compile (inductor, C++ on the CPU) over trees of several shapes and growing prefixes."""
@@ -225,6 +287,9 @@ def test_make_verifier_picks_the_path_per_model():
     mixed.config.sliding_window = 8
     assert "mix" in unsupported_reason(mixed)
     assert isinstance(make_verifier(mixed), TreeAttentionVerifier)
+    split = tiny_model("llama", seed=0, vocab_size=VOCAB)
+    split.model.layers[1].to("meta")  # as if offloaded: the fast path runs layers itself, without accelerate's hooks
+    assert "split across devices" in unsupported_reason(split)
     dynamic = tiny_model("llama", seed=0, vocab_size=VOCAB)
     dynamic.model.rotary_emb.rope_type = "dynamic"  # NTK scaling that depends on the sequence length
     assert "sequence length" in unsupported_reason(dynamic)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec import CandidateTree, Draft, FastTreeVerifier, TreeAttentionVerifier
-from spec.errors import InputError
+from spec.errors import InputError, ShapeError
 from spec.testing.strategies import candidate_trees
 
 from helpers import ARCHS, LLAMA_FAMILY, VOCAB, model
@@ -73,6 +73,14 @@ def test_protocol_misuse_is_refused(make):
     verifier.verify(Draft(tree=CandidateTree.root_only(), tokens=torch.tensor([3])))
     with pytest.raises(InputError, match="awaits commit"):
         verifier.verify(Draft(tree=CandidateTree.root_only(), tokens=torch.tensor([3])))
+    verifier.commit([0])  # a list is as good as a tuple
+    tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
+    verifier.verify(Draft(tree=tree, tokens=torch.tensor([4, 5, 6, 7])))
+    for bad in ((), (1,), (0, 3), (0, 2, 3), (0, 1, 9)):  # not one root-to-node branch of the tree
+        with pytest.raises(ShapeError, match="one branch"):
+            verifier.commit(bad)
+    verifier.commit((0, 1, 3))
+    assert verifier.cached_length == 2 + 1 + 3
 
 
 @pytest.mark.parametrize("make", [TreeAttentionVerifier, FastTreeVerifier])

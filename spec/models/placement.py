@@ -38,7 +38,11 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
         dtype = DTYPES[dtype]
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            try:  # emulated bfloat16 (pre-Ampere cards) is slower than float16
+                native = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:
+                native = torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if native else torch.float16
         return torch.float32
     allowed = CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
     if dtype not in allowed:

@@ -70,7 +70,7 @@ class Verifier(Protocol):
 
     @property
     def max_length(self) -> int:
-        """The model's context: positions ``0 .. max_length - 1`` may be used."""
+        """Positions ``0 .. max_length - 1`` may be used: the model's context, or less if the verifier's cache is smaller."""
 
     def reset(self) -> None:
         """Drop the KV cache."""

@@ -44,8 +44,18 @@ def sdpa_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
                    scale: float) -> torch.Tensor:
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and q.is_cuda:
+        # On CUDA, the fused kernels that take a mask do not take grouped KV heads (only the math
+        # kernel does both); repeating the heads keeps a masked SDPA fused.
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None], scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None, scale: float) -> torch.Tensor:
+    """A prefill on an empty cache with full attention: plain causal SDPA, no mask (flash on CUDA)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor, window: Optional[int]):

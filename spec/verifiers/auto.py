@@ -12,14 +12,17 @@ from spec.verifiers.tree_attention import TreeAttentionVerifier
 VERIFIER_KINDS = ("auto", "fast", "generic")
 
 
-def make_verifier(model, kind: str = "auto", *, compile: Optional[bool] = None, attention: str = "auto"):
+def make_verifier(model, kind: str = "auto", *, compile: Optional[bool] = None, attention: str = "auto",
+                  max_length: Optional[int] = None, spare_rows: int = 256):
     """``kind``: ``"auto"`` (fast for Llama-family models, generic otherwise), ``"fast"`` or ``"generic"``.
 
-    ``compile`` and ``attention`` go to :class:`FastTreeVerifier`; asking for ``"fast"`` on a model
-    it cannot run raises ``UnsupportedError`` naming the reason.
+    The other arguments go to :class:`FastTreeVerifier`: its static cache holds ``max_length``
+    (default: the model's whole context) plus ``spare_rows`` positions, allocated up front, so
+    pass a ``max_length`` for long-context models. Asking for ``"fast"`` on a model it cannot run
+    raises ``UnsupportedError`` naming the reason.
     """
     if kind not in VERIFIER_KINDS:
         raise ConfigurationError(f"verifier kind must be one of {VERIFIER_KINDS}, got {kind!r}.")
     if kind == "generic" or (kind == "auto" and unsupported_reason(model) is not None):
         return TreeAttentionVerifier(model)
-    return FastTreeVerifier(model, compile=compile, attention=attention)
+    return FastTreeVerifier(model, compile=compile, attention=attention, max_length=max_length, spare_rows=spare_rows)

@@ -4,7 +4,9 @@ Compilation can fail for reasons that have nothing to do with the model: no C++
 compiler for inductor on CPU, an unsupported Python or platform, a backend bug.
 The step is a pure function of its tensor arguments plus in-place cache writes at
 given rows, so re-running it eagerly after a failed compiled call gives the same
-result; we warn once and stay eager from then on.
+result. If the eager run succeeds, compilation was at fault: we warn once and stay
+eager from then on. If it fails too, the error is the caller's and propagates, and
+compilation stays on. Running out of memory is never treated as a compiler failure.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import torch
 class CompiledStep:
     """Calls ``fn`` compiled (``mode``: inductor mode, e.g. ``reduce-overhead`` for CUDA graphs) or eagerly."""
 
-    def __init__(self, fn: Callable, enabled: bool, mode: Optional[str] = None) -> None:
+    def __init__(self, fn: Callable, enabled: bool, mode: Optional[str] = None,
+                 on_fallback: Optional[Callable[[], None]] = None) -> None:
         self.fn = fn
         self.mode = mode
+        self.on_fallback = on_fallback
         self.failure: Optional[str] = None
         self._compiled: Optional[Callable] = None
         if enabled:
@@ -37,8 +41,12 @@ class CompiledStep:
         if self._compiled is not None:
             try:
                 return self._compiled(*args)
+            except torch.OutOfMemoryError:
+                raise
             except Exception as error:
+                result = self.fn(*args)  # raises (the caller's error) unless the compiler was at fault
                 self._give_up(error)
+                return result
         return self.fn(*args)
 
     def _give_up(self, error: Exception) -> None:
@@ -46,3 +54,5 @@ class CompiledStep:
         self._compiled = None
         warnings.warn(f"torch.compile failed ({self.failure}); the verifier runs eagerly instead.",
                       RuntimeWarning, stacklevel=3)
+        if self.on_fallback is not None:
+            self.on_fallback()

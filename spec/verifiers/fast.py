@@ -4,8 +4,8 @@ Same protocol and same results as :class:`TreeAttentionVerifier`, built for a st
 whose cost outside the forward pass is close to nothing:
 
 * keys and values live in one preallocated :class:`StaticKVCache`; ``commit`` moves the
-  accepted path's rows into place with one gather for all layers, and nothing is ever
-  reallocated or concatenated;
+  accepted path's rows into place (a gather and a copy per layer's keys and values), and
+  nothing is ever reallocated or concatenated;
 * per tree shape, the ancestor matrix, depths, row offsets and accepted-path indices are
   built once on the device; a step adds the prefix length to them there, with no
   host-device synchronisation (the acceptor's read of the logits is the step's only one);
@@ -30,8 +30,9 @@ import torch
 from spec.errors import ConfigurationError, InputError, ShapeError
 from spec.protocols import CandidateTree, Draft, Verification
 from spec.timing import forward_region
-from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS
+from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
 from spec.verifiers.compiled import CompiledStep
+from spec.verifiers.paths import check_path
 from spec.verifiers.llama_family import LlamaFamilyForward
 
 
@@ -71,7 +72,8 @@ class FastTreeVerifier:
             raise ConfigurationError(f"max_length must be in [1, {self.forward.max_length}] (the model's context), "
                                      f"got {max_length}.")
         compile = device.type == "cuda" if compile is None else bool(compile)
-        if attention == "auto":
+        chosen = attention == "auto"
+        if chosen:
             attention = "flex" if compile and device.type == "cuda" else "sdpa"
         self.attention = attention
         self._max_length = max_length or self.forward.max_length
@@ -82,8 +84,10 @@ class FastTreeVerifier:
             # CUDA graphs need the cache at a fixed address.
             for tensor in self.cache.tensors:
                 torch._dynamo.mark_static_address(tensor)
+        # Eager FlexAttention is unfused and slow: if compiling fails, an automatic choice falls back to SDPA.
         self._step = CompiledStep(self._verify_pass, enabled=compile,
-                                  mode="reduce-overhead" if device.type == "cuda" else None)
+                                  mode="reduce-overhead" if device.type == "cuda" else None,
+                                  on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
         self._buffers: OrderedDict[CandidateTree, TreeBuffers] = OrderedDict()
         self.reset()
 
@@ -123,10 +127,13 @@ class FastTreeVerifier:
             causal &= (offsets[:, None] - offsets[None, :]) < self.forward.window
         positions = offsets + start
         # Prompts vary in length, so the prefill runs eagerly with SDPA; only the verify step is compiled.
-        mask = MASKS["sdpa"](causal, start, start + m, positions, self.forward.window)
+        if start == 0 and self.forward.window is None:
+            mask, kernel = None, causal_attention  # no mask: SDPA's fused causal kernels apply
+        else:
+            mask, kernel = MASKS["sdpa"](causal, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
-                                     self.cache.values, start + m, mask, KERNELS["sdpa"])
+                                     self.cache.values, start + m, mask, kernel)
         self._cached += m
         return hidden
 
@@ -153,15 +160,14 @@ class FastTreeVerifier:
                 # A graph replay reuses its output memory; the drafter and acceptor hold these across steps.
                 hidden, logits = hidden.clone(), logits.clone()
         self._pending = buffers
+        self._pending_tree = tree
         return Verification(tree=tree, logits=logits, hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
         buffers = self._pending
         if buffers is None:
             raise InputError("commit() called with no verified tree pending; call verify() first.")
-        n = buffers.offsets.shape[0]
-        if not path or path[0] != 0 or max(path) >= n or min(path) < 0:
-            raise ShapeError(f"commit path {path} must start at the root and index nodes of the verified tree.")
+        path = check_path(self._pending_tree, path)
         if any(node != i for i, node in enumerate(path)):
             offsets = buffers.paths.get(path)
             if offsets is None:

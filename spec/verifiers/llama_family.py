@@ -49,6 +49,10 @@ def unsupported_reason(model) -> Optional[str]:
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if backbone is None or not all(hasattr(backbone, name) for name in needed) or not hasattr(model, "lm_head"):
         return f"{type(model).__name__} does not have the usual model.{{{', '.join(needed)}}} and lm_head modules"
+    devices = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    devices |= {str(p.device) for p in model.parameters()}
+    if len(devices) > 1 or "meta" in devices:
+        return f"the model is split across devices or offloaded ({', '.join(sorted(devices))})"
     rope = getattr(backbone.rotary_emb, "rope_type", "default")
     if rope not in POSITION_ONLY_ROPE:
         return f"rotary embeddings of type {rope!r} depend on the sequence length"

@@ -29,6 +29,7 @@ from spec.protocols import Draft, Verification
 from spec.timing import forward_region
 from spec.verifiers.attention import sdpa_attention
 from spec.verifiers.llama_family import LlamaFamilyForward, unsupported_reason
+from spec.verifiers.paths import check_path
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -81,12 +82,14 @@ class SelfDraftState:
         return self.forward.device
 
     def run_layers(self, hidden: torch.Tensor, layers: range, visible: torch.Tensor, positions: torch.Tensor,
-                   rows: torch.Tensor) -> torch.Tensor:
-        """``hidden`` ``[m, H]`` through ``layers``, caching at ``rows`` ``[m]``; ``visible`` ``[m, attend]`` bool."""
-        if rows.numel() and int(rows[-1]) >= self.cache.rows:
-            raise InputError(f"The self-draft cache has {self.cache.rows} rows and this step needs row "
-                             f"{int(rows[-1])}; use a smaller tree or a larger spare_rows.")
-        visible = self._windowed(visible, positions, rows)
+                   first_row: int) -> torch.Tensor:
+        """``hidden`` ``[m, H]`` through ``layers``, caching at rows ``first_row ..``; ``visible`` ``[m, attend]`` bool."""
+        m = hidden.shape[0]
+        if first_row + m > self.cache.rows:
+            raise InputError(f"The self-draft cache has {self.cache.rows} rows and this step needs "
+                             f"{first_row + m}; use a smaller tree or a larger spare_rows.")
+        rows = torch.arange(first_row, first_row + m, device=self.device)
+        visible = self._windowed(visible, positions)
         with forward_region():
             x = self.forward.run_layers(hidden[None], layers, positions, rows, self.cache.keys, self.cache.values,
                                         visible.shape[1], visible, sdpa_attention)
@@ -105,15 +108,17 @@ class SelfDraftState:
         visible[:, : self.committed] = True
         for row, path in enumerate(ancestors):
             visible[row, [self.committed + node for node in path]] = True
+        if self.committed + max(depths) >= self.forward.max_length:
+            raise InputError(f"Drafting at position {self.committed + max(depths)} is past the model's context of "
+                             f"{self.forward.max_length}; use a shallower tree near the end of the context.")
         positions = torch.tensor([self.committed + d for d in depths], device=self.device)
-        rows = torch.arange(self.committed + start, self.committed + start + m, device=self.device)
         self.node_depths.extend(depths)
-        hidden = self.run_layers(embeddings, range(self.exit_layer), visible, positions, rows)
+        hidden = self.run_layers(embeddings, range(self.exit_layer), visible, positions, self.committed + start)
         self.node_hidden.extend(hidden)
         self.node_ancestors.extend(ancestors)
         return hidden
 
-    def _windowed(self, visible: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _windowed(self, visible: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Hide keys further back than a sliding window (committed rows sit at their own position)."""
         window = self.forward.window
         if window is None:
@@ -158,9 +163,9 @@ class SelfDraftVerifier:
         positions = torch.arange(state.committed, state.committed + m, device=state.device)
         causal = torch.ones(m, state.committed + m, dtype=torch.bool, device=state.device).tril(state.committed)
         x = state.forward.embed(tokens.to(state.device))
-        shallow = state.run_layers(x, range(state.exit_layer), causal, positions, positions)
+        shallow = state.run_layers(x, range(state.exit_layer), causal, positions, state.committed)
         deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), causal, positions,
-                                positions)
+                                state.committed)
         state.committed += m
         state.committed_shallow = shallow
         return state.backbone.norm(deep[None])[0]
@@ -179,17 +184,19 @@ class SelfDraftVerifier:
         visible = torch.ones(tree.num_nodes, state.committed + tree.num_nodes, dtype=torch.bool, device=state.device)
         visible[:, state.committed:] = tree.ancestor_mask.to(state.device)
         positions = state.committed + tree.depths.to(state.device)
-        rows = torch.arange(state.committed, state.committed + tree.num_nodes, device=state.device)
         shallow = torch.stack(state.node_hidden)
-        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), visible, positions, rows)
+        deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), visible, positions,
+                                state.committed)
         hidden = state.backbone.norm(deep[None])[0]
         self._pending = tree.num_nodes
+        self._pending_tree = tree
         return Verification(tree=tree, logits=self.model.lm_head(hidden), hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
         state = self.state
         if not self._pending:
             raise InputError("commit() called with no verified tree pending; call verify() first.")
+        path = check_path(self._pending_tree, path)
         start, keep = state.committed, len(path)
         if any(node != i for i, node in enumerate(path)):
             state.cache.compact(start, torch.tensor(path, device=state.device) + start)

@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from spec.errors import InputError, ShapeError, UnsupportedError
 from spec.models import cache_kwargs, context_length, model_dtype
 from spec.protocols import CandidateTree, Draft, Verification
+from spec.verifiers.paths import check_path
 
 
 class TreeAttentionVerifier:
@@ -108,13 +109,13 @@ class TreeAttentionVerifier:
         )
         self._check_cache_layers()
         self._last_tree_size = tree.num_nodes
+        self._last_tree = tree
         return Verification(tree=tree, logits=out.logits[0], hidden_states=out.hidden_states[-1][0])
 
     def commit(self, path: tuple[int, ...]) -> None:
         if self._last_tree_size == 0:
             raise InputError("commit() called with no verified tree pending; call verify() first.")
-        if not path or path[0] != 0 or max(path) >= self._last_tree_size:
-            raise ShapeError(f"commit path {path} must start at the root and index nodes of the verified tree.")
+        path = check_path(self._last_tree, path)
         start, keep = self._cached, len(path)
         is_prefix = all(node == i for i, node in enumerate(path))
         rows = None if is_prefix else torch.tensor(path, device=self._device) + start
