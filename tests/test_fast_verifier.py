@@ -347,3 +347,26 @@ def test_cuda_fast_path_equals_generic(dtype, compile):
     generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=0)
     for a, b in zip(fast, generic):
         torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2 * max(1.0, float(b.abs().max())))
+
+
+@CUDA
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_step_has_no_host_device_synchronisation(compile):
+    """After a warm-up (compilation, per-shape buffers, path indices), verify + commit never block the host."""
+    m = tiny_model("llama", seed=0, dtype=torch.bfloat16, vocab_size=VOCAB).cuda()
+    tree = CandidateTree(parents=[-1, 0, 0, 1, 1, 2, 3], ranks=[0, 0, 1, 0, 1, 0, 0])
+    tokens = torch.arange(tree.num_nodes, device="cuda")
+    verifier = FastTreeVerifier(m, compile=compile)
+    verifier.prefill(torch.arange(1, 11, device="cuda"))  # short: every step stays in one 64-row bucket
+    paths = [(0, 1, 4), (0, 2, 5), (0,)]
+    for path in paths * 3:  # warm-up
+        verifier.verify(Draft(tree=tree, tokens=tokens))
+        verifier.commit(path)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for path in paths:
+            verifier.verify(Draft(tree=tree, tokens=tokens))
+            verifier.commit(path)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
