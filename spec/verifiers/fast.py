@@ -32,8 +32,8 @@ from spec.protocols import CandidateTree, Draft, Verification
 from spec.timing import forward_region
 from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
 from spec.verifiers.compiled import CompiledStep
-from spec.verifiers.paths import check_path
 from spec.verifiers.llama_family import LlamaFamilyForward
+from spec.verifiers.paths import check_path
 
 
 @attrs.frozen
@@ -122,14 +122,14 @@ class FastTreeVerifier:
                                device=device)
         self._check_room(start + m - 1, start + m)
         offsets = torch.arange(m, device=device)
-        causal = offsets[:, None] >= offsets[None, :]
-        if self.forward.window is not None:
-            causal &= (offsets[:, None] - offsets[None, :]) < self.forward.window
         positions = offsets + start
         # Prompts vary in length, so the prefill runs eagerly with SDPA; only the verify step is compiled.
         if start == 0 and self.forward.window is None:
             mask, kernel = None, causal_attention  # no mask: SDPA's fused causal kernels apply
         else:
+            causal = offsets[:, None] >= offsets[None, :]
+            if self.forward.window is not None:
+                causal &= (offsets[:, None] - offsets[None, :]) < self.forward.window
             mask, kernel = MASKS["sdpa"](causal, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
