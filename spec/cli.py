@@ -45,7 +45,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["build-model"]:  # its own parser owns every option, --help included
         return _build_model(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from spec.errors import SpecError
+
+    try:
+        return args.func(args)
+    except SpecError as error:  # a refusal that names its fix: the message, not a traceback
+        print(f"spec {argv[0] if argv else ''}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -91,7 +91,10 @@ def _random_model_demo(args: argparse.Namespace) -> int:
     from spec.testing.models import tiny_model
     from spec.trees import tree_from_choices
 
-    model = tiny_model("llama", seed=args.seed, dtype=torch.float32, vocab_size=256, hidden_size=64)
+    from spec.models.placement import resolve_placement
+
+    device, dtype = resolve_placement(args.device, args.dtype)
+    model = tiny_model("llama", seed=args.seed, dtype=dtype, vocab_size=256, hidden_size=64).to(device)
     prompt = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(args.seed))
     tree = _tree_argument(args.tree) if args.tree else tree_from_choices(
         [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]])

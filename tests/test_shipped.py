@@ -91,8 +91,9 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
 
     out = tmp_path / "bench"
     assert main(["bench", "--num-prompts", "2", "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0",
-                 "--out", str(out)]) == 0
+                 "--verifiers", "generic,fast", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "| medusa |" in report and "| transformers_generate |" in report and "DIFFERS" not in report
+    assert "| medusa/generic |" in report and "| medusa/fast |" in report and "DIFFERS" not in report
+    assert "| transformers_generate |" in report and "outside forward %" in report
     for name in ("report.json", "speedup.png", "accepted.png", "stages.png"):
         assert (out / name).stat().st_size > 0
