@@ -272,9 +272,9 @@ def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tm
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--drafter", "eagle", "--model", str(model_dir), "--data", "x", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "invalid choice: 'eagle'" in capsys.readouterr().err
-    with pytest.raises(DataError, match="over the model's context"):
-        main(["train", "--drafter", "medusa", "--model", str(model_dir), "--data", str(model_dir / "data.txt"),
-              "--out", str(tmp_path), "--block-size", "4096"])
+    assert main(["train", "--drafter", "medusa", "--model", str(model_dir), "--data", str(model_dir / "data.txt"),
+                 "--out", str(tmp_path), "--block-size", "4096"]) == 2
+    assert "over the model's context" in capsys.readouterr().err
 
 
 def test_causal_pass_equals_the_cached_layer():
