@@ -234,12 +234,23 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    heads = list(filter(None, args.heads.split(",")))
+    if args.trees_only:
+        # Re-sizing trees needs only what is shipped: no tokenizer, corpus or base-model stages.
+        from spec.models.shipped import load_shipped
+
+        model, tokenizer = load_shipped()
+        for name in heads:
+            from spec.models.shipped import load_shipped_drafter
+
+            ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
+        print(f"done in {time.time() - start:.0f}s: trees for {', '.join(heads) or 'no drafter'}", flush=True)
+        return 0
     tokenizer = build_tokenizer(work)
     blocks = build_blocks(work, tokenizer)
     model, result = train_model(work, blocks, args.steps, args.batch_size, args.lr)
     if args.export:
         export(work, model, tokenizer, int(blocks["train"][:, 1:].numel()), args.batch_size * BLOCK_SIZE)
-    heads = list(filter(None, args.heads.split(",")))
     if heads:
         from spec.models.shipped import load_shipped
 
@@ -247,9 +258,8 @@ def main(argv=None) -> int:
         model, _ = load_shipped()
     for name in heads:
         model.eval()
-        if not args.trees_only:
-            metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
-            print(f"[heads] {name}: {metrics}", flush=True)
+        metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
+        print(f"[heads] {name}: {metrics}", flush=True)
         from spec.models.shipped import load_shipped_drafter
 
         ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
