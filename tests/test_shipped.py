@@ -97,3 +97,16 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
     assert "| transformers_generate |" in report and "outside forward %" in report
     for name in ("report.json", "speedup.png", "accepted.png", "stages.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_ship_tree_sizes_a_tree_from_the_shipped_files(shipped, tmp_path):
+    """What `spec build-model --heads NAME --trees-only` does, into a scratch directory."""
+    from spec.models.shipped.build import ship_tree
+    from spec.trees import load_tree
+
+    model, tokenizer = shipped
+    meta = ship_tree(model, tokenizer, load_shipped_drafter("medusa", model), "medusa", destination=tmp_path,
+                     prompts=2, new_tokens=16)
+    tree, saved = load_tree(tmp_path / "trees" / "medusa.json")
+    assert tree.num_nodes == meta["budget"] + 1 and saved["draft_costs"] and saved["verify_costs"]
+    assert (tmp_path / "stats" / "medusa.json").exists() and (tmp_path / "trees" / "medusa.costs.json").exists()
