@@ -7,7 +7,6 @@ import torch
 
 from spec import (
     AutoregressiveDecoder,
-    CandidateTree,
     Draft,
     GreedyAcceptor,
     MedusaDrafter,

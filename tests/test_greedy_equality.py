@@ -6,7 +6,7 @@ hypothesis-generated trees, prompts and drafters, on four architectures in float
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from spec import (

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec import (
-    AutoregressiveDecoder,
     GreedyAcceptor,
     HydraDrafter,
     MedusaDrafter,

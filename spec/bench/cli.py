@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from spec.bench import DecoderMethod, TransformersMethod, run_benchmark, save_report
     from spec.bench.report import markdown_table
     from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
-    from spec.trees import StaticTreeBuilder, load_tree
+    from spec.trees import StaticTreeBuilder
     from spec.trees.measure import measure_verify_costs
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)

@@ -14,7 +14,7 @@ import torch
 
 from spec.errors import CheckpointError, IncompatibleDrafterError
 from spec.io import check_config_fields, load_checkpoint, save_checkpoint
-from spec.models import ModelFingerprint, hidden_size, model_dtype, output_vocab_size
+from spec.models import ModelFingerprint, hidden_size, output_vocab_size
 
 FORMAT_VERSION = 1
 

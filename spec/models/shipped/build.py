@@ -235,14 +235,12 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     heads = list(filter(None, args.heads.split(",")))
+    from spec.models.shipped import load_shipped, load_shipped_drafter
+
     if args.trees_only:
         # Re-sizing trees needs only what is shipped: no tokenizer, corpus or base-model stages.
-        from spec.models.shipped import load_shipped
-
         model, tokenizer = load_shipped()
         for name in heads:
-            from spec.models.shipped import load_shipped_drafter
-
             ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
         print(f"done in {time.time() - start:.0f}s: trees for {', '.join(heads) or 'no drafter'}", flush=True)
         return 0
@@ -252,16 +250,12 @@ def main(argv=None) -> int:
     if args.export:
         export(work, model, tokenizer, int(blocks["train"][:, 1:].numel()), args.batch_size * BLOCK_SIZE)
     if heads:
-        from spec.models.shipped import load_shipped
-
         # Train heads on exactly the weights users load (the export rounds them to bfloat16).
         model, _ = load_shipped()
     for name in heads:
         model.eval()
         metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
         print(f"[heads] {name}: {metrics}", flush=True)
-        from spec.models.shipped import load_shipped_drafter
-
         ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
     print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
     return 0
