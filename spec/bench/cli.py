@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     for name in filter(None, args.drafters.split(",")):
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
         drafter = load_shipped_drafter(name, model)
-        for kind in kinds if getattr(drafter, "verifier", None) is None else kinds[:1]:  # Kangaroo brings its own
-            verifier = verifier_for(model, drafter, kind, args.compile)
-            decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(load_shipped_tree(name)), verifier,
+        builder = StaticTreeBuilder(load_shipped_tree(name))
+        own = getattr(drafter, "verifier", None) is not None  # Kangaroo brings its own: one row
+        for kind in kinds[:1] if own else kinds:
+            decoder = SpeculativeDecoder(model, drafter, builder, verifier_for(model, drafter, kind, args.compile),
                                          acceptor)
-            label = name if len(kinds) == 1 or verifier is getattr(drafter, "verifier", None) else f"{name}/{kind}"
-            methods.append(DecoderMethod(label, decoder))
+            methods.append(DecoderMethod(name if own or len(kinds) == 1 else f"{name}/{kind}", decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
     curve = measure_verify_costs(verifier_for(model, None, kinds[0] if kinds else "auto", args.compile),
                                  [1, 2, 4, 8, 16, 32, 64], prompts[0][0], repeats=3)

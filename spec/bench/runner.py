@@ -120,22 +120,14 @@ def run_benchmark(
     device = _device_of(methods)
     runs: dict[str, list[list[MethodRun]]] = {name: [] for name in names}  # [repeat][prompt]
     peaks: dict[str, float] = {name: 0.0 for name in names}
-    total = (warmup + repeats) * len(prompts) * len(methods)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="benchmark", dynamic_ncols=True)
+    bar = _progress_bar(progress, (warmup + repeats) * len(prompts) * len(methods), "benchmark")
     for repeat in range(warmup + repeats):
         per_method: dict[str, list[MethodRun]] = {name: [] for name in names}
         for index, prompt in enumerate(prompts):
             shift = index % len(methods)
             for method in list(methods[shift:]) + list(methods[:shift]):
-                args = dict(sampling)
-                if "seed" in args:
-                    args["seed"] = args["seed"] + index
                 with PeakMemory(device) as memory:
-                    run = method.run(prompt, max_new_tokens, _with_eos(method, args, eos_token_id))
+                    run = method.run(prompt, max_new_tokens, _run_arguments(sampling, index, eos_token_id))
                 peaks[method.name] = max(peaks[method.name], memory.peak_mb)
                 per_method[method.name].append(run)
                 if bar is not None:
@@ -147,19 +139,12 @@ def run_benchmark(
         bar.close()
     profiled: dict[str, list[MethodRun]] = {name: [] for name in names}
     if profile_overhead:
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(methods) * len(prompts), desc="overhead profile", dynamic_ncols=True)
+        bar = _progress_bar(progress, len(methods) * len(prompts), "overhead profile")
         for method in methods:
             for index, prompt in enumerate(prompts):
-                args = dict(sampling)
-                if "seed" in args:
-                    args["seed"] = args["seed"] + index
                 with ForwardTimer():
                     profiled[method.name].append(method.run(prompt, max_new_tokens,
-                                                            _with_eos(method, args, eos_token_id)))
+                                                            _run_arguments(sampling, index, eos_token_id)))
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
@@ -169,8 +154,20 @@ def run_benchmark(
                     "prompts": len(prompts), "sampling": sampling, "device": str(device)})
 
 
-def _with_eos(method: Method, args: dict[str, Any], eos_token_id: Optional[int]) -> dict[str, Any]:
-    return {**args, "eos_token_id": eos_token_id}
+def _run_arguments(sampling: dict[str, Any], index: int, eos_token_id: Optional[int]) -> dict[str, Any]:
+    """``generate`` arguments for prompt ``index``: its own seed (when sampling), the shared EOS."""
+    args = {**sampling, "eos_token_id": eos_token_id}
+    if "seed" in args:
+        args["seed"] = args["seed"] + index
+    return args
+
+
+def _progress_bar(enabled: bool, total: int, description: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, dynamic_ncols=True)
 
 
 def _device_of(methods: Sequence[Method]) -> torch.device:

@@ -33,7 +33,7 @@ from spec.timing import forward_region
 from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
 from spec.verifiers.compiled import CompiledStep
 from spec.verifiers.llama_family import LlamaFamilyForward
-from spec.verifiers.paths import check_path
+from spec.verifiers.paths import PendingTree, moves_rows
 
 
 @attrs.frozen
@@ -107,15 +107,14 @@ class FastTreeVerifier:
     def reset(self) -> None:
         # Stale rows need no clearing: a pass only attends to rows it or a commit wrote.
         self._cached = 0
-        self._pending: Optional[TreeBuffers] = None
+        self._pending = PendingTree()
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cache ``tokens`` ``[m]``; returns last-layer hidden states ``[m, H]``."""
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
-        if self._pending is not None:
-            raise InputError("prefill() called while a verified tree awaits commit(); commit the accepted path first.")
+        self._pending.check_free("prefill")
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:
             return torch.empty(0, self.model.get_output_embeddings().weight.shape[1], dtype=self.forward.dtype,
@@ -139,8 +138,7 @@ class FastTreeVerifier:
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:
-        if self._pending is not None:
-            raise InputError("verify() called while a verified tree awaits commit(); commit the accepted path first.")
+        self._pending.check_free("verify")
         tree, start = draft.tree, self._cached
         n = tree.num_nodes
         self._check_room(start + tree.max_depth, start + n)
@@ -159,22 +157,19 @@ class FastTreeVerifier:
             if self._cuda_graphs and self._step.compiled:
                 # A graph replay reuses its output memory; the drafter and acceptor hold these across steps.
                 hidden, logits = hidden.clone(), logits.clone()
-        self._pending = buffers
-        self._pending_tree = tree
+        self._pending.hold(tree)
         return Verification(tree=tree, logits=logits, hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
-        buffers = self._pending
-        if buffers is None:
-            raise InputError("commit() called with no verified tree pending; call verify() first.")
-        path = check_path(self._pending_tree, path)
-        if any(node != i for i, node in enumerate(path)):
+        tree = self._pending.tree
+        path = self._pending.release(path)
+        if moves_rows(path):
+            buffers = self._buffers[tree]  # verify() just put it there; nothing is evicted in between
             offsets = buffers.paths.get(path)
             if offsets is None:
                 offsets = buffers.paths[path] = torch.tensor(path, device=self.forward.device)
             self.cache.compact(self._cached, offsets + self._cached)
         self._cached += len(path)
-        self._pending = None
 
     # ---- helpers ---------------------------------------------------------------------------
     def _verify_pass(self, tokens, positions, rows, keys, values, attend, mask):

@@ -88,7 +88,6 @@ class LlamaFamilyForward:
                                    "Use TreeAttentionVerifier (make_verifier picks it automatically).")
         backbone = model.model
         config = model.config
-        self.model = model
         self.embed = backbone.embed_tokens
         self.layers = list(backbone.layers)
         self.norm = backbone.norm

@@ -1,8 +1,14 @@
-"""The accepted path a verifier is asked to commit: checked the same way by every verifier."""
+"""The verify-then-commit handshake, kept the same way by every verifier.
+
+``verify`` holds its tree in a :class:`PendingTree` until ``commit`` releases it with the
+accepted path, which must be one root-to-node branch of that tree.
+"""
 
 from __future__ import annotations
 
-from spec.errors import ShapeError
+from typing import Optional
+
+from spec.errors import InputError, ShapeError
 from spec.protocols import CandidateTree
 
 
@@ -14,3 +20,30 @@ def check_path(tree: CandidateTree, path) -> tuple[int, ...]:
         raise ShapeError(f"commit path {path} must run from the root down one branch of the verified tree "
                          f"({tree.num_nodes} nodes).")
     return path
+
+
+def moves_rows(path: tuple[int, ...]) -> bool:
+    """Whether committing ``path`` must move cache rows (it is not the tree's first nodes in order)."""
+    return any(node != i for i, node in enumerate(path))
+
+
+class PendingTree:
+    """The tree verified last, held until its accepted path is committed."""
+
+    def __init__(self) -> None:
+        self.tree: Optional[CandidateTree] = None
+
+    def check_free(self, what: str) -> None:
+        if self.tree is not None:
+            raise InputError(f"{what}() called while a verified tree awaits commit(); commit the accepted path first.")
+
+    def hold(self, tree: CandidateTree) -> None:
+        self.tree = tree
+
+    def release(self, path) -> tuple[int, ...]:
+        """The checked ``path`` (a tuple); the verifier is free again."""
+        if self.tree is None:
+            raise InputError("commit() called with no verified tree pending; call verify() first.")
+        path = check_path(self.tree, path)
+        self.tree = None
+        return path

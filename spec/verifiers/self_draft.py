@@ -29,7 +29,7 @@ from spec.protocols import Draft, Verification
 from spec.timing import forward_region
 from spec.verifiers.attention import sdpa_attention
 from spec.verifiers.llama_family import LlamaFamilyForward, unsupported_reason
-from spec.verifiers.paths import check_path
+from spec.verifiers.paths import PendingTree, moves_rows
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -139,7 +139,7 @@ class SelfDraftVerifier:
     def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
         self.model = model.eval()
         self.state = SelfDraftState(model, exit_layer, spare_rows)
-        self._pending = 0
+        self._pending = PendingTree()
 
     @property
     def max_length(self) -> int:
@@ -147,7 +147,7 @@ class SelfDraftVerifier:
 
     def reset(self) -> None:
         self.state.reset()
-        self._pending = 0
+        self._pending = PendingTree()
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -179,8 +179,7 @@ class SelfDraftVerifier:
                 f"The self-drafter left {len(state.node_hidden)} drafted nodes but the draft has {tree.num_nodes}; "
                 "a SelfDraftVerifier verifies drafts of the KangarooDrafter sharing its state."
             )
-        if self._pending:
-            raise InputError("verify() called while a verified tree awaits commit(); commit the accepted path first.")
+        self._pending.check_free("verify")
         visible = torch.ones(tree.num_nodes, state.committed + tree.num_nodes, dtype=torch.bool, device=state.device)
         visible[:, state.committed:] = tree.ancestor_mask.to(state.device)
         positions = state.committed + tree.depths.to(state.device)
@@ -188,19 +187,15 @@ class SelfDraftVerifier:
         deep = state.run_layers(shallow, range(state.exit_layer, len(state.backbone.layers)), visible, positions,
                                 state.committed)
         hidden = state.backbone.norm(deep[None])[0]
-        self._pending = tree.num_nodes
-        self._pending_tree = tree
+        self._pending.hold(tree)
         return Verification(tree=tree, logits=self.model.lm_head(hidden), hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
         state = self.state
-        if not self._pending:
-            raise InputError("commit() called with no verified tree pending; call verify() first.")
-        path = check_path(self._pending_tree, path)
+        path = self._pending.release(path)
         start, keep = state.committed, len(path)
-        if any(node != i for i, node in enumerate(path)):
+        if moves_rows(path):
             state.cache.compact(start, torch.tensor(path, device=state.device) + start)
         state.committed_shallow = torch.stack([state.node_hidden[i] for i in path])
         state.committed += keep
         state.node_hidden, state.node_ancestors, state.node_depths = [], [], []
-        self._pending = 0

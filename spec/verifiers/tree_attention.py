@@ -26,7 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from spec.errors import InputError, ShapeError, UnsupportedError
 from spec.models import cache_kwargs, context_length, model_dtype
 from spec.protocols import CandidateTree, Draft, Verification
-from spec.verifiers.paths import check_path
+from spec.verifiers.paths import PendingTree, moves_rows
 
 
 class TreeAttentionVerifier:
@@ -65,14 +65,14 @@ class TreeAttentionVerifier:
     def reset(self) -> None:
         self._cache = DynamicCache()
         self._cached = 0
-        self._last_tree_size = 0
+        self._pending = PendingTree()
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cache ``tokens`` ``[m]``; returns last-layer hidden states ``[m, H]``."""
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
-        self._require_no_pending("prefill")
+        self._pending.check_free("prefill")
         m = tokens.shape[0]
         if m == 0:
             return torch.empty(0, self.model.get_output_embeddings().weight.shape[1], dtype=self._dtype,
@@ -92,7 +92,7 @@ class TreeAttentionVerifier:
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:
-        self._require_no_pending("verify")
+        self._pending.check_free("verify")
         tree = draft.tree
         self._check_room(self._cached + tree.max_depth)
         tree_mask, depths = self._tree_buffers(tree)
@@ -108,17 +108,13 @@ class TreeAttentionVerifier:
             output_hidden_states=True,
         )
         self._check_cache_layers()
-        self._last_tree_size = tree.num_nodes
-        self._last_tree = tree
+        self._pending.hold(tree)
         return Verification(tree=tree, logits=out.logits[0], hidden_states=out.hidden_states[-1][0])
 
     def commit(self, path: tuple[int, ...]) -> None:
-        if self._last_tree_size == 0:
-            raise InputError("commit() called with no verified tree pending; call verify() first.")
-        path = check_path(self._last_tree, path)
+        path = self._pending.release(path)
         start, keep = self._cached, len(path)
-        is_prefix = all(node == i for i, node in enumerate(path))
-        rows = None if is_prefix else torch.tensor(path, device=self._device) + start
+        rows = torch.tensor(path, device=self._device) + start if moves_rows(path) else None
         for layer in self._cache.layers:
             for name in ("keys", "values"):
                 full = getattr(layer, name)
@@ -127,7 +123,6 @@ class TreeAttentionVerifier:
                     full[:, :, start : start + keep] = full.index_select(2, rows)
                 setattr(layer, name, full[:, :, : start + keep])
         self._cached += keep
-        self._last_tree_size = 0
 
     # ---- helpers ---------------------------------------------------------------------------
     @property
@@ -167,10 +162,6 @@ class TreeAttentionVerifier:
                 f"Position {last_position} is past the model's context of {self.max_length} tokens; "
                 "shorten the prompt or max_new_tokens (the pipelines check this before generating)."
             )
-
-    def _require_no_pending(self, what: str) -> None:
-        if self._last_tree_size:
-            raise InputError(f"{what}() called while a verified tree awaits commit(); commit the accepted path first.")
 
     def _check_cache_layers(self) -> None:
         for layer in self._cache.layers:
