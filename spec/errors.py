@@ -52,6 +52,11 @@ class ConfigurationError(SpecError, ValueError):
     """A component was constructed with invalid settings (negative head count, unknown mode...)."""
 
 
+class IncompatibleStagesError(ConfigurationError):
+    """Stages that cannot be composed (a self-drafter without its verifier, a pruning builder on a
+    drafter whose drafts cannot be pruned, candidates the acceptor's rule is not defined for...)."""
+
+
 class DataError(InputError):
     """Training data that cannot be used: missing, empty, malformed, or blocks over the context."""
 

@@ -11,6 +11,8 @@ from typing import Optional, Protocol
 
 import torch
 
+from spec.errors import InputError
+
 
 class Randomness(Protocol):
     def bernoulli(self, probability: float) -> bool:
@@ -40,3 +42,15 @@ class TorchRandomness:
     def categorical(self, weights: torch.Tensor) -> int:
         device = self._device(weights.device)
         return int(torch.multinomial(weights.to(device=device, dtype=torch.float64), 1, generator=self.generator))
+
+
+def as_randomness(generator) -> Randomness:
+    """What a stage draws through: ``generator`` itself when it is already a :class:`Randomness`
+    (tests pass one that enumerates every outcome), else a :class:`TorchRandomness` over it."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return TorchRandomness(generator)
+    if callable(getattr(generator, "bernoulli", None)) and callable(getattr(generator, "categorical", None)):
+        return generator
+    raise InputError(
+        f"generator must be a torch.Generator, None or a spec.randomness.Randomness, got {type(generator).__name__}."
+    )

@@ -33,7 +33,7 @@ def verifier_for(model, drafter, kind: str, compile: str):
     """
     from spec.verifiers import make_verifier
 
-    own = getattr(drafter, "verifier", None)
+    own = None if drafter is None else drafter.traits.verifier
     if own is not None:
         return own
     if kind.endswith("+compile"):

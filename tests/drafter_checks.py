@@ -94,6 +94,10 @@ class RecordingDrafter:
     def max_depth(self) -> int:
         return min(self.inner.max_depth, self.oracle.max_depth)
 
+    @property
+    def traits(self):
+        return self.oracle.traits  # the oracle's drafts are what the pipeline sees
+
     def reset(self) -> None:
         self.inner.reset()
         self.proposals.clear()

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
 from spec.drafters.kangaroo import KangarooDrafter
 from spec.errors import ConfigurationError, IncompatibleDrafterError, UnsupportedError
-from spec.protocols import Acceptance
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind
 from spec.testing.assertions import assert_same_tokens
 from spec.testing.strategies import candidate_trees
 from spec.trees import chain_tree, tree_from_choices
@@ -92,6 +92,8 @@ def test_every_token_passes_every_layer_exactly_once_per_step():
 
 class AcceptLongestChain:
     """Accepts every drafted token of a chain (wrong output, but exercises the all-accepted commit)."""
+
+    traits = AcceptorTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, lossless=False)
 
     def accept(self, draft, verification, sampling, generator=None):
         path = draft.tree.path_to(draft.tree.num_nodes - 1)

@@ -16,15 +16,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from spec import (
-    CloverDrafter,
-    FastTreeVerifier,
-    HydraDrafter,
-    MedusaDrafter,
-    SpeculativeDecoder,
-    StaticTreeBuilder,
-    TreeAttentionVerifier,
-)
+from spec import MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
 from spec.acceptors import RejectionSamplingAcceptor
 from spec.pipelines import AutoregressiveDecoder
 from spec.protocols import SamplingParams
@@ -77,28 +69,12 @@ def sample_counts(decoder) -> Counter:
 
 def speculative(candidates, tree, acceptor=None):
     m = tiny()
-    verifier = TreeAttentionVerifier(m)
-    if candidates.endswith("+fast"):  # the same drafter, verified through the static-cache fast path
-        candidates, verifier = candidates.removesuffix("+fast"), FastTreeVerifier(m)
-    if candidates == "kangaroo":
-        from spec.drafters.kangaroo import KangarooDrafter
-
-        drafter = KangarooDrafter.from_model(m, exit_layer=1, threshold=0.1, max_depth=2, seed=0)
-        with torch.no_grad():
-            for param in drafter.adapter.parameters():
-                param.add_(torch.randn_like(param) * 0.2)
-        return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), drafter.verifier,
-                                  acceptor or RejectionSamplingAcceptor())
-    if candidates == "hydra":
-        drafter = HydraDrafter.hydra_plus_plus(m, num_heads=2, num_layers=1, seed=0)
-    elif candidates == "clover":
-        drafter = CloverDrafter.from_model(m, num_heads=2, seed=0)
-    else:
-        drafter = MedusaDrafter.from_model(m, num_heads=2, candidates=candidates, seed=0)
+    drafter = MedusaDrafter.from_model(m, num_heads=2, candidates=candidates, seed=0)
     with torch.no_grad():  # heads that differ from the lm_head, so q differs from p
         for param in drafter.heads.parameters():
             param.add_(torch.randn_like(param) * 0.2)
-    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), verifier, acceptor or RejectionSamplingAcceptor())
+    return SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree), TreeAttentionVerifier(m),
+                              acceptor or RejectionSamplingAcceptor())
 
 
 def test_exact_distribution_is_a_distribution():
@@ -115,23 +91,24 @@ def test_autoregressive_sampler_matches_the_model():
     "candidates, tree_name",
     [
         ("top_k", "chain2"),
-        ("top_k", "tree5"),
         ("sample_without_replacement", "tree5"),
-        ("sample_without_replacement+fast", "tree5"),
         ("sample_with_replacement", "tree5"),
-        ("hydra", "tree5"),
-        ("clover", "tree5"),
-        ("kangaroo", "tree5"),
     ],
 )
 def test_speculative_sampler_matches_the_model(candidates, tree_name):
-    """Medusa with top-k, sampled (with and without replacement) candidates; Hydra++, Clover, Kangaroo top-k."""
+    """Through the generic verifier, 5-token vocabulary, top-k + top-p + temperature at once. (The grid of
+    drafters x tree builders x candidate kinds x sampling settings, through make_verifier's choice,
+    is tests/test_lossless_composition.py.)"""
     decoder = speculative(candidates, TREES[tree_name])
-    counts = sample_counts(decoder)
+    counts = Counter()
+    accepted = []
+    for seed in range(SAMPLES):
+        out = decoder.generate(PROMPT, max_new_tokens=NEW, seed=seed, **SAMPLING)
+        counts[tuple(out.new_tokens.tolist())] += 1
+        accepted.extend(s.accepted for s in out.steps)
     assert chi_square_pvalue(counts, exact_distribution()) > ALPHA
-    # The drafts were really used: some steps accepted candidates.
-    out = decoder.generate(PROMPT, max_new_tokens=NEW, seed=1, **SAMPLING)
-    assert out.steps[0].tree_size > 1
+    # The drafts were really used: candidates were accepted in a good share of the steps.
+    assert sum(a > 0 for a in accepted) / len(accepted) > 0.05
 
 
 def test_end_to_end_test_catches_a_broken_acceptor():

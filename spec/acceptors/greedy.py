@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from spec.errors import SamplingParamsError
-from spec.protocols import Acceptance, Draft, SamplingParams, Verification
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
 from spec.sampling import check_finite
 
 
@@ -32,6 +32,8 @@ def greedy_path(draft: Draft, target_tokens: torch.Tensor) -> tuple[int, ...]:
 
 class GreedyAcceptor:
     """Accepts exactly what greedy decoding of the target would produce."""
+
+    traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=True)  # any candidates: it compares argmaxes
 
     def accept(
         self,

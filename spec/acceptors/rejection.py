@@ -27,9 +27,9 @@ from typing import Optional
 
 import torch
 
-from spec.randomness import Randomness, TorchRandomness
+from spec.randomness import Randomness, as_randomness
 from spec.errors import ShapeError
-from spec.protocols import Acceptance, CandidateKind, Draft, SamplingParams, Verification
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
 from spec.sampling import target_probs
 
 
@@ -42,6 +42,8 @@ def normalise(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
 class RejectionSamplingAcceptor:
     """Lossless for every candidate kind; equals greedy decoding at temperature 0."""
 
+    traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=True)
+
     def accept(
         self,
         draft: Draft,
@@ -51,7 +53,7 @@ class RejectionSamplingAcceptor:
     ) -> Acceptance:
         # float64 so the residual arithmetic does not drift for large vocabularies.
         p_rows = target_probs(verification.logits.double(), sampling)
-        return self.walk(draft, p_rows, TorchRandomness(generator))
+        return self.walk(draft, p_rows, as_randomness(generator))
 
     # ---- the algorithm -----------------------------------------------------------------
     def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:

@@ -16,9 +16,9 @@ from typing import Optional
 import attrs
 import torch
 
-from spec.randomness import TorchRandomness
+from spec.randomness import as_randomness
 from spec.errors import ConfigurationError
-from spec.protocols import Acceptance, Draft, SamplingParams, Verification
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
 from spec.sampling import target_probs
 
 
@@ -37,12 +37,13 @@ def typical_thresholds(p_rows: torch.Tensor, epsilon: float, delta: float) -> to
 class TypicalAcceptor:
     epsilon: float = attrs.field(default=0.09, validator=_check_positive)
     delta: float = attrs.field(default=0.3, validator=_check_positive)
+    traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=False)  # documented lossy
 
     def accept(self, draft: Draft, verification: Verification, sampling: SamplingParams,
                generator: Optional[torch.Generator] = None) -> Acceptance:
         p_rows = target_probs(verification.logits.double(), sampling)
         path = self.typical_path(draft, p_rows)
-        bonus = TorchRandomness(generator).categorical(p_rows[path[-1]])
+        bonus = as_randomness(generator).categorical(p_rows[path[-1]])
         return Acceptance(path=path, tokens=draft.tokens[list(path[1:])].tolist(), bonus_token=bonus)
 
     def admitted(self, draft: Draft, p_rows: torch.Tensor) -> torch.Tensor:

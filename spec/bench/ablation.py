@@ -13,6 +13,7 @@ import torch
 from spec.bench.methods import DecoderMethod, TransformersMethod
 from spec.bench.report import save_report
 from spec.bench.runner import BenchReport, run_benchmark
+from spec.errors import IncompatibleStagesError, TreeTooDeepError
 
 
 def _auto_verifier(model):
@@ -51,12 +52,13 @@ class Ablation:
                 self.drafters.items(), self.tree_builders.items(), self.verifiers.items(), self.acceptors.items()):
             if not greedy and type(acceptor).__name__ == "GreedyAcceptor":
                 continue
-            if builder.max_depth > drafter.max_depth:
-                continue
-            own = getattr(drafter, "verifier", None)
+            own = drafter.traits.verifier
             if own is not None and v != next(iter(self.verifiers)):
                 continue  # a self-drafter's verifier is fixed: one row, not one per verifier
-            decoder = SpeculativeDecoder(self.model, drafter, builder, own or make(self.model), acceptor)
+            try:
+                decoder = SpeculativeDecoder(self.model, drafter, builder, own or make(self.model), acceptor)
+            except (IncompatibleStagesError, TreeTooDeepError):
+                continue  # the stages refuse this combination (e.g. a pruning builder on a self-drafter)
             label = {"drafter": d, "tree": t, "verifier": "own" if own is not None else v, "acceptor": a}
             name = f"{d}/{t}/{label['verifier']}/{a}" if several else f"{d}/{t}/{a}"
             out.append((label, DecoderMethod(name, decoder)))

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
         drafter = load_shipped_drafter(name, model)
         builder = StaticTreeBuilder(load_shipped_tree(name))
-        own = getattr(drafter, "verifier", None) is not None  # Kangaroo brings its own: one row
+        own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for kind in kinds[:1] if own else kinds:
             decoder = SpeculativeDecoder(model, drafter, builder, verifier_for(model, drafter, kind, args.compile),
                                          acceptor)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from spec.drafters.sampled import CANDIDATE_MODES
 from spec.models import ModelFingerprint
+from spec.protocols import CandidateKind, DrafterTraits
 
 
 class HeadDrafter:
     """Base of Medusa, Hydra and Clover: subclasses set ``self.model`` and ``self.heads`` (``heads.heads``
-    holds one module per tree depth)."""
+    holds one module per tree depth) and ``self.candidates`` (a key of ``CANDIDATE_MODES``)."""
+
+    candidates: str = "top_k"
+
+    @property
+    def traits(self) -> DrafterTraits:
+        return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC, CANDIDATE_MODES[self.candidates]},
+                             log_confidence=True)
 
     @property
     def fingerprint(self) -> ModelFingerprint:

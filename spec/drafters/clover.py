@@ -46,6 +46,7 @@ from spec.drafters.checkpointing import (
     save_drafter,
 )
 from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
+from spec.drafters.sampled import candidate_sampling, check_candidate_mode
 from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
 from spec.errors import ShapeError, UnsupportedError
 from spec.models import hidden_size, output_vocab_size
@@ -112,7 +113,7 @@ class CloverDrafter(HeadDrafter):
     _hyperparameters = {"num_heads", "num_layers", "hidden_size", "vocab_size", "num_attention_heads",
                         "rms_norm_eps"}
 
-    def __init__(self, model, heads: CloverHeads) -> None:
+    def __init__(self, model, heads: CloverHeads, candidates: str = "top_k") -> None:
         check_model_dims(model, vocab_size=output_vocab_size(model), hidden=heads.hidden, what="These Clover heads")
         check_same_placement(model, heads, "These Clover heads")
         embedding = model.get_input_embeddings()
@@ -121,6 +122,7 @@ class CloverDrafter(HeadDrafter):
                 f"Clover reads the model's input embeddings alongside its hidden states, so their widths must "
                 f"match; {type(model).__name__}'s input embedding is not {heads.hidden} wide."
             )
+        self.candidates = check_candidate_mode(candidates, "CloverDrafter")
         self.model = model
         self.heads = heads.eval()
         self.embedding = embedding
@@ -128,7 +130,8 @@ class CloverDrafter(HeadDrafter):
         self._augment = ContextLayerCache(model, heads.augmenting_layer, _AUGMENTING_BLOCK)
 
     @classmethod
-    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None) -> "CloverDrafter":
+    def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None,
+                   candidates: str = "top_k") -> "CloverDrafter":
         """Fresh (untrained) Clover heads for ``model``, in its dtype and on its device.
 
         The attention decoder gets the model's number of attention heads and its norms
@@ -136,7 +139,7 @@ class CloverDrafter(HeadDrafter):
         """
         if seed is not None:
             torch.manual_seed(seed)
-        return cls(model, cls._build(model, num_heads, num_layers))
+        return cls(model, cls._build(model, num_heads, num_layers), candidates)
 
     @staticmethod
     def _build(model, num_heads: int, num_layers: int, num_attention_heads: Optional[int] = None,
@@ -164,12 +167,12 @@ class CloverDrafter(HeadDrafter):
         save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model) -> "CloverDrafter":
+    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "CloverDrafter":
         hyper, state = load_drafter(directory, model, cls.drafter_type, cls._hyperparameters)
         heads = cls._build(model, hyper["num_heads"], hyper["num_layers"], hyper["num_attention_heads"],
                            hyper["rms_norm_eps"])
         load_state_strict(heads, state, directory)
-        return cls(model, heads)
+        return cls(model, heads, candidates)
 
     # ---- Drafter protocol ----------------------------------------------------------------
     def reset(self) -> None:
@@ -199,4 +202,5 @@ class CloverDrafter(HeadDrafter):
             states[step.nodes + 1] = new_states
             return self.lm_head(self.heads.heads[step.depth](new_states))
 
-        return fill_depth_by_depth(tree, context.root_token, next_logits, device)
+        return fill_depth_by_depth(tree, context.root_token, next_logits, device,
+                                   candidate_sampling(self.candidates, sampling, generator))

@@ -44,6 +44,7 @@ from spec.drafters.checkpointing import (
     save_drafter,
 )
 from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
+from spec.drafters.sampled import candidate_sampling, check_candidate_mode
 from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
 from spec.errors import ShapeError, UnsupportedError
 from spec.models import hidden_size, output_vocab_size
@@ -94,7 +95,7 @@ class HydraDrafter(HeadDrafter):
     _hyperparameters = {"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias", "prefix_layer",
                         "dropout"}
 
-    def __init__(self, model, heads: HydraHeads) -> None:
+    def __init__(self, model, heads: HydraHeads, candidates: str = "top_k") -> None:
         check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Hydra heads")
         check_same_placement(model, heads, "These Hydra heads")
         embedding = model.get_input_embeddings()
@@ -103,6 +104,7 @@ class HydraDrafter(HeadDrafter):
                 f"Hydra heads read the model's input embeddings alongside its hidden states, so their widths must "
                 f"match; {type(model).__name__}'s input embedding is not {heads.hidden} wide."
             )
+        self.candidates = check_candidate_mode(candidates, "HydraDrafter")
         self.model = model
         self.heads = heads.eval()  # dropout is for training; drafting is deterministic
         self.embedding = embedding
@@ -110,7 +112,7 @@ class HydraDrafter(HeadDrafter):
 
     @classmethod
     def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, prefix_layer: bool = False,
-                   dropout: float = 0.0, seed: Optional[int] = None) -> "HydraDrafter":
+                   dropout: float = 0.0, seed: Optional[int] = None, candidates: str = "top_k") -> "HydraDrafter":
         """Fresh (untrained) Hydra heads for ``model``, in its dtype and on its device.
 
         Untrained, every head is the model's lm_head applied to h (or, with the
@@ -124,13 +126,14 @@ class HydraDrafter(HeadDrafter):
                            lm_head_bias=getattr(lm_head, "bias", None) is not None, prefix_layer=layer)
         heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
         heads.init_from_lm_head(lm_head)
-        return cls(model, heads)
+        return cls(model, heads, candidates)
 
     @classmethod
     def hydra_plus_plus(cls, model, num_heads: int = 4, num_layers: int = 4, dropout: float = 0.0,
-                        seed: Optional[int] = None) -> "HydraDrafter":
+                        seed: Optional[int] = None, candidates: str = "top_k") -> "HydraDrafter":
         """Fresh Hydra++ heads: the prefix layer and deeper (4-block) heads."""
-        return cls.from_model(model, num_heads, num_layers, prefix_layer=True, dropout=dropout, seed=seed)
+        return cls.from_model(model, num_heads, num_layers, prefix_layer=True, dropout=dropout, seed=seed,
+                              candidates=candidates)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -146,7 +149,7 @@ class HydraDrafter(HeadDrafter):
         save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model) -> "HydraDrafter":
+    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "HydraDrafter":
         hyper, state = load_drafter(directory, model, cls.drafter_type, cls._hyperparameters)
         layer = build_decoder_layer(model, _PREFIX_LAYER) if hyper["prefix_layer"] else None
         heads = HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
@@ -154,7 +157,7 @@ class HydraDrafter(HeadDrafter):
         weight = model.get_output_embeddings().weight
         heads.to(device=weight.device, dtype=weight.dtype)
         load_state_strict(heads, state, directory)
-        return cls(model, heads)
+        return cls(model, heads, candidates)
 
     # ---- Drafter protocol ----------------------------------------------------------------
     def reset(self) -> None:
@@ -185,4 +188,5 @@ class HydraDrafter(HeadDrafter):
             inputs = torch.cat([h.expand(path_embeddings.shape[0], -1), path_embeddings], dim=1)
             return self.heads.heads[step.depth](inputs)
 
-        return fill_depth_by_depth(tree, context.root_token, next_logits, weight.device)
+        return fill_depth_by_depth(tree, context.root_token, next_logits, weight.device,
+                                   candidate_sampling(self.candidates, sampling, generator))

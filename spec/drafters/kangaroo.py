@@ -29,7 +29,7 @@ from spec.drafters.checkpointing import check_model_dims, load_drafter, load_sta
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence
 from spec.errors import ConfigurationError, InputError
 from spec.models import ModelFingerprint, cache_kwargs, hidden_size, output_vocab_size
-from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 from spec.verifiers.self_draft import SelfDraftVerifier, additive_mask
 
 
@@ -106,6 +106,12 @@ class KangarooDrafter:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.adapter.parameters())
+
+    @property
+    def traits(self) -> DrafterTraits:
+        # Its verifier reuses the drafting pass node by node, so the draft must reach it unpruned.
+        return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True, prunable=False,
+                             verifier=self.verifier)
 
     # ---- Drafter protocol ------------------------------------------------------------------
     @property

@@ -26,21 +26,12 @@ from spec.drafters.checkpointing import (
     load_state_strict,
     save_drafter,
 )
-from spec.drafters.sampled import draw_children
-from spec.drafters.tree_filling import check_tree_fits, path_log_confidence, root_only_draft
+from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling, check_candidate_mode
+from spec.drafters.tree_filling import check_tree_fits, fill_depth_by_depth, path_log_confidence, root_only_draft
 from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
-from spec.randomness import TorchRandomness
-from spec.sampling import processed_logits
 
-#: How candidates are chosen from a head's distribution when sampling (temperature > 0).
-CANDIDATE_MODES = {
-    "top_k": CandidateKind.DETERMINISTIC,
-    "sample_without_replacement": CandidateKind.SAMPLED_WITHOUT_REPLACEMENT,
-    "sample_with_replacement": CandidateKind.SAMPLED_WITH_REPLACEMENT,
-}
-
-__all__ = ["MedusaDrafter", "MedusaHeads", "ResBlock"]  # ResBlock re-exported: it used to live here
+__all__ = ["CANDIDATE_MODES", "MedusaDrafter", "MedusaHeads", "ResBlock"]  # re-exported: they used to live here
 
 
 class MedusaHeads(nn.Module):
@@ -79,11 +70,9 @@ class MedusaDrafter(HeadDrafter):
     def __init__(self, model, heads: MedusaHeads, candidates: str = "top_k") -> None:
         check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Medusa heads")
         check_same_placement(model, heads, "These Medusa heads")
-        if candidates not in CANDIDATE_MODES:
-            raise ValueError(f"candidates must be one of {sorted(CANDIDATE_MODES)}, got {candidates!r}.")
         self.model = model
         self.heads = heads
-        self.candidates = candidates
+        self.candidates = check_candidate_mode(candidates, "MedusaDrafter")
 
     @classmethod
     def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None,
@@ -136,34 +125,19 @@ class MedusaDrafter(HeadDrafter):
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
             return root_only_draft(context.root_token, device)
-        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         head_logits = self.heads(context.prev_hidden[None])[0, : tree.max_depth]  # [depth, V]
-        if self.candidates != "top_k" and not sampling.is_greedy:
-            return self._sampled_draft(tree, root, head_logits, sampling, generator)
+        sampled = candidate_sampling(self.candidates, sampling, generator)
+        if sampled is not None:
+            # Heads are independent of the drafted tokens: every node at depth d draws from head d's q.
+            return fill_depth_by_depth(
+                tree, context.root_token,
+                lambda step, tokens: head_logits[step.depth].expand(step.nodes.shape[0], -1), device, sampled)
         logprobs = head_logits.float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
         depth_row = (tree.depths[1:] - 1).to(device)
         rank_col = tree.rank_index[1:].to(device)
+        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
         tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
         node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
         return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
-                     log_confidence=path_log_confidence(tree, node_logprob))
-
-    def _sampled_draft(self, tree: CandidateTree, root: torch.Tensor, head_logits: torch.Tensor,
-                       sampling: SamplingParams, generator: Optional[torch.Generator]) -> Draft:
-        kind = CANDIDATE_MODES[self.candidates]
-        # Temperature only (no top-k/top-p): q keeps full support, so every sibling can be drawn.
-        q_by_depth = processed_logits(head_logits.double(), SamplingParams(temperature=sampling.temperature)).softmax(-1)
-        depths = tree.depths.to(q_by_depth.device)
-        # A node's children sit one level below it and are drawn from that level's head.
-        child_q = q_by_depth[depths.clamp(max=tree.max_depth - 1)]
-        tokens, keep = draw_children(tree, child_q, kind, TorchRandomness(generator))
-        tokens[0] = int(root)
-        node_q = q_by_depth[(depths - 1).clamp(min=0)]
-        tokens_t = torch.tensor(tokens, dtype=torch.long, device=root.device)
-        node_logprob = node_q.gather(1, tokens_t.clamp(min=0)[:, None])[:, 0].log()
-        node_logprob[0] = 0.0
-        if len(keep) < tree.num_nodes:
-            tree, tokens_t, node_q, node_logprob = tree.subtree(keep), tokens_t[keep], node_q[keep], node_logprob[keep]
-        return Draft(tree=tree, tokens=tokens_t, kind=kind, draft_probs=node_q,
                      log_confidence=path_log_confidence(tree, node_logprob))

@@ -1,47 +1,70 @@
-"""Draw a tree's candidates from draft distributions instead of taking the top-k.
+"""Draw a node's children from a draft distribution instead of taking its top-k.
 
 Sampled candidates make rejection sampling accept more often at high temperature,
-but the acceptor must then know each token's draft distribution ``q``: this module
-returns it per node, with the kind of draw, for ``Draft.draft_probs``.
+but the acceptor must then know each token's draft distribution ``q``: drafters
+record, for every child, the ``q`` of its parent it was drawn from
+(``Draft.draft_probs``), and the kind of draw (``Draft.kind``).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+import attrs
 import torch
 
-from spec.protocols import CandidateKind, CandidateTree
-from spec.randomness import Randomness
+from spec.errors import ConfigurationError
+from spec.protocols import CandidateKind, SamplingParams
+from spec.randomness import Randomness, as_randomness
+from spec.sampling import processed_logits
+
+#: How a head drafter chooses candidates when sampling (temperature > 0); greedy decoding always takes the top-k.
+CANDIDATE_MODES = {
+    "top_k": CandidateKind.DETERMINISTIC,
+    "sample_without_replacement": CandidateKind.SAMPLED_WITHOUT_REPLACEMENT,
+    "sample_with_replacement": CandidateKind.SAMPLED_WITH_REPLACEMENT,
+}
 
 
-def draw_children(tree: CandidateTree, child_q: torch.Tensor, kind: CandidateKind,
-                  randomness: Randomness) -> tuple[list[int], list[int]]:
-    """Sample every node's children from ``child_q[parent]`` ``[n, V]`` (rows of leaves unused).
+def check_candidate_mode(candidates: str, what: str) -> str:
+    if candidates not in CANDIDATE_MODES:
+        raise ConfigurationError(f"{what}: candidates must be one of {sorted(CANDIDATE_MODES)}, got {candidates!r}.")
+    return candidates
 
-    Children are drawn in rank order; without replacement each draw excludes the
-    earlier ones. Returns (token per node with the root's slot set to -1, nodes kept):
-    when ``q`` has fewer tokens than a node has children, the extra children (and
-    their subtrees) are dropped, since they cannot be drawn.
-    """
-    tokens = [-1] * tree.num_nodes
-    kept = [True] * tree.num_nodes
-    for parent, children in enumerate(tree.children):
-        if not children:
+
+@attrs.frozen(eq=False)
+class CandidateSampling:
+    """How this step's children are drawn: ``kind`` (a sampled kind), from ``softmax(logits / temperature)``."""
+
+    kind: CandidateKind
+    temperature: float
+    randomness: Randomness
+
+    def draft_distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[..., V]`` float64 ``q``. Temperature only (no top-k/top-p): q keeps full support, so every
+        sibling can be drawn and every token the target might want can be proposed."""
+        return processed_logits(logits.double(), SamplingParams(temperature=self.temperature)).softmax(-1)
+
+
+def candidate_sampling(candidates: str, sampling: SamplingParams, generator) -> Optional[CandidateSampling]:
+    """The sampled draw this step uses, or None for top-k candidates (greedy decoding, or ``"top_k"``)."""
+    kind = CANDIDATE_MODES[candidates]
+    if kind is CandidateKind.DETERMINISTIC or sampling.is_greedy:
+        return None
+    return CandidateSampling(kind, sampling.temperature, as_randomness(generator))
+
+
+def draw_siblings(q: torch.Tensor, count: int, kind: CandidateKind, randomness: Randomness) -> list[Optional[int]]:
+    """``count`` children drawn in rank order from ``q`` ``[V]``; without replacement each draw excludes
+    the earlier ones, and a child that can no longer be drawn (q exhausted) is None."""
+    drawn: list[Optional[int]] = []
+    for _ in range(count):
+        if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT and not bool((q > 0).any()):
+            drawn.append(None)
             continue
-        if not kept[parent]:
-            for child in children:
-                kept[child] = False
-            continue
-        q = child_q[parent]
-        for child in children:
-            if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT and not bool((q > 0).any()):
-                kept[child] = False
-                continue
-            token = randomness.categorical(q)
-            tokens[child] = token
-            if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT:
-                q = q.clone()
-                q[token] = 0.0
-    # Descendants of dropped nodes are dropped too (parents precede children).
-    for node in range(1, tree.num_nodes):
-        kept[node] = kept[node] and kept[tree.parents[node]]
-    return tokens, [i for i in range(tree.num_nodes) if kept[i]]
+        token = randomness.categorical(q)
+        drawn.append(token)
+        if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT:
+            q = q.clone()
+            q[token] = 0.0
+    return drawn

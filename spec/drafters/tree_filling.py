@@ -5,18 +5,20 @@
 * :func:`path_log_confidence` turns per-node log-probabilities into the cumulative
   path confidences dynamic tree builders prune with;
 * :func:`fill_depth_by_depth` drives drafters whose head at depth d reads the
-  tokens drafted above it (Hydra, Clover): one batched head call per depth.
+  tokens drafted above it (Hydra, Clover): one batched head call per depth; it takes
+  each parent's top-k, or draws the children from the parent's ``q`` (sampled kinds).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Optional
 
 import attrs
 import torch
 
 from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.drafters.sampled import CandidateSampling, draw_siblings
 from spec.protocols import CandidateKind, CandidateTree, Draft
 
 
@@ -91,14 +93,17 @@ NextLogits = Callable[[DepthStep, torch.Tensor], torch.Tensor]
 
 
 def fill_depth_by_depth(tree: CandidateTree, root_token: int, next_logits: NextLogits,
-                        device: torch.device) -> Draft:
-    """A deterministic top-k draft: each child gets the rank-th most likely token of its parent's head output.
+                        device: torch.device, sampled: Optional[CandidateSampling] = None) -> Draft:
+    """A draft whose children come from their parent's head output: its top-k (deterministic), or
+    drawn from it when ``sampled`` is given (the draft then carries each child's ``q``).
 
-    Depths are filled in order because the head at depth d + 1 reads the tokens
+    Depths are filled in order because the head at depth d + 1 may read the tokens
     chosen at depths <= d on its path.
     """
     tokens = torch.full((tree.num_nodes,), root_token, dtype=torch.long, device=device)
     node_logprob = torch.zeros(tree.num_nodes, device=device)
+    if sampled is not None:
+        return _fill_sampled(tree, tokens, next_logits, device, sampled)
     for step in depth_plan(tree, torch.device(device)):
         logprobs = next_logits(step, tokens).float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, step.max_rank + 1, dim=-1)  # [N, k]
@@ -106,3 +111,34 @@ def fill_depth_by_depth(tree: CandidateTree, root_token: int, next_logits: NextL
         node_logprob[step.children] = top_logprobs[step.child_row, step.child_rank]
     return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
                  log_confidence=path_log_confidence(tree, node_logprob))
+
+
+def _fill_sampled(tree: CandidateTree, tokens: torch.Tensor, next_logits: NextLogits, device: torch.device,
+                  sampled: CandidateSampling) -> Draft:
+    node_q: Optional[torch.Tensor] = None  # [n, V] float64: the q each node was drawn from (its parent's)
+    node_logprob = torch.zeros(tree.num_nodes, dtype=torch.float64, device=device)
+    kept = [True] * tree.num_nodes
+    for step in depth_plan(tree, torch.device(device)):
+        q_rows = sampled.draft_distribution(next_logits(step, tokens))  # [N, V]
+        if node_q is None:
+            node_q = torch.zeros(tree.num_nodes, q_rows.shape[-1], dtype=torch.float64, device=device)
+        for row, parent in enumerate(step.nodes.tolist()):
+            children = tree.children[parent]
+            drawn = draw_siblings(q_rows[row], len(children), sampled.kind, sampled.randomness)
+            for child, token in zip(children, drawn):
+                if token is None or not kept[parent]:
+                    kept[child] = False
+                    continue
+                tokens[child] = token
+                node_q[child] = q_rows[row]
+                node_logprob[child] = q_rows[row, token].log()
+    draft_tree, index = tree, None
+    if not all(kept):  # q ran out of tokens (tiny vocabularies): the children it could not give are dropped
+        keep = [i for i in range(tree.num_nodes) if kept[i]]
+        draft_tree, index = tree.subtree(keep), torch.tensor(keep, device=device)
+    if node_q is None:
+        node_q = torch.zeros(tree.num_nodes, 1, dtype=torch.float64, device=device)
+    if index is not None:
+        tokens, node_q, node_logprob = tokens[index], node_q[index], node_logprob[index]
+    return Draft(tree=draft_tree, tokens=tokens, kind=sampled.kind, draft_probs=node_q,  # root's row: unused
+                 log_confidence=path_log_confidence(draft_tree, node_logprob))

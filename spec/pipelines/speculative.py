@@ -11,7 +11,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
-from spec.errors import TreeTooDeepError
+from spec.errors import IncompatibleStagesError
 from spec.pipelines.inputs import normalise_request
 from spec.protocols import (
     Acceptor,
@@ -21,6 +21,7 @@ from spec.protocols import (
     StepStats,
     TreeBuilder,
     Verifier,
+    check_composition,
 )
 from spec.sampling import make_generator
 from spec.timing import active_timer
@@ -30,16 +31,18 @@ class SpeculativeDecoder:
     """``generate`` like transformers, one verify pass per step over a tree of candidates."""
 
     def __init__(self, model, drafter: Drafter, tree_builder: TreeBuilder, verifier: Verifier, acceptor: Acceptor):
-        if tree_builder.max_depth > drafter.max_depth:
-            raise TreeTooDeepError(
-                f"The tree builder makes trees {tree_builder.max_depth} deep but the drafter fills at most "
-                f"{drafter.max_depth} depths; use a shallower tree or a drafter with more heads."
-            )
+        # Refuses combinations that cannot work, before the first step (spec/protocols/compat.py).
+        self.composition = check_composition(drafter, tree_builder, verifier, acceptor)
         self.model = model
         self.drafter = drafter
         self.tree_builder = tree_builder
         self.verifier = verifier
         self.acceptor = acceptor
+
+    @property
+    def lossless(self) -> bool:
+        """Whether the output is distributed exactly as the model's own sampler (greedy: identical to it)."""
+        return self.composition.lossless
 
     @torch.no_grad()
     def generate(
@@ -84,6 +87,10 @@ class SpeculativeDecoder:
             tree = self.tree_builder.tree().truncated(request.max_new_tokens - len(generated) - 1)
             context = DraftContext(tokens=torch.tensor(out + generated), prev_hidden=prev_hidden)
             draft = self.tree_builder.select(self.drafter.propose(tree, context, sampling, generator))
+            if draft.kind not in self.composition.candidate_kinds:
+                raise IncompatibleStagesError(
+                    f"{type(self.drafter).__name__} returned {draft.kind.value} candidates but its traits declare "
+                    f"only {sorted(k.value for k in self.drafter.traits.candidate_kinds)}; fix its traits.")
             t1 = time.perf_counter()
             verification = self.verifier.verify(draft)
             t2 = time.perf_counter()

@@ -1,5 +1,13 @@
 """Stage protocols and the typed values that pass between stages."""
 
+from spec.protocols.compat import (
+    AcceptorTraits,
+    Composition,
+    DrafterTraits,
+    TreeBuilderTraits,
+    VerifierTraits,
+    check_composition,
+)
 from spec.protocols.stages import Acceptor, Drafter, TreeBuilder, Verifier
 from spec.protocols.tree import CandidateTree
 from spec.protocols.types import (
@@ -16,6 +24,12 @@ from spec.protocols.types import (
 __all__ = [
     "Acceptance",
     "Acceptor",
+    "AcceptorTraits",
+    "Composition",
+    "DrafterTraits",
+    "TreeBuilderTraits",
+    "VerifierTraits",
+    "check_composition",
     "CandidateKind",
     "CandidateTree",
     "Draft",

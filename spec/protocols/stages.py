@@ -9,6 +9,9 @@ One step, batch of one (see docs/architecture.md):
     acceptance = acceptor.accept(draft, verification, sampling, g)
     verifier.commit(acceptance.path)                    # keep the accepted path's KV only
     drafter.commit(tokens, hidden_states)               # drafters with caches keep in step
+
+Each stage declares what it needs and offers in ``traits`` (spec/protocols/compat.py);
+``check_composition`` refuses combinations that cannot work before the first step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
+from spec.protocols.compat import AcceptorTraits, DrafterTraits, TreeBuilderTraits, VerifierTraits
 from spec.protocols.tree import CandidateTree
 from spec.protocols.types import Acceptance, Draft, DraftContext, SamplingParams, Verification
 
@@ -24,6 +28,10 @@ from spec.protocols.types import Acceptance, Draft, DraftContext, SamplingParams
 @runtime_checkable
 class TreeBuilder(Protocol):
     """Chooses the shape of each step's candidate tree."""
+
+    @property
+    def traits(self) -> TreeBuilderTraits:
+        """Whether ``select`` prunes, and by what."""
 
     @property
     def max_depth(self) -> int:
@@ -41,6 +49,10 @@ class Drafter(Protocol):
     """Proposes a token for every node of a tree."""
 
     @property
+    def traits(self) -> DrafterTraits:
+        """The candidate kinds it produces, whether its drafts carry confidences and may be pruned."""
+
+    @property
     def max_depth(self) -> int:
         """The deepest tree this drafter can fill (its number of heads, for head drafters)."""
 
@@ -54,7 +66,12 @@ class Drafter(Protocol):
         sampling: SamplingParams,
         generator: Optional[torch.Generator],
     ) -> Draft:
-        """Fill ``tree`` (or a subtree of it, e.g. on early exit) with candidate tokens."""
+        """Fill ``tree`` (or a subtree of it, e.g. on early exit) with candidate tokens.
+
+        ``generator`` is a ``torch.Generator``, None (torch's global RNG) or any
+        ``spec.randomness.Randomness``; sampling drafters draw through
+        ``spec.randomness.as_randomness(generator)`` so exact tests can enumerate the draws.
+        """
 
     def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
         """Tokens ``[m]`` now committed to the target's KV cache, with its hidden states ``[m, H]``.
@@ -67,6 +84,10 @@ class Drafter(Protocol):
 @runtime_checkable
 class Verifier(Protocol):
     """Runs the target model over the cached prefix plus a tree."""
+
+    @property
+    def traits(self) -> VerifierTraits:
+        """Whether it only verifies drafts of a paired (self-)drafter."""
 
     @property
     def max_length(self) -> int:
@@ -88,6 +109,10 @@ class Verifier(Protocol):
 @runtime_checkable
 class Acceptor(Protocol):
     """Decides which path of the verified tree to keep, and samples the bonus token."""
+
+    @property
+    def traits(self) -> AcceptorTraits:
+        """The candidate kinds its rule is defined for, and whether it is lossless."""
 
     def accept(
         self,

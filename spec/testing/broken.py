@@ -1,4 +1,9 @@
-"""Deliberately wrong stages, to prove the tests catch the bugs they are meant to catch."""
+"""Deliberately wrong stages, to prove the tests catch the bugs they are meant to catch.
+
+Each mutant carries ``breaks_kinds``: the candidate kinds on which its bug changes the
+output distribution (on the others it behaves exactly like the honest stage), so a test
+knows where it must be caught without matching mutants by name.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ from typing import Optional
 
 import torch
 
-from spec.protocols import Acceptance, Acceptor, Draft, SamplingParams, Verification
+from spec.acceptors.rejection import RejectionSamplingAcceptor, normalise
+from spec.protocols import Acceptance, Acceptor, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
+from spec.protocols.compat import ALL_KINDS, SAMPLED_KINDS
+from spec.trees.dynamic import DynamicTreeBuilder
 
 
 class OverAcceptingAcceptor:
@@ -14,6 +22,7 @@ class OverAcceptingAcceptor:
 
     def __init__(self, inner: Acceptor) -> None:
         self.inner = inner
+        self.traits = AcceptorTraits(candidate_kinds=inner.traits.candidate_kinds, lossless=False)  # by design
 
     def accept(self, draft: Draft, verification: Verification, sampling: SamplingParams,
                generator: Optional[torch.Generator] = None) -> Acceptance:
@@ -30,12 +39,12 @@ class OverAcceptingAcceptor:
 
 
 # ---- the classic rejection-sampling bugs (each must be caught by the losslessness suite) -------------
-from spec.acceptors.rejection import RejectionSamplingAcceptor, normalise  # noqa: E402
-from spec.protocols import CandidateKind  # noqa: E402
 
 
 class ResidualNotRenormalised(RejectionSamplingAcceptor):
     """Bug: after a rejection the residual is not renormalised (so later siblings are under-accepted)."""
+
+    breaks_kinds = ALL_KINDS
 
     def after_rejection(self, residual, q, x, kind):
         if kind is CandidateKind.DETERMINISTIC:
@@ -46,6 +55,9 @@ class ResidualNotRenormalised(RejectionSamplingAcceptor):
 class RejectedSiblingNotRemoved(RejectionSamplingAcceptor):
     """Bug: a rejected candidate stays possible (deterministic: r(x) kept; without replacement: x kept in q)."""
 
+    # With replacement nothing is removed from q, by design: the rule is the honest one there.
+    breaks_kinds = frozenset({CandidateKind.DETERMINISTIC, CandidateKind.SAMPLED_WITHOUT_REPLACEMENT})
+
     def after_rejection(self, residual, q, x, kind):
         if kind is CandidateKind.DETERMINISTIC:
             return residual, q
@@ -54,6 +66,8 @@ class RejectedSiblingNotRemoved(RejectionSamplingAcceptor):
 
 class BonusFromTarget(RejectionSamplingAcceptor):
     """Bug: after rejections the bonus is drawn from p instead of the residual."""
+
+    breaks_kinds = ALL_KINDS
 
     def bonus_distribution(self, residual, p):
         return p
@@ -66,6 +80,8 @@ class DraftProbsIgnored(RejectionSamplingAcceptor):
     rule is lossless for any candidates independent of the acceptor's coins, only
     less efficient. tests/test_lossless_exact.py proves that too.)
     """
+
+    breaks_kinds = SAMPLED_KINDS  # deterministic candidates carry no q to ignore
 
     def _uniform(self, q):
         return None if q is None else torch.full_like(q, 1.0 / q.numel())
@@ -80,6 +96,8 @@ class DraftProbsIgnored(RejectionSamplingAcceptor):
 class DraftProbsIgnoredInResidual(RejectionSamplingAcceptor):
     """Bug: the ratio test uses q, but the residual after a rejection forgets it (zeroes x instead)."""
 
+    breaks_kinds = SAMPLED_KINDS
+
     def after_rejection(self, residual, q, x, kind):
         return super().after_rejection(residual, q, x, CandidateKind.DETERMINISTIC)[0], q
 
@@ -91,3 +109,21 @@ BROKEN_REJECTION_ACCEPTORS = (
     DraftProbsIgnored,
     DraftProbsIgnoredInResidual,
 )
+
+
+# ---- tree builders ----------------------------------------------------------------------------------
+class SampledKindKeptAfterPruning(DynamicTreeBuilder):
+    """Bug (issue 15): a value-based selection keeps the survivors' sampled kind and q, so the acceptor
+    treats siblings kept for their own confidence as independent draws from q."""
+
+    breaks_kinds = SAMPLED_KINDS
+
+    def select(self, draft: Draft) -> Draft:
+        keep = self.kept_nodes(draft)
+        if keep is None:
+            return draft
+        return Draft(tree=draft.tree.subtree(keep), tokens=draft.tokens[keep], kind=draft.kind,
+                     draft_probs=draft.draft_probs[keep], log_confidence=draft.log_confidence[keep])
+
+
+BROKEN_TREE_BUILDERS = (SampledKindKeptAfterPruning,)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
 class OracleDrafter:
@@ -18,6 +18,8 @@ class OracleDrafter:
     at random (with probability ``accuracy``) and tokens that are certainly wrong on
     the others. ``reference`` is the full greedy sequence (prompt + continuation).
     """
+
+    traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC})
 
     def __init__(self, reference: torch.Tensor, vocab_size: int, accuracy: float = 0.7,
                  max_depth: int = 8, seed: int = 0) -> None:
@@ -67,3 +69,49 @@ class OracleDrafter:
                 tokens.append(self._wrong_token(truth if correct[parent] else None))
                 correct.append(False)
         return Draft(tree=tree, tokens=torch.tensor(tokens, dtype=torch.long), kind=CandidateKind.DETERMINISTIC)
+
+
+class TableDrafter:
+    """A drafter whose head output after any path is given by a function: ``logits_fn(path)`` ``[V]``.
+
+    ``path`` is the tuple of tokens after the root down to the node being expanded. It fills
+    trees with the head drafters' own code (:func:`spec.drafters.tree_filling.fill_depth_by_depth`):
+    top-k candidates, or, with ``candidates`` ``"sample_with_replacement"`` /
+    ``"sample_without_replacement"``, children drawn from ``softmax(logits / temperature)``.
+    Exact losslessness tests use it with tiny vocabularies and hypothesis-generated tables.
+    """
+
+    def __init__(self, logits_fn, max_depth: int, candidates: str = "top_k") -> None:
+        from spec.drafters.sampled import check_candidate_mode
+
+        self.logits_fn = logits_fn
+        self._max_depth = max_depth
+        self.candidates = check_candidate_mode(candidates, "TableDrafter")
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    @property
+    def traits(self) -> DrafterTraits:
+        from spec.drafters.sampled import CANDIDATE_MODES
+
+        return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC, CANDIDATE_MODES[self.candidates]},
+                             log_confidence=True)
+
+    def reset(self) -> None:
+        pass
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        pass
+
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams, generator=None) -> Draft:
+        from spec.drafters.sampled import candidate_sampling
+        from spec.drafters.tree_filling import fill_depth_by_depth
+
+        def next_logits(step, tokens: torch.Tensor) -> torch.Tensor:
+            rows = tokens[step.paths].tolist()
+            return torch.stack([self.logits_fn(tuple(row[1:])).double() for row in rows])
+
+        return fill_depth_by_depth(tree, context.root_token, next_logits, torch.device("cpu"),
+                                   candidate_sampling(self.candidates, sampling, generator))

@@ -33,8 +33,15 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
     are scaled up so the model has clear preferences, like a trained one, and greedy
     argmax ties (which would make equality tests depend on rounding) do not occur.
     """
+    return model_from_config(tiny_config(arch, **config_overrides), seed=seed, dtype=dtype)
+
+
+def model_from_config(config: transformers.PretrainedConfig, seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A random causal LM for any transformers ``config``, weights scaled as in :func:`tiny_model`.
+
+    Deterministic for a given seed; no EOS or BOS in its generation config.
+    """
     torch.manual_seed(seed)
-    config = tiny_config(arch, **config_overrides)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -7,6 +7,10 @@ candidates with the highest confidence. A child's cumulative log-probability can
 exceed its parent's (rounding aside: scores are clamped to the parent's), and ties
 go to shallower nodes, so the kept set is always a subtree. Per step this is a few
 tensor ops and a top-k; no graph code.
+
+Sampled drafts: a pruned draft is handed on as deterministic candidates (its ``q``
+dropped), because survivors chosen by their own confidence are not draws from ``q``
+any more; see docs/losslessness.md, "Pruned sampled drafts".
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import attrs
 import torch
 
 from spec.errors import ConfigurationError, ShapeError
-from spec.protocols import CandidateTree, Draft
+from spec.protocols import CandidateKind, CandidateTree, Draft, TreeBuilderTraits
 from spec.trees.choices import full_tree
 
 
@@ -30,6 +34,7 @@ class DynamicTreeBuilder:
     width: int = attrs.field(validator=_positive)
     total_tokens: int = attrs.field(validator=_positive)  # candidates kept per step (root not counted)
     _template: CandidateTree = attrs.field(init=False, repr=False)
+    traits = TreeBuilderTraits(prunes=True, needs_log_confidence=True, selects_by_value=True)
 
     def __attrs_post_init__(self) -> None:
         self._template = full_tree(self.depth, self.width)
@@ -42,6 +47,22 @@ class DynamicTreeBuilder:
         return self._template
 
     def select(self, draft: Draft) -> Draft:
+        keep = self.kept_nodes(draft)
+        if keep is None:
+            return draft
+        index = torch.tensor(keep, device=draft.tokens.device)
+        # Survivors were kept for their own values (their confidence), so sampled siblings are no longer
+        # independent draws from q and the sampled rule would be biased. The deterministic rule is lossless
+        # for any candidates chosen without the acceptor's coins: hand them on as deterministic.
+        return Draft(
+            tree=draft.tree.subtree(keep),
+            tokens=draft.tokens[index],
+            kind=CandidateKind.DETERMINISTIC,
+            log_confidence=draft.log_confidence[index.to(draft.log_confidence.device)],
+        )
+
+    def kept_nodes(self, draft: Draft) -> "list[int] | None":
+        """The nodes ``select`` keeps (root first, a subtree), or None when the draft is small enough as it is."""
         if draft.log_confidence is None:
             raise ShapeError(
                 "DynamicTreeBuilder needs Draft.log_confidence (per-node cumulative draft log-probability); "
@@ -49,21 +70,11 @@ class DynamicTreeBuilder:
             )
         tree = draft.tree
         if tree.num_nodes - 1 <= self.total_tokens:
-            return draft
+            return None
         score = draft.log_confidence.double().cpu()
         parents = tree.parent_index
         for _ in range(tree.max_depth):  # clamp to the parent's score, one level per pass
             score = torch.minimum(score, score[parents])
         score = score - tree.depths.double() * 1e-9  # ties: shallower first, so parents precede children
         score[0] = float("inf")  # the root always stays
-        keep = torch.topk(score, self.total_tokens + 1).indices.sort().values
-        keep_list = keep.tolist()
-        kept_tree = tree.subtree(keep_list)
-        index = keep.to(draft.tokens.device)
-        return Draft(
-            tree=kept_tree,
-            tokens=draft.tokens[index],
-            kind=draft.kind,
-            draft_probs=None if draft.draft_probs is None else draft.draft_probs[index.to(draft.draft_probs.device)],
-            log_confidence=draft.log_confidence[index.to(draft.log_confidence.device)],
-        )
+        return torch.topk(score, self.total_tokens + 1).indices.sort().values.tolist()

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import attrs
 
-from spec.protocols import CandidateTree, Draft
+from spec.protocols import CandidateTree, Draft, TreeBuilderTraits
 from spec.trees.choices import tree_from_choices
 
 
@@ -15,6 +15,7 @@ class StaticTreeBuilder:
     """Always the same ``tree``; ``select`` keeps the draft as it is."""
 
     fixed_tree: CandidateTree = attrs.field(validator=attrs.validators.instance_of(CandidateTree))
+    traits = TreeBuilderTraits()  # never prunes: any drafter, any candidate kind
 
     @classmethod
     def from_choices(cls, choices: Sequence[Sequence[int]]) -> "StaticTreeBuilder":

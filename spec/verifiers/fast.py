@@ -28,7 +28,7 @@ import attrs
 import torch
 
 from spec.errors import ConfigurationError, InputError, ShapeError
-from spec.protocols import CandidateTree, Draft, Verification
+from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
 from spec.timing import forward_region
 from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
 from spec.verifiers.compiled import CompiledStep
@@ -55,6 +55,8 @@ class FastTreeVerifier:
     ``spare_rows``: cache rows past the context for a tree's scratch entries near the context's end.
     ``max_length``: cap the cache (and usable context) below the model's, to save memory.
     """
+
+    traits = VerifierTraits()  # verifies any drafter's drafts
 
     MAX_CACHED_SHAPES = 64
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat

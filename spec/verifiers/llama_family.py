@@ -20,10 +20,12 @@ import torch
 
 from spec.errors import UnsupportedError
 from spec.models import context_length, model_dtype
+from spec.verifiers import support
 from spec.verifiers.static_cache import StaticKVCache
 
 SUPPORTED = ("llama", "qwen2", "mistral")
-# Rotary variants whose angles depend only on the position (not on the sequence length).
+# Rotary variants the fast path's precomputed table reproduces: angles that depend only on the position.
+# (Which models no verifier can run exactly, e.g. 'longrope' past its original length, is support.py's rule.)
 POSITION_ONLY_ROPE = ("default", "linear", "llama3", "yarn")
 
 
@@ -40,7 +42,10 @@ def sliding_window(config) -> Optional[int]:
 
 
 def unsupported_reason(model) -> Optional[str]:
-    """Why the fast path cannot run ``model``, or None when it can."""
+    """Why the fast path cannot run ``model``, or None when it can (no verifier can: ``support.unsupported_reason``)."""
+    shared = support.unsupported_reason(model)
+    if shared is not None:
+        return shared
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED:
@@ -82,6 +87,7 @@ class LlamaFamilyForward:
     """Runs ``model`` over new tokens on top of a static cache; see the module docstring."""
 
     def __init__(self, model) -> None:
+        support.check_supported(model)  # refusals no verifier can avoid, with their own advice
         reason = unsupported_reason(model)
         if reason is not None:
             raise UnsupportedError(f"The fast verifier cannot run this model: {reason}. "

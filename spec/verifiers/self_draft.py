@@ -25,11 +25,12 @@ import torch
 
 from spec.errors import ConfigurationError, InputError, ShapeError, UnsupportedError
 from spec.models import context_length
-from spec.protocols import Draft, Verification
+from spec.protocols import Draft, Verification, VerifierTraits
 from spec.timing import forward_region
 from spec.verifiers.attention import sdpa_attention
 from spec.verifiers.llama_family import LlamaFamilyForward, unsupported_reason
 from spec.verifiers.paths import PendingTree, moves_rows
+from spec.verifiers.support import check_supported
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -50,6 +51,7 @@ class SelfDraftState:
     """
 
     def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
+        check_supported(model)
         model_type = getattr(model.config, "model_type", None)
         reason = unsupported_reason(model)
         if reason is not None:
@@ -135,6 +137,8 @@ class SelfDraftState:
 
 class SelfDraftVerifier:
     """Runs layers ``exit_layer ..`` over the shallow states the self-drafter left, then norm and lm_head."""
+
+    traits = VerifierTraits(needs_paired_drafter=True)  # reads the KangarooDrafter's per-node state
 
     def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
         self.model = model.eval()

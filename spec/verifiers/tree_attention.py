@@ -25,21 +25,27 @@ from transformers.cache_utils import DynamicLayer
 
 from spec.errors import InputError, ShapeError, UnsupportedError
 from spec.models import cache_kwargs, context_length, model_dtype
-from spec.protocols import CandidateTree, Draft, Verification
+from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
 from spec.verifiers.paths import PendingTree, moves_rows
+from spec.verifiers.support import check_supported
 
 
 class TreeAttentionVerifier:
     """The generic verifier: correct for every model whose attention honours a 4D mask.
 
-    Tested on Llama, Qwen2, Mistral and GPT-2. Models with sliding-window attention
-    get the window applied in the mask, since our cache keeps every position; models
-    whose layers mix sliding and full attention get one mask per attention type.
+    Tested on the architectures in ``docs/architectures.md``. Models with sliding-window
+    attention get the window applied in the mask, since our cache keeps every position;
+    models whose layers mix sliding and full attention get one mask per attention type.
+    Models whose attention a tree's positions cannot express (ALiBi, row-indexed local
+    windows, length-dependent rotary scaling: ``spec.verifiers.support``) are refused here.
     """
+
+    traits = VerifierTraits()  # verifies any drafter's drafts
 
     MAX_CACHED_SHAPES = 64
 
     def __init__(self, model) -> None:
+        check_supported(model)
         self.model = model.eval()
         self._dtype = model_dtype(model)
         self._window: Optional[int] = getattr(model.config, "sliding_window", None) or None

@@ -150,7 +150,7 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     ids = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
     verifier = make_verifier(model)  # the verifier the demo and bench use by default
     # A self-drafter (Kangaroo) only works with its own verifier; verify costs are measured on the full pass.
-    paired = getattr(drafter, "verifier", None) or verifier
+    paired = drafter.traits.verifier or verifier
     stats = measure_acceptance(model, drafter, paired, ids, depth=min(4, drafter.max_depth), width=4,
                                max_new_tokens=new_tokens, name=name)
     costs = measure_verify_costs(verifier, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64], ids[0][0], repeats=5)
