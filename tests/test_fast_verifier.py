@@ -36,7 +36,7 @@ from spec.testing.strategies import candidate_trees
 from spec.verifiers import compiled as compiled_module
 from spec.verifiers.llama_family import unsupported_reason
 
-from helpers import LLAMA_FAMILY, VOCAB, model, prompt, reference
+from helpers import LLAMA_FAMILY, VOCAB, config_override, model, prompt, reference
 
 NEW_TOKENS = 64
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -134,14 +134,13 @@ def test_flex_attention_block_mask_equals_sdpa():
     plan = [(tree, (0, 1, 4)), (tree, (0, 2, 5)), (tree, (0,))]
     for arch, window in (("llama", None), ("mistral", 5)):
         m = model(arch, seed=4, context=64)
-        m.config.sliding_window = window
         prefix = torch.arange(1, 13)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # flex_attention warns that eager mode is unfused
-            flex = _steps(lambda mm: FastTreeVerifier(mm, attention="flex"), m, prefix, plan, seed=0)
-        sdpa = _steps(lambda mm: FastTreeVerifier(mm, attention="sdpa"), m, prefix, plan, seed=0)
-        generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=0)
-        m.config.sliding_window = None
+        with config_override(m, sliding_window=window):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # flex_attention warns that eager mode is unfused
+                flex = _steps(lambda mm: FastTreeVerifier(mm, attention="flex"), m, prefix, plan, seed=0)
+            sdpa = _steps(lambda mm: FastTreeVerifier(mm, attention="sdpa"), m, prefix, plan, seed=0)
+            generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=0)
         for a, b, c in zip(flex, sdpa, generic):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
@@ -242,18 +241,16 @@ def test_padded_attention_and_long_prefixes_under_a_compiled_step(monkeypatch):
     plan = [(tree, (0, 1, 4)), (tree, (0, 2, 5)), (tree, (0,)), (tree, (0, 1, 3, 6))] * 4
     for arch, window in (("llama", None), ("mistral", 130)):
         m = model(arch, seed=6, context=512)
-        m.config.sliding_window = window
         prefix = torch.randint(0, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
-        generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=3)
-        with warnings.catch_warnings():
+        with config_override(m, sliding_window=window), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            generic = _steps(TreeAttentionVerifier, m, prefix, plan, seed=3)
             for attention in ("sdpa", "flex"):
                 verifier = FastTreeVerifier(m, compile=True, attention=attention)
                 fast = _steps(lambda mm: verifier, m, prefix, plan, seed=3)
                 assert verifier.compiled, verifier._step.failure
                 for a, b in zip(fast, generic):
                     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-        m.config.sliding_window = None
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from spec import CandidateTree, Draft, FastTreeVerifier, TreeAttentionVerifier
 from spec.errors import InputError, ShapeError
 from spec.testing.strategies import candidate_trees
 
-from helpers import ARCHS, LLAMA_FAMILY, VOCAB, model
+from helpers import ARCHS, LLAMA_FAMILY, VOCAB, config_override, model
 
 CASES = [(arch, TreeAttentionVerifier) for arch in ARCHS] + [(arch, FastTreeVerifier) for arch in LLAMA_FAMILY]
 IDS = [f"{arch}-{cls.__name__}" for arch, cls in CASES]
@@ -87,22 +87,21 @@ def test_protocol_misuse_is_refused(make):
 def test_sliding_window_is_applied_in_the_mask(make):
     """Mistral with a short window: tree verification equals the model's own windowed forward."""
     m = model("mistral", seed=3, context=64)
-    m.config.sliding_window = 4
-    # SDPA, not eager: transformers' eager attention takes its softmax in float32 even for a float64 model.
-    prefix = torch.arange(2, 12)
-    tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
-    tokens = torch.tensor([30, 31, 32, 33])
-    verifier = make(m)
-    hidden = verifier.prefill(prefix)
-    result = verifier.verify(Draft(tree=tree, tokens=tokens))
-    with torch.no_grad():
-        for node in range(tree.num_nodes):
-            seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
-            torch.testing.assert_close(result.logits[node], m(seq[None]).logits[0, -1], rtol=1e-9, atol=1e-9)
-        # The prefill (10 tokens, longer than the window) is windowed too.
-        torch.testing.assert_close(hidden, m(prefix[None], output_hidden_states=True).hidden_states[-1][0],
-                                   rtol=1e-9, atol=1e-9)
-    m.config.sliding_window = None
+    with config_override(m, sliding_window=4):
+        # SDPA, not eager: transformers' eager attention takes its softmax in float32 even for a float64 model.
+        prefix = torch.arange(2, 12)
+        tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
+        tokens = torch.tensor([30, 31, 32, 33])
+        verifier = make(m)
+        hidden = verifier.prefill(prefix)
+        result = verifier.verify(Draft(tree=tree, tokens=tokens))
+        with torch.no_grad():
+            for node in range(tree.num_nodes):
+                seq = torch.cat([prefix, tokens[list(tree.path_to(node))]])
+                torch.testing.assert_close(result.logits[node], m(seq[None]).logits[0, -1], rtol=1e-9, atol=1e-9)
+            # The prefill (10 tokens, longer than the window) is windowed too.
+            torch.testing.assert_close(hidden, m(prefix[None], output_hidden_states=True).hidden_states[-1][0],
+                                       rtol=1e-9, atol=1e-9)
 
 
 def test_layers_mixing_sliding_and_full_attention_get_a_mask_each():
