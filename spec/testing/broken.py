@@ -127,3 +127,52 @@ class SampledKindKeptAfterPruning(DynamicTreeBuilder):
 
 
 BROKEN_TREE_BUILDERS = (SampledKindKeptAfterPruning,)
+
+
+# ---- block and traversal verification (issue 23) -----------------------------------------------------
+from spec.acceptors.block import BlockVerificationAcceptor  # noqa: E402 (the section's own imports)
+from spec.acceptors.traversal import TraversalVerificationAcceptor  # noqa: E402
+
+
+class BlockBonusFromTarget(BlockVerificationAcceptor):
+    """Bug: a block cut short draws its bonus from p instead of the residual ``max(w p - q, 0)``
+    (the residual correction skipped)."""
+
+    breaks_kinds = ALL_KINDS
+
+    def bonus_distribution(self, residual, p):
+        return p
+
+
+class BlockResidualWithoutWeight(BlockVerificationAcceptor):
+    """Bug: the residual and the stop probability use the token-level ``max(p - q, 0)``, forgetting
+    the weight ``w`` of the prefix kept so far."""
+
+    breaks_kinds = ALL_KINDS
+
+    def excess(self, weight, p, q):
+        return super().excess(1.0, p, q)
+
+
+class TraversalBonusFromTarget(TraversalVerificationAcceptor):
+    """Bug: the node the traversal stops at draws its bonus from p instead of its residual."""
+
+    breaks_kinds = ALL_KINDS
+
+    def bonus_distribution(self, residual, p):
+        return p
+
+
+class TraversalWeightKeptAfterRejection(TraversalVerificationAcceptor):
+    """Bug: a node keeps its weight after one of its children is rejected (as if acceptance were
+    decided token by token), instead of ``rho / (1 - alpha + rho)``."""
+
+    breaks_kinds = ALL_KINDS
+
+    def after_rejection(self, alpha, residual, q, x, kind, running_q):
+        _, residual, running_q = super().after_rejection(alpha, residual, q, x, kind, running_q)
+        return alpha, residual, running_q
+
+
+BROKEN_BLOCK_ACCEPTORS = (BlockBonusFromTarget, BlockResidualWithoutWeight)
+BROKEN_TRAVERSAL_ACCEPTORS = (TraversalBonusFromTarget, TraversalWeightKeptAfterRejection)

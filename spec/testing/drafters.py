@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling, check_candidate_mode
+from spec.drafters.tree_filling import fill_depth_by_depth
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
@@ -82,8 +84,6 @@ class TableDrafter:
     """
 
     def __init__(self, logits_fn, max_depth: int, candidates: str = "top_k") -> None:
-        from spec.drafters.sampled import check_candidate_mode
-
         self.logits_fn = logits_fn
         self._max_depth = max_depth
         self.candidates = check_candidate_mode(candidates, "TableDrafter")
@@ -94,8 +94,6 @@ class TableDrafter:
 
     @property
     def traits(self) -> DrafterTraits:
-        from spec.drafters.sampled import CANDIDATE_MODES
-
         return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC, CANDIDATE_MODES[self.candidates]},
                              log_confidence=True)
 
@@ -106,9 +104,6 @@ class TableDrafter:
         pass
 
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams, generator=None) -> Draft:
-        from spec.drafters.sampled import candidate_sampling
-        from spec.drafters.tree_filling import fill_depth_by_depth
-
         def next_logits(step, tokens: torch.Tensor) -> torch.Tensor:
             rows = tokens[step.paths].tolist()
             return torch.stack([self.logits_fn(tuple(row[1:])).double() for row in rows])
