@@ -6,7 +6,9 @@ the path, augmenting block) all implement the same ``Drafter`` protocol, so each
 a one-line swap for the others. ``KangarooDrafter`` self-drafts with the model's own
 shallow layers and must be paired with its ``SelfDraftVerifier`` (``drafter.verifier``),
 the one deliberate coupling between stages: they share the shallow layers' work.
-See docs/drafters.md.
+``NGramDrafter`` proposes continuations of earlier occurrences of the context's last
+tokens (prompt lookup, as a tree); ``MergedDrafter`` fills one tree from several
+drafters by their measured acceptance. See docs/drafters.md.
 """
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
@@ -15,6 +17,8 @@ from spec.drafters.context_layer import SUPPORTED_ARCHITECTURES, ContextLayerCac
 from spec.drafters.hydra import HydraDrafter, HydraHeads
 from spec.drafters.kangaroo import KangarooAdapter, KangarooDrafter
 from spec.drafters.medusa import MedusaDrafter, MedusaHeads
+from spec.drafters.merged import MergedDrafter
+from spec.drafters.ngram import NGramDrafter
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -28,6 +32,8 @@ __all__ = [
     "KangarooDrafter",
     "MedusaDrafter",
     "MedusaHeads",
+    "MergedDrafter",
+    "NGramDrafter",
     "ProjectedResBlock",
     "ResBlock",
     "build_decoder_layer",

@@ -1,0 +1,120 @@
+"""Several drafters filling one candidate tree, each given the nodes it has earned.
+
+Every source proposes on the step's tree; their paths are merged into one trie (a path
+two sources agree on is one node). Each node is scored by the estimated probability
+that the verifier accepts it: the product, down its path, of its source's measured
+acceptance rate at that depth and rank. The ``budget`` best nodes (the tree's size) are
+kept. Rates are measured online from what each step commits: at every depth the
+accepted parent had children from some sources, and the one whose candidate was
+accepted scores a success (Beta(1, 1) prior). So on code that repeats itself the
+n-gram source's long chains win the budget, and where it finds nothing the heads cover
+the tree.
+
+The merged draft is deterministic candidates (a union of proposals chosen by value
+is no longer a draw from any one ``q``): lossless with every acceptor, like top-k
+heads. Self-drafters whose verifier reuses their drafting work (Kangaroo) cannot be
+merged, and are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from spec.drafters.token_trie import TokenTrie
+from spec.errors import ConfigurationError
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
+
+MAX_RANK = 4  # ranks at or beyond share one rate
+
+
+class MergedDrafter:
+    """``sources``: the drafters to merge, by name (``{"ngram": NGramDrafter(), "medusa": ...}``) or in a list."""
+
+    traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True)
+
+    def __init__(self, sources) -> None:
+        named = dict(sources) if isinstance(sources, dict) else {
+            f"{i}:{type(s).__name__}": s for i, s in enumerate(sources)}
+        if not named:
+            raise ConfigurationError("MergedDrafter needs at least one source drafter.")
+        for name, source in named.items():
+            traits = source.traits
+            if traits.verifier is not None or not traits.prunable:
+                raise ConfigurationError(
+                    f"MergedDrafter cannot merge {name} ({type(source).__name__}): its drafts must reach its own "
+                    "verifier whole. Use it on its own.")
+        self.sources = named
+        self._names = list(named)
+        # successes and opportunities per (source, depth, rank)
+        self._hits: dict[tuple[int, int, int], float] = {}
+        self._tries: dict[tuple[int, int, int], float] = {}
+        self._last: Optional[tuple[TokenTrie, list[dict[int, int]], set[int]]] = None
+
+    @property
+    def max_depth(self) -> int:
+        return max(s.max_depth for s in self.sources.values())
+
+    def acceptance_rate(self, source: int, depth: int, rank: int) -> float:
+        """P(accepted | parent accepted) of ``source``'s candidate at ``depth`` (1-based) and ``rank``, as measured."""
+        key = (source, depth, min(rank, MAX_RANK))
+        return (self._hits.get(key, 0.0) + 1.0) / (self._tries.get(key, 0.0) + 2.0)
+
+    def rates(self) -> dict[str, list[float]]:
+        """Measured rank-0 acceptance rate per source and depth (for reports)."""
+        return {name: [self.acceptance_rate(i, d, 0) for d in range(1, self.max_depth + 1)]
+                for i, name in enumerate(self._names)}
+
+    def reset(self) -> None:
+        for source in self.sources.values():
+            source.reset()
+        self._last = None  # rates are kept: they describe the sources, not the sequence
+
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+                generator: Optional[torch.Generator] = None) -> Draft:
+        trie = TokenTrie()
+        # trie node -> the source's rank there, per source
+        ranks: list[dict[int, int]] = [{} for _ in self._names]
+        for i, name in enumerate(self._names):
+            source = self.sources[name]
+            draft = source.propose(tree.truncated(source.max_depth), context, sampling, generator)
+            sub, tokens = draft.tree, draft.tokens.tolist()
+            score = [0.0] * sub.num_nodes
+            for node in range(1, sub.num_nodes):
+                parent = sub.parents[node]
+                score[node] = score[parent] + math.log(self.acceptance_rate(i, sub.depth_list[node], sub.ranks[node]))
+            for node in range(1, sub.num_nodes):
+                path = sub.path_to(node)[1:]
+                nodes = trie.add_path([tokens[k] for k in path], [score[k] for k in path])
+                ranks[i][nodes[-1]] = sub.ranks[node]
+        merged, order = trie.to_draft(context.root_token, tree.num_nodes - 1, tree.max_depth, context.tokens.device)
+        self._last = (trie, ranks, set(order))
+        return merged
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        for source in self.sources.values():
+            source.commit(tokens, hidden_states)
+        if self._last is None or tokens.shape[0] == 0:
+            return
+        trie, ranks, verified = self._last
+        self._last = None
+        accepted = tokens.tolist()[1:]  # the root first, then the accepted candidates
+        node, depth = 0, 1
+        while True:
+            # Only nodes that went to the verifier were opportunities; those cut by the budget were not.
+            children = [c for c in trie.children[node].values() if c in verified]
+            if not children:
+                return
+            taken = trie.children[node].get(accepted[depth - 1]) if depth <= len(accepted) else None
+            for i, source_ranks in enumerate(ranks):
+                for child in children:
+                    if child in source_ranks:
+                        key = (i, depth, min(source_ranks[child], MAX_RANK))
+                        self._tries[key] = self._tries.get(key, 0.0) + 1.0
+                        if child == taken:
+                            self._hits[key] = self._hits.get(key, 0.0) + 1.0
+            if taken is None or taken not in verified:
+                return
+            node, depth = taken, depth + 1
