@@ -1,6 +1,12 @@
 """spec: lossless speculative decoding with draft heads, as a pipeline of swappable stages."""
 
-from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor
+from spec.acceptors import (
+    BlockVerificationAcceptor,
+    GreedyAcceptor,
+    RejectionSamplingAcceptor,
+    TraversalVerificationAcceptor,
+    TypicalAcceptor,
+)
 from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
@@ -27,6 +33,7 @@ __all__ = [
     "Acceptance",
     "Acceptor",
     "AutoregressiveDecoder",
+    "BlockVerificationAcceptor",
     "CandidateKind",
     "CandidateTree",
     "CloverDrafter",
@@ -45,6 +52,7 @@ __all__ = [
     "SpeculativeDecoder",
     "StaticTreeBuilder",
     "StepStats",
+    "TraversalVerificationAcceptor",
     "TreeAttentionVerifier",
     "TreeBuilder",
     "TypicalAcceptor",
