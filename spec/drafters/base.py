@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES
+from spec.errors import IncompatibleDrafterError
 from spec.models import ModelFingerprint
 from spec.protocols import CandidateKind, DrafterTraits
 
@@ -12,6 +16,25 @@ class HeadDrafter:
     holds one module per tree depth) and ``self.candidates`` (a key of ``CANDIDATE_MODES``)."""
 
     candidates: str = "top_k"
+    draft_vocab: Optional[DraftVocabulary] = None
+
+    def use_draft_vocab(self, vocab: Optional[DraftVocabulary]):
+        """Project the heads onto ``vocab``'s tokens only (None: the whole vocabulary again). Returns self."""
+        if vocab is not None:
+            from spec.models import output_vocab_size
+
+            if vocab.vocab_size != output_vocab_size(self.model):
+                raise IncompatibleDrafterError(
+                    f"This draft vocabulary indexes a {vocab.vocab_size}-token vocabulary but the model has "
+                    f"{output_vocab_size(self.model)}; build it from this model's token counts.")
+        self.draft_vocab = vocab
+        return self
+
+    @property
+    def draft_vocab_size(self) -> int:
+        from spec.models import output_vocab_size
+
+        return output_vocab_size(self.model) if self.draft_vocab is None else self.draft_vocab.size
 
     @property
     def traits(self) -> DrafterTraits:

@@ -186,7 +186,7 @@ class CloverDrafter(HeadDrafter):
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, output_vocab_size(self.model), "Clover drafter")
+        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Clover drafter")
         device = self.lm_head.weight.device
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
@@ -200,7 +200,10 @@ class CloverDrafter(HeadDrafter):
             above = torch.cat([torch.zeros_like(step.paths[:, :1]), step.paths[:, :-1] + 1], dim=1)
             new_states = self.heads.attention_decoder(self.embedding(tokens[step.nodes]), states[above])
             states[step.nodes + 1] = new_states
-            return self.lm_head(self.heads.heads[step.depth](new_states))
+            features = self.heads.heads[step.depth](new_states)
+            if self.draft_vocab is None:
+                return self.lm_head(features)
+            return self.draft_vocab.project([self.lm_head], features[None])[0]
 
         return fill_depth_by_depth(tree, context.root_token, next_logits, device,
-                                   candidate_sampling(self.candidates, sampling, generator))
+                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab)

@@ -173,7 +173,7 @@ class HydraDrafter(HeadDrafter):
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, self.heads.vocab, "Hydra drafter")
+        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Hydra drafter")
         weight = self.heads.heads[0][-1].weight
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
@@ -186,7 +186,10 @@ class HydraDrafter(HeadDrafter):
         def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
             path_embeddings = self.embedding(tokens[step.paths]).flatten(1)  # [N, (depth + 1) * H]
             inputs = torch.cat([h.expand(path_embeddings.shape[0], -1), path_embeddings], dim=1)
-            return self.heads.heads[step.depth](inputs)
+            head = self.heads.heads[step.depth]
+            if self.draft_vocab is None:
+                return head(inputs)
+            return self.draft_vocab.project([head[-1]], head[:-1](inputs)[None])[0]
 
         return fill_depth_by_depth(tree, context.root_token, next_logits, weight.device,
-                                   candidate_sampling(self.candidates, sampling, generator))
+                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab)

@@ -120,20 +120,23 @@ class MedusaDrafter(HeadDrafter):
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, self.heads.vocab, "Medusa drafter")
+        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Medusa drafter")
         device = self.heads.heads[0][-1].weight.device
         if context.prev_hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
             return root_only_draft(context.root_token, device)
-        head_logits = self.heads(context.prev_hidden[None])[0, : tree.max_depth]  # [depth, V]
+        head_logits = self._head_logits(context.prev_hidden, tree.max_depth)  # [depth, V] or [depth, K]
         sampled = candidate_sampling(self.candidates, sampling, generator)
         if sampled is not None:
             # Heads are independent of the drafted tokens: every node at depth d draws from head d's q.
             return fill_depth_by_depth(
                 tree, context.root_token,
-                lambda step, tokens: head_logits[step.depth].expand(step.nodes.shape[0], -1), device, sampled)
+                lambda step, tokens: head_logits[step.depth].expand(step.nodes.shape[0], -1), device, sampled,
+                self.draft_vocab)
         logprobs = head_logits.float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
+        if self.draft_vocab is not None:
+            top_tokens = self.draft_vocab.token_ids.to(device)[top_tokens]
         depth_row = (tree.depths[1:] - 1).to(device)
         rank_col = tree.rank_index[1:].to(device)
         root = torch.tensor([context.root_token], dtype=torch.long, device=device)
@@ -141,3 +144,12 @@ class MedusaDrafter(HeadDrafter):
         node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
         return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
                      log_confidence=path_log_confidence(tree, node_logprob))
+
+    def _head_logits(self, prev_hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        """Heads 1..depth on the hidden state: ``[depth, V]``, or ``[depth, K]`` over the draft vocabulary,
+        whose projections then run as one batched matmul."""
+        if self.draft_vocab is None:
+            return self.heads(prev_hidden[None])[0, :depth]
+        heads = self.heads.heads[:depth]
+        bodies = torch.stack([head[:-1](prev_hidden) for head in heads])  # [depth, H]
+        return self.draft_vocab.project([head[-1] for head in heads], bodies[:, None])[:, 0]

@@ -18,6 +18,7 @@ import attrs
 import torch
 
 from spec.errors import InvalidTreeError, TreeTooDeepError
+from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CandidateSampling, draw_siblings
 from spec.protocols import CandidateKind, CandidateTree, Draft
 
@@ -30,7 +31,8 @@ def check_tree_fits(tree: CandidateTree, num_heads: int, vocab_size: int, what: 
             "(one per depth); use a shallower tree or more heads."
         )
     if tree.max_rank >= vocab_size:
-        raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the vocabulary has {vocab_size} tokens.")
+        raise InvalidTreeError(f"The tree asks for rank {tree.max_rank} but the (draft) vocabulary has {vocab_size} tokens; "
+                               "use a narrower tree or a larger draft vocabulary.")
 
 
 def root_only_draft(root_token: int, device: torch.device) -> Draft:
@@ -93,21 +95,26 @@ NextLogits = Callable[[DepthStep, torch.Tensor], torch.Tensor]
 
 
 def fill_depth_by_depth(tree: CandidateTree, root_token: int, next_logits: NextLogits,
-                        device: torch.device, sampled: Optional[CandidateSampling] = None) -> Draft:
+                        device: torch.device, sampled: Optional[CandidateSampling] = None,
+                        draft_vocab: Optional[DraftVocabulary] = None) -> Draft:
     """A draft whose children come from their parent's head output: its top-k (deterministic), or
     drawn from it when ``sampled`` is given (the draft then carries each child's ``q``).
 
     Depths are filled in order because the head at depth d + 1 may read the tokens
-    chosen at depths <= d on its path.
+    chosen at depths <= d on its path. With a ``draft_vocab``, ``next_logits`` gives logits
+    over its tokens only (``[N, K]``).
     """
     tokens = torch.full((tree.num_nodes,), root_token, dtype=torch.long, device=device)
     node_logprob = torch.zeros(tree.num_nodes, device=device)
     if sampled is not None:
-        return _fill_sampled(tree, tokens, next_logits, device, sampled)
+        full = next_logits if draft_vocab is None else lambda step, t: draft_vocab.to_full(next_logits(step, t))
+        return _fill_sampled(tree, tokens, full, device, sampled)
+    token_ids = None if draft_vocab is None else draft_vocab.token_ids.to(device)
     for step in depth_plan(tree, torch.device(device)):
         logprobs = next_logits(step, tokens).float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, step.max_rank + 1, dim=-1)  # [N, k]
-        tokens[step.children] = top_tokens[step.child_row, step.child_rank]
+        chosen = top_tokens[step.child_row, step.child_rank]
+        tokens[step.children] = chosen if token_ids is None else token_ids[chosen]
         node_logprob[step.children] = top_logprobs[step.child_row, step.child_rank]
     return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
                  log_confidence=path_log_confidence(tree, node_logprob))

@@ -179,11 +179,14 @@ def exact_distribution(sampling: SamplingParams, new: int = NEW) -> dict[tuple, 
 
 
 # ---- the two checks ------------------------------------------------------------------------------------
-def exact_gap(case: GridCase, acceptor=None, builder_class=None) -> float:
-    """One step's exact gap (composition_gap), the drafter primed with the prompt as the pipeline does."""
+def exact_gap(case: GridCase, acceptor=None, builder_class=None, configure=None) -> float:
+    """One step's exact gap (composition_gap), the drafter primed with the prompt as the pipeline does.
+    ``configure(drafter)``, if given, adjusts the drafter first (e.g. a reduced draft vocabulary)."""
     from spec.testing.exact import composition_gap
 
     drafter, builder, _, acceptor = build_stages(case, acceptor, builder_class)
+    if configure is not None:
+        configure(drafter)
     if case.drafter == "kangaroo":
         raise IncompatibleStagesError("Kangaroo's drafts are only defined with its verifier; checked end to end.")
     prompt = torch.tensor(PROMPT)
