@@ -7,7 +7,8 @@ from spec.acceptors import (
     TraversalVerificationAcceptor,
     TypicalAcceptor,
 )
-from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
+from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter, MergedDrafter, NGramDrafter
+from spec.drafters.draft_vocab import DraftVocabulary
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
     Acceptance,
@@ -38,6 +39,7 @@ __all__ = [
     "CandidateTree",
     "CloverDrafter",
     "Draft",
+    "DraftVocabulary",
     "DraftContext",
     "Drafter",
     "GenerationOutput",
@@ -45,6 +47,8 @@ __all__ = [
     "HydraDrafter",
     "KangarooDrafter",
     "MedusaDrafter",
+    "MergedDrafter",
+    "NGramDrafter",
     "RejectionSamplingAcceptor",
     "SamplingParams",
     "SelfDraftVerifier",
