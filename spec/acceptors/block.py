@@ -30,16 +30,15 @@ derivation and the losslessness argument; tests/test_block_traversal.py checks i
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
 from spec.acceptors.rejection import normalise
 from spec.acceptors.traversal import point_mass
 from spec.errors import ShapeError, UnsupportedError
-from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, CandidateTree, Draft, SamplingParams, Verification
-from spec.randomness import Randomness, as_randomness
-from spec.sampling import target_probs
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, CandidateTree, Draft
+from spec.acceptors.walking import WalkingAcceptor
+from spec.randomness import Randomness
 
 
 def is_chain(tree: CandidateTree) -> bool:
@@ -58,23 +57,14 @@ def check_chain(tree: CandidateTree, rule: str) -> None:
         )
 
 
-class BlockVerificationAcceptor:
+class BlockVerificationAcceptor(WalkingAcceptor):
     """Lossless for every candidate kind on chains; equals greedy decoding at temperature 0."""
 
     # On a chain each node has one child, so with and without replacement are the same single draw.
     traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=True)
 
-    def accept(
-        self,
-        draft: Draft,
-        verification: Verification,
-        sampling: SamplingParams,
-        generator: Optional[torch.Generator] = None,
-    ) -> Acceptance:
+    def check(self, draft: Draft) -> None:
         check_chain(draft.tree, type(self).__name__)  # before any work: a wrong tree is the caller's error
-        # float64 so the weights and residuals do not drift for large vocabularies.
-        p_rows = target_probs(verification.logits.double(), sampling)
-        return self.walk(draft, p_rows, as_randomness(generator))
 
     # ---- the algorithm -----------------------------------------------------------------
     def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:

@@ -27,10 +27,10 @@ from typing import Optional
 
 import torch
 
-from spec.randomness import Randomness, as_randomness
+from spec.acceptors.walking import WalkingAcceptor
+from spec.randomness import Randomness
 from spec.errors import ShapeError
-from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
-from spec.sampling import target_probs
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
 
 
 def normalise(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -39,21 +39,10 @@ def normalise(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     return weights / total if total > 0 else fallback
 
 
-class RejectionSamplingAcceptor:
+class RejectionSamplingAcceptor(WalkingAcceptor):
     """Lossless for every candidate kind; equals greedy decoding at temperature 0."""
 
     traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=True)
-
-    def accept(
-        self,
-        draft: Draft,
-        verification: Verification,
-        sampling: SamplingParams,
-        generator: Optional[torch.Generator] = None,
-    ) -> Acceptance:
-        # float64 so the residual arithmetic does not drift for large vocabularies.
-        p_rows = target_probs(verification.logits.double(), sampling)
-        return self.walk(draft, p_rows, as_randomness(generator))
 
     # ---- the algorithm -----------------------------------------------------------------
     def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:

@@ -44,9 +44,9 @@ import torch
 
 from spec.acceptors.rejection import normalise
 from spec.errors import ShapeError
-from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
-from spec.randomness import Randomness, as_randomness
-from spec.sampling import target_probs
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
+from spec.acceptors.walking import WalkingAcceptor
+from spec.randomness import Randomness
 
 
 @attrs.define
@@ -65,22 +65,11 @@ def point_mass(x: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like).index_fill_(0, torch.tensor([x], device=like.device), 1.0)
 
 
-class TraversalVerificationAcceptor:
+class TraversalVerificationAcceptor(WalkingAcceptor):
     """Lossless for every candidate kind on any tree; equals greedy decoding at temperature 0;
     block verification on chains."""
 
     traits = AcceptorTraits(candidate_kinds=set(CandidateKind), lossless=True)
-
-    def accept(
-        self,
-        draft: Draft,
-        verification: Verification,
-        sampling: SamplingParams,
-        generator: Optional[torch.Generator] = None,
-    ) -> Acceptance:
-        # float64 so the weights and residuals do not drift for large vocabularies.
-        p_rows = target_probs(verification.logits.double(), sampling)
-        return self.walk(draft, p_rows, as_randomness(generator))
 
     # ---- the algorithm -----------------------------------------------------------------
     def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:

@@ -1,0 +1,32 @@
+"""What the sampling acceptors share: the target's processed distributions in float64, then a walk."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from spec.protocols import Acceptance, Draft, SamplingParams, Verification
+from spec.randomness import Randomness, as_randomness
+from spec.sampling import target_probs
+
+
+class WalkingAcceptor:
+    """``accept`` = ``check(draft)``, then ``walk(draft, p_rows, randomness)`` on the target's distributions.
+
+    Subclasses implement ``walk`` (drawing only through ``randomness``, so exact tests can enumerate it)
+    and may override ``check`` to refuse drafts the rule is not defined for, before any work.
+    """
+
+    def accept(self, draft: Draft, verification: Verification, sampling: SamplingParams,
+               generator: Optional[torch.Generator] = None) -> Acceptance:
+        self.check(draft)
+        # float64 so residual arithmetic does not drift for large vocabularies.
+        p_rows = target_probs(verification.logits.double(), sampling)
+        return self.walk(draft, p_rows, as_randomness(generator))
+
+    def check(self, draft: Draft) -> None:
+        """Refuse a draft this rule is not defined for (default: every draft is fine)."""
+
+    def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:
+        raise NotImplementedError
