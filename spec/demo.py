@@ -19,14 +19,17 @@ def add_parser(sub) -> None:
         "decoding both completions are identical.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--drafter", default="medusa", help="which shipped heads draft (see spec/models/shipped)")
+    demo.add_argument("--drafter", default=None, help="which shipped heads draft (see spec/models/shipped); "
+                      "default: medusa")
     demo.add_argument("--tree", default=None, help="a tree JSON file or Medusa choices list (JSON text); "
                       "default: the tree shipped for the drafter")
     demo.add_argument("--prompt", default=None, help="text to complete instead of a held-out snippet")
-    demo.add_argument("--prompt-index", type=int, default=0, help="which held-out snippet to complete")
+    demo.add_argument("--prompt-index", type=int, default=None, help="which held-out snippet to complete "
+                      "(0 to the number shipped - 1); default: 0")
     demo.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate")
-    demo.add_argument("--temperature", type=float, default=0.0,
-                      help="0 = greedy (outputs identical); > 0 samples losslessly with rejection sampling")
+    demo.add_argument("--temperature", type=float, default=None,
+                      help="0 = greedy (outputs identical); > 0 samples losslessly with rejection sampling "
+                      "(shipped model only); default: 0")
     demo.add_argument("--seed", type=int, default=0, help="sampling seed")
     demo.add_argument("--random-model", action="store_true",
                       help="use a random tiny model and an oracle drafter instead (no shipped files needed)")
@@ -38,32 +41,87 @@ def _tree_argument(text: str):
     from spec.trees import load_tree, tree_from_json
 
     stripped = text.strip()
-    return (tree_from_json(stripped) if stripped.startswith(("[", "{")) else load_tree(stripped))[0]
+    if stripped.startswith(("[", "{")):
+        return tree_from_json(stripped, "--tree")[0]
+    return load_tree(stripped)[0]
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option, before any model is loaded; fills in the defaults. Raises OptionError & co."""
+    from spec.cli import check_int, check_seed, check_temperature, check_verifier_kinds
+    from spec.errors import OptionError
+    from spec.models.placement import resolve_placement
+    from spec.models.shipped import shipped_names
+
+    check_int(args.max_new_tokens, "--max-new-tokens", 1)
+    check_seed(args.seed)
+    resolve_placement(args.device, args.dtype)
+    if args.temperature is not None:
+        check_temperature(args.temperature, args.device, args.dtype)
+    check_verifier_kinds(args.verifier, "--verifier", several=False)
+    args.tree_value = _tree_argument(args.tree) if args.tree else None
+    args.fallback = not args.random_model and not shipped_names()
+    if args.random_model or args.fallback:
+        ignored = [option for option, value in (("--drafter", args.drafter), ("--prompt", args.prompt),
+                                                ("--prompt-index", args.prompt_index)) if value is not None]
+        if args.temperature:
+            ignored.append("--temperature")
+        if ignored:
+            why = "--random-model" if args.random_model else "the random-model fallback (no shipped model installed)"
+            raise OptionError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to {why}: it "
+                              "decodes random token ids greedily with an oracle drafter. Drop "
+                              f"{'it' if len(ignored) == 1 else 'them'}, or use the shipped model.")
+        args.temperature = 0.0
+        return
+    from spec.models.shipped import heldout_prompts, shipped_drafters
+
+    args.drafter = args.drafter or "medusa"
+    args.temperature = args.temperature or 0.0
+    if args.drafter not in shipped_drafters():
+        raise OptionError(f"--drafter {args.drafter!r} has no shipped heads; choose from "
+                          f"{', '.join(shipped_drafters())}.")
+    if args.prompt is not None:
+        if args.prompt_index is not None:
+            raise OptionError("--prompt and --prompt-index both choose the text to complete; give one of them.")
+        if not args.prompt:
+            raise OptionError("--prompt is empty; give some text to complete.")
+        args.text = args.prompt
+    else:
+        prompts = heldout_prompts()
+        index = 0 if args.prompt_index is None else args.prompt_index
+        check_int(index, "--prompt-index", 0, len(prompts) - 1, hint=f" ({len(prompts)} held-out snippets are shipped)")
+        args.text = prompts[index]
 
 
 def run(args: argparse.Namespace) -> int:
-    from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
-    from spec.models.shipped import shipped_names
-
-    if args.random_model or not shipped_names():
-        if not args.random_model:
+    check_arguments(args)
+    if args.random_model or args.fallback:
+        if args.fallback:
             print("No shipped model is installed (build one with `spec build-model --export --heads medusa`); "
                   "falling back to --random-model.\n")
         return _random_model_demo(args)
-    from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
+    from spec.errors import ContextLengthError
+    from spec.models import context_length
+    from spec.models.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder
+
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
-    drafter = load_shipped_drafter(args.drafter, model)
-    tree = _tree_argument(args.tree) if args.tree else load_shipped_tree(args.drafter)
-    text = args.prompt if args.prompt is not None else heldout_prompts()[args.prompt_index]
+    text = args.text
     prompt = tokenizer(text, return_tensors="pt").input_ids
+    if prompt.shape[1] + args.max_new_tokens > context_length(model):
+        raise ContextLengthError(f"The prompt ({prompt.shape[1]} tokens) plus --max-new-tokens {args.max_new_tokens} "
+                                 f"is over the model's context of {context_length(model)}; ask for at most "
+                                 f"{max(context_length(model) - prompt.shape[1], 0)} new tokens or shorten the prompt.")
+    drafter = load_shipped_drafter(args.drafter, model)
+    tree = args.tree_value if args.tree_value is not None else load_shipped_tree(args.drafter)
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
     verifier = verifier_for(model, drafter, args.verifier, args.compile)
     speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, acceptor)
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
     for decoder in (baseline, speculative):  # warm-up: first calls pay one-off initialisation
-        decoder.generate(prompt, max_new_tokens=4, **settings)
+        decoder.generate(prompt, max_new_tokens=min(4, args.max_new_tokens), **settings)
     ar = baseline.generate(prompt, max_new_tokens=args.max_new_tokens, **settings)
     sd = speculative.generate(prompt, max_new_tokens=args.max_new_tokens, **settings)
     same = torch.equal(ar.sequences, sd.sequences)
@@ -95,7 +153,7 @@ def _random_model_demo(args: argparse.Namespace) -> int:
     device, dtype = resolve_placement(args.device, args.dtype)
     model = tiny_model("llama", seed=args.seed, dtype=dtype, vocab_size=256, hidden_size=64).to(device)
     prompt = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(args.seed))
-    tree = _tree_argument(args.tree) if args.tree else tree_from_choices(
+    tree = args.tree_value if args.tree_value is not None else tree_from_choices(
         [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]])
     baseline = AutoregressiveDecoder(model).generate(prompt, max_new_tokens=args.max_new_tokens)
     drafter = OracleDrafter(baseline.sequences, 256, accuracy=0.8, max_depth=tree.max_depth, seed=args.seed)

@@ -44,6 +44,16 @@ class CheckpointError(SpecError, OSError):
     """A checkpoint is missing, truncated, corrupt, pickled, or its config is invalid."""
 
 
+class IntegrityError(CheckpointError):
+    """A saved file does not match the SHA-256 recorded when it was written, or holds values no save
+    produces (non-finite or integer weights): it was corrupted or changed after saving."""
+
+
+class PathError(SpecError, OSError):
+    """A path cannot be used: it does not exist, is the wrong kind (a directory for a file...), cannot be
+    read or written, or is a name that would leave the directory it must stay in."""
+
+
 class NonFiniteLogitsError(SpecError, FloatingPointError):
     """The model produced NaN or +inf logits, or a row with no finite entry."""
 
@@ -55,6 +65,10 @@ class ConfigurationError(SpecError, ValueError):
 class IncompatibleStagesError(ConfigurationError):
     """Stages that cannot be composed (a self-drafter without its verifier, a pruning builder on a
     drafter whose drafts cannot be pruned, candidates the acceptor's rule is not defined for...)."""
+
+
+class OptionError(ConfigurationError):
+    """A command-line option has a value the command cannot use; checked before any work starts."""
 
 
 class DataError(InputError):

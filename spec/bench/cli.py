@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from spec.runtime_options import add_runtime_arguments, verifier_for
 
@@ -21,7 +20,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--drafters", default="medusa", help="comma-separated shipped drafters to benchmark")
     bench.add_argument("--prompts", default=None, help="JSONL of prompts (field 'prompt' or 'text'); default: the "
                        "shipped held-out snippets")
-    bench.add_argument("--num-prompts", type=int, default=8, help="how many prompts to use")
+    bench.add_argument("--num-prompts", type=int, default=None, help="how many prompts to use (the first ones); "
+                       "default: 8, or all if there are fewer")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (medians are reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds")
@@ -32,35 +32,113 @@ def add_parser(sub) -> None:
     bench.add_argument("--no-profile", action="store_true", help="skip the extra pass that measures the share of "
                        "each step outside network forward passes")
     add_runtime_arguments(bench, several_verifiers=True)
-    bench.add_argument("--out", default="bench-out", help="output directory")
+    bench.add_argument("--out", default="bench-out", help="output directory, checked writable before the run and "
+                       "replaced as a whole when the report is written (other files in it are kept)")
     bench.set_defaults(func=run)
 
 
+#: What ``save_report`` writes; replaced together (a crash leaves the old report or the new one).
+REPORT_FILES = ("report.json", "report.md", "speedup.png", "accepted.png", "stages.png")
+DEFAULT_PROMPTS = 8
+
+
+def read_prompts(path) -> list[str]:
+    """Prompt texts from a JSONL file: one object per line with a non-empty string 'prompt' (or 'text')."""
+    from spec.errors import DataError, PathError
+    from spec.io import parse_json, read_text
+
+    texts = []
+    for number, line in enumerate(read_text(path, "--prompts file", PathError, DataError).splitlines(), 1):
+        if not line.strip():
+            continue
+        record = parse_json(line, f"{path}:{number}", DataError)
+        text = record.get("prompt", record.get("text")) if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{number} has no non-empty string field 'prompt' (or 'text'); each line must be "
+                            'an object such as {"prompt": "def add(a, b):"}.')
+        texts.append(text)
+    if not texts:
+        raise DataError(f"The --prompts file {path} holds no prompts; add lines such as {{\"prompt\": \"...\"}}.")
+    return texts
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option and input, before any model is loaded: numbers, names, the prompts, the assistant
+    model and that --out can be written (so a finished run is never lost to an unwritable path)."""
+    from spec.cli import check_int, check_names, check_temperature, check_verifier_kinds
+    from spec.errors import CheckpointError, OptionError
+    from spec.io import check_model_directory, check_writable_directory
+    from spec.models.placement import resolve_placement
+    from spec.models.shipped import heldout_prompts, shipped_drafters, shipped_names
+
+    check_int(args.max_new_tokens, "--max-new-tokens", 1)
+    check_int(args.repeats, "--repeats", 1, hint=" timed repeats (medians are reported)")
+    check_int(args.warmup, "--warmup", 0, hint=" (0 skips the warm-up)")
+    if args.num_prompts is not None:
+        check_int(args.num_prompts, "--num-prompts", 1)
+    resolve_placement(args.device, args.dtype)
+    check_temperature(args.temperature, args.device, args.dtype)
+    args.verifier_kinds = check_verifier_kinds(args.verifiers, "--verifiers", several=True)
+    if not shipped_names():
+        raise CheckpointError("spec bench measures the shipped model, which is not installed; build it with "
+                              "`spec build-model --export --heads medusa`.")
+    args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
+                                     shipped_drafters(), "drafter")
+    if args.assistant:
+        if args.no_transformers:
+            raise OptionError("--assistant adds a transformers baseline, which --no-transformers turns off; "
+                              "drop one of them.")
+        check_model_directory(args.assistant, "--assistant model directory")
+    texts = read_prompts(args.prompts) if args.prompts else heldout_prompts()
+    if args.num_prompts is not None and args.num_prompts > len(texts):
+        raise OptionError(f"--num-prompts {args.num_prompts} asks for more prompts than there are ({len(texts)}); "
+                          f"pass at most {len(texts)}.")
+    args.texts = texts[: args.num_prompts or DEFAULT_PROMPTS]
+    check_writable_directory(args.out, "--out directory")
+
+
+def write_report(report, out) -> None:
+    """``save_report`` into a staging directory that then replaces ``out`` as a whole."""
+    from spec.bench import save_report
+    from spec.io import replace_directory
+
+    with replace_directory(out, owned=REPORT_FILES, what="--out directory") as staging:
+        save_report(report, staging)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
-    from spec.bench import DecoderMethod, TransformersMethod, run_benchmark, save_report
+    from spec.bench import DecoderMethod, TransformersMethod, run_benchmark
     from spec.bench.report import markdown_table
-    from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec.errors import ContextLengthError, InputError
+    from spec.models import context_length
+    from spec.models.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder
     from spec.trees.measure import measure_verify_costs
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
-    if args.prompts:
-        with open(args.prompts) as handle:
-            texts = [r.get("prompt", r.get("text")) for r in map(json.loads, filter(str.strip, handle))]
-    else:
-        texts = heldout_prompts()
-    prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts[: args.num_prompts]]
+    prompts = [tokenizer(t, return_tensors="pt").input_ids for t in args.texts]
+    context = context_length(model)
+    for index, prompt in enumerate(prompts):
+        if prompt.shape[1] == 0:
+            raise InputError(f"Prompt {index} tokenizes to no tokens; give prompts with some text.")
+        if prompt.shape[1] + args.max_new_tokens > context:
+            raise ContextLengthError(f"Prompt {index} ({prompt.shape[1]} tokens) plus --max-new-tokens "
+                                     f"{args.max_new_tokens} is over the model's context of {context}; lower "
+                                     f"--max-new-tokens to at most {max(context - prompt.shape[1], 0)} or shorten it.")
     methods = [DecoderMethod("autoregressive", AutoregressiveDecoder(model))]
     if not args.no_transformers:
         methods = [TransformersMethod.greedy(model), TransformersMethod.prompt_lookup(model)] + methods
         if args.assistant:
             from transformers import AutoModelForCausalLM
 
-            assistant = AutoModelForCausalLM.from_pretrained(args.assistant, local_files_only=True).eval()
+            # Checked above: a local directory with safetensors weights; never unpickled, never fetched.
+            assistant = AutoModelForCausalLM.from_pretrained(args.assistant, local_files_only=True,
+                                                             use_safetensors=True).eval()
             methods.append(TransformersMethod.assisted(model, assistant))
-    kinds = [k for k in args.verifiers.split(",") if k]
-    for name in filter(None, args.drafters.split(",")):
+    kinds = args.verifier_kinds
+    for name in args.drafter_names:
         acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
         drafter = load_shipped_drafter(name, model)
         builder = StaticTreeBuilder(load_shipped_tree(name))
@@ -70,13 +148,13 @@ def run(args: argparse.Namespace) -> int:
                                          acceptor)
             methods.append(DecoderMethod(name if own or len(kinds) == 1 else f"{name}/{kind}", decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
-    curve = measure_verify_costs(verifier_for(model, None, kinds[0] if kinds else "auto", args.compile),
-                                 [1, 2, 4, 8, 16, 32, 64], prompts[0][0], repeats=3)
+    sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if prompts[0].shape[1] + n <= context]
+    curve = measure_verify_costs(verifier_for(model, None, kinds[0], args.compile), sizes, prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}
     report = run_benchmark(methods, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
                            warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,
                            profile_overhead=not args.no_profile)
-    save_report(report, args.out)
+    write_report(report, args.out)
     print(markdown_table(report))
     print(f"written to {args.out}/ (report.json, report.md, speedup.png, accepted.png, stages.png)")
     return 0

@@ -1,19 +1,22 @@
 """Save and load draft heads tied to the base model they were trained for.
 
 Every drafter checkpoint's config records the drafter type, its hyperparameters,
-and the base model's :class:`ModelFingerprint`; loading onto a model with another
-fingerprint, vocabulary or hidden size is refused.
+the base model's :class:`ModelFingerprint` and the weights' SHA-256; loading onto a
+model with another fingerprint, vocabulary or hidden size is refused, and so is a
+config whose fields have the wrong types or do not match the weights' shapes.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from spec.errors import CheckpointError, IncompatibleDrafterError
 from spec.io import check_config_fields, load_checkpoint, save_checkpoint
+from spec.io.files import is_int, is_real
 from spec.models import ModelFingerprint, hidden_size, output_vocab_size
 
 FORMAT_VERSION = 1
@@ -58,49 +61,182 @@ def save_drafter(directory: str | os.PathLike, module: torch.nn.Module, drafter_
     save_checkpoint(directory, module.state_dict(), config)
 
 
+#: What each hyperparameter may hold: ("int", minimum), ("bool",), or ("float", interval) with the
+#: interval written as in mathematics ("[0, 1)": 0 allowed, 1 not).
+_HYPERPARAMETER_RULES: dict[str, tuple] = {
+    "num_heads": ("int", 1),
+    "num_layers": ("int", 0),
+    "hidden_size": ("int", 1),
+    "vocab_size": ("int", 1),
+    "num_attention_heads": ("int", 1),
+    "max_depth": ("int", 1),
+    "exit_layer": ("int", 1),
+    "lm_head_bias": ("bool",),
+    "prefix_layer": ("bool",),
+    "dropout": ("float", "[0, 1)"),
+    "rms_norm_eps": ("float", "(0, 1]"),
+    "threshold": ("float", "[0, 1]"),
+}
+#: Per drafter type, minimums stricter than the general rule.
+_MINIMUMS = {("hydra", "num_layers"): 1}
+
+
+def _check_hyperparameters(hyper: dict[str, Any], drafter_type: str, where: str) -> None:
+    """Refuse hyperparameters of the wrong JSON type or out of range, naming the field and the rule."""
+    for name in sorted(hyper):
+        value, rule = hyper[name], _HYPERPARAMETER_RULES.get(name)
+        if rule is None:
+            continue
+        if rule[0] == "int":
+            low = _MINIMUMS.get((drafter_type, name), rule[1])
+            if not is_int(value) or value < low:
+                raise CheckpointError(f"{where}: {name} must be an integer >= {low}, got {value!r}; "
+                                      "the config is corrupt or hand-edited, save the heads again.")
+        elif rule[0] == "bool":
+            if not isinstance(value, bool):
+                raise CheckpointError(f"{where}: {name} must be true or false, got {value!r}; "
+                                      "the config is corrupt or hand-edited, save the heads again.")
+        else:
+            interval = rule[1]
+            low, high = (float(v) for v in interval[1:-1].split(","))
+            inside = (is_real(value) and math.isfinite(value)
+                      and (low <= value if interval[0] == "[" else low < value)
+                      and (value <= high if interval[-1] == "]" else value < high))
+            if not inside:
+                raise CheckpointError(f"{where}: {name} must be a number in {interval}, got {value!r}; "
+                                      "the config is corrupt or hand-edited, save the heads again.")
+
+
+def _fingerprint(data: Any, where: str) -> ModelFingerprint:
+    fields = {"architecture": str, "vocab_size": int, "hidden_size": int, "num_layers": int, "probe": list}
+    if not isinstance(data, dict) or set(data) != set(fields):
+        raise CheckpointError(f"{where}: base_model must be an object with fields {sorted(fields)} (a model "
+                              "fingerprint); the config is corrupt, save the heads again.")
+    for name, kind in fields.items():
+        value = data[name]
+        ok = is_int(value) and value >= 0 if kind is int else isinstance(value, kind)
+        if not ok:
+            raise CheckpointError(f"{where}: base_model.{name} must be {'an integer' if kind is int else kind.__name__}, "
+                                  f"got {value!r}; the config is corrupt, save the heads again.")
+    if not all(is_real(v) and math.isfinite(v) for v in data["probe"]):
+        raise CheckpointError(f"{where}: base_model.probe must hold finite numbers; the config is corrupt, "
+                              "save the heads again.")
+    return ModelFingerprint.from_dict(data)
+
+
+def _expected_shapes(drafter_type: str, hyper: dict[str, Any], model) -> Optional[dict[str, tuple[int, ...]]]:
+    """The tensor shapes a module built from ``hyper`` has, computed on the meta device (nothing allocated)."""
+    from spec.drafters.context_layer import _backbone
+
+    def layer(what):
+        return type(_backbone(model, what).layers[0])(model.config, layer_idx=0)
+
+    with torch.device("meta"):
+        if drafter_type == "medusa":
+            from spec.drafters.medusa import MedusaHeads
+
+            module = MedusaHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
+                                 lm_head_bias=hyper["lm_head_bias"])
+        elif drafter_type == "hydra":
+            from spec.drafters.hydra import _PREFIX_LAYER, HydraHeads
+
+            module = HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
+                                hyper["dropout"], lm_head_bias=hyper["lm_head_bias"],
+                                prefix_layer=layer(_PREFIX_LAYER) if hyper["prefix_layer"] else None)
+        elif drafter_type == "clover":
+            from spec.drafters.clover import _AUGMENTING_BLOCK, CloverHeads
+
+            module = CloverHeads(hidden_size(model), hyper["num_heads"], hyper["num_layers"],
+                                 hyper["num_attention_heads"], hyper["rms_norm_eps"], layer(_AUGMENTING_BLOCK))
+        elif drafter_type == "kangaroo":
+            from spec.drafters.kangaroo import KangarooAdapter
+
+            module = KangarooAdapter(model)
+        else:
+            return None
+    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
+
+
+def _check_against_model(hyper: dict[str, Any], drafter_type: str, model, directory, where: str) -> None:
+    """Hyperparameters that must agree with the model itself (besides the fingerprint)."""
+    if "vocab_size" in hyper or "hidden_size" in hyper:
+        check_model_dims(model, vocab_size=hyper.get("vocab_size", output_vocab_size(model)),
+                         hidden=hyper.get("hidden_size", hidden_size(model)), what=f"The heads in {directory}")
+    if drafter_type == "clover" and hidden_size(model) % hyper["num_attention_heads"]:
+        raise CheckpointError(f"{where}: num_attention_heads {hyper['num_attention_heads']} does not divide the "
+                              f"hidden size {hidden_size(model)}; the config is corrupt, save the heads again.")
+    if "exit_layer" in hyper:
+        layers = getattr(model.config, "num_hidden_layers", None)
+        if layers is not None and hyper["exit_layer"] >= layers:
+            raise CheckpointError(f"{where}: exit_layer {hyper['exit_layer']} is not below the model's {layers} "
+                                  "layers; these heads were saved for a deeper model.")
+
+
 def load_drafter(directory: str | os.PathLike, model, drafter_type: str,
                  hyperparameter_names: set[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a drafter checkpoint for ``model``; returns ``(hyperparameters, state_dict)``.
 
-    Tensors come back in the model's dtype and on its device.
+    Everything is checked before any tensor or module is built: the config's fields and their types,
+    the weights' checksum, that the heads belong to ``model`` (sizes and fingerprint), and that the
+    tensors in the safetensors header have exactly the names and shapes the hyperparameters imply (a
+    config claiming 150 heads beside weights for 2 is refused without allocating 150). Loaded weights
+    must be finite. Tensors come back in the model's dtype and on its device.
     """
-    config, tensors = load_checkpoint(directory)
     where = f"{directory}/config.json"
-    check_config_fields(config, {"format_version", "drafter_type", "hyperparameters", "base_model"}, where=where)
-    if config["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{where} has format_version {config['format_version']}; this spec reads {FORMAT_VERSION}.")
-    if config["drafter_type"] != drafter_type:
-        raise CheckpointError(
-            f"{directory} holds a {config['drafter_type']!r} drafter, not {drafter_type!r}; load it with that class."
-        )
-    hyper = config["hyperparameters"]
-    if not isinstance(hyper, dict):
-        raise CheckpointError(f"{where}: hyperparameters must be a JSON object.")
-    check_config_fields(hyper, hyperparameter_names, where=f"{where} hyperparameters")
-    try:
-        saved = ModelFingerprint.from_dict(config["base_model"])
-    except TypeError as exc:
-        raise CheckpointError(f"{where}: base_model is not a valid model fingerprint ({exc}).") from exc
-    check_model_dims(model, vocab_size=saved.vocab_size, hidden=saved.hidden_size, what=f"The heads in {directory}")
-    problem = saved.mismatch(ModelFingerprint.of(model))
-    if problem is not None:
-        raise IncompatibleDrafterError(
-            f"The heads in {directory} were trained for another model ({saved.architecture}): {problem}. "
-            "Use heads trained for this exact model, or train new ones."
-        )
+    result: dict[str, Any] = {}
+
+    def check(config: dict[str, Any], header) -> None:
+        check_config_fields(config, {"format_version", "drafter_type", "hyperparameters", "base_model"}, where=where)
+        version = config["format_version"]
+        if not is_int(version) or version != FORMAT_VERSION:
+            raise CheckpointError(f"{where} has format_version {version!r}; this spec reads {FORMAT_VERSION} "
+                                  "(save the heads again with this version).")
+        kind = config["drafter_type"]
+        if not isinstance(kind, str):
+            raise CheckpointError(f"{where}: drafter_type must be a string such as {drafter_type!r}, got {kind!r}.")
+        if kind != drafter_type:
+            raise CheckpointError(
+                f"{directory} holds a {kind!r} drafter, not {drafter_type!r}; load it with that class."
+            )
+        hyper = config["hyperparameters"]
+        if not isinstance(hyper, dict):
+            raise CheckpointError(f"{where}: hyperparameters must be a JSON object.")
+        check_config_fields(hyper, hyperparameter_names, where=f"{where} hyperparameters")
+        _check_hyperparameters(hyper, drafter_type, where)
+        saved = _fingerprint(config["base_model"], where)
+        check_model_dims(model, vocab_size=saved.vocab_size, hidden=saved.hidden_size, what=f"The heads in {directory}")
+        problem = saved.mismatch(ModelFingerprint.of(model))
+        if problem is not None:
+            raise IncompatibleDrafterError(
+                f"The heads in {directory} were trained for another model ({saved.architecture}): {problem}. "
+                "Use heads trained for this exact model, or train new ones."
+            )
+        _check_against_model(hyper, drafter_type, model, directory, where)
+        expected = _expected_shapes(drafter_type, hyper, model)
+        if expected is not None:
+            found = {name: shape for name, (_, shape) in header.items()}
+            _refuse_mismatch(expected, found, directory)
+        result["hyper"] = hyper
+
+    _, tensors = load_checkpoint(directory, check)
     weight = model.get_output_embeddings().weight
-    return hyper, {k: v.to(device=weight.device, dtype=weight.dtype) for k, v in tensors.items()}
+    return result["hyper"], {k: v.to(device=weight.device, dtype=weight.dtype) for k, v in tensors.items()}
+
+
+def _refuse_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], directory) -> None:
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & found.keys() if tuple(expected[k]) != tuple(found[k]))
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{directory}/model.safetensors does not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}. The config and weights come from different "
+            "saves; save the heads again."
+        )
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], directory) -> None:
     """``load_state_dict`` that reports missing, unexpected or misshapen tensors as a CheckpointError."""
-    expected = module.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{directory}/model.safetensors does not match its config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}."
-        )
+    _refuse_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                     {k: tuple(v.shape) for k, v in state.items()}, directory)
     module.load_state_dict(state)

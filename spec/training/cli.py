@@ -56,7 +56,63 @@ def add_parser(sub) -> None:
     parser.set_defaults(func=run)
 
 
+DATA_SUFFIXES = (".txt", ".py", ".jsonl")
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """Every option before any model or data is loaded; returns the model directory.
+
+    ``--model`` must be a shipped model's name or a local transformers directory with safetensors weights
+    and a tokenizer: spec never fetches models from a hub and never unpickles (``.bin`` weights are refused).
+    """
+    from spec.cli import check_int, check_real, check_seed
+    from spec.errors import ConfigurationError, OptionError, PathError
+    from spec.io import check_model_directory, check_writable_directory, read_json
+    from spec.models.shipped import resolve_model_path
+
+    args.recipe = args.recipe or RECIPES[args.drafter][0]
+    if args.recipe not in RECIPES[args.drafter]:
+        raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from {RECIPES[args.drafter]}.")
+    check_int(args.num_heads, "--num-heads", 1)
+    check_int(args.num_layers, "--num-layers", 1 if args.recipe == "hydra" else 0,
+              hint=" (Hydra's first block reads the token embeddings)" if args.recipe == "hydra" else "")
+    check_int(args.steps, "--steps", 1)
+    check_int(args.batch_size, "--batch-size", 1)
+    check_int(args.grad_accumulation, "--grad-accumulation", 1)
+    check_int(args.block_size, "--block-size", 2)
+    check_int(args.checkpoint_every, "--checkpoint-every", 1)
+    check_int(args.eval_every, "--eval-every", 1)
+    check_int(args.distill_tokens, "--distill-tokens", 1)
+    check_seed(args.seed)
+    check_real(args.decay, "--decay", 0.0, 1.0, low_open=True)
+    check_real(args.lr, "--lr", 0.0, low_open=True)
+    check_real(args.heldout_fraction, "--heldout-fraction", 0.0, 1.0, low_open=True, high_open=True)
+    model_dir = check_model_directory(resolve_model_path(args.model), "--model directory", need_tokenizer=True)
+    config = read_json(model_dir / "config.json", "model config", PathError, ConfigurationError)
+    config = config if isinstance(config, dict) else {}
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    if args.drafter == "kangaroo":
+        check_int(args.exit_layer, "--exit-layer", 1, layers - 1 if isinstance(layers, int) and layers > 1 else None,
+                  hint=f" (the model has {layers} layers)" if isinstance(layers, int) else "")
+    context = config.get("max_position_embeddings", config.get("n_positions"))
+    if isinstance(context, int) and args.recipe != "self-distill" and args.block_size > context:
+        raise OptionError(f"--block-size {args.block_size} is over the model's context of {context}; use at most "
+                          f"{context}.")
+    data = Path(args.data)
+    if not data.exists():
+        raise PathError(f"--data {data} does not exist; give a .txt/.py/.jsonl file or a directory of them.")
+    if data.is_dir():
+        if not any(p.suffix in DATA_SUFFIXES for p in data.rglob("*")):
+            raise PathError(f"--data {data} holds no .txt, .py or .jsonl files; put the training text there.")
+    elif data.suffix not in DATA_SUFFIXES:
+        raise OptionError(f"--data {data} is a {data.suffix or 'suffix-less'} file; give a .txt or .py file (read as "
+                          "text), a .jsonl file (a 'text' field per line), or a directory of them.")
+    check_writable_directory(args.out, "--out directory", replaced=False)
+    return model_dir
+
+
 def run(args: argparse.Namespace) -> int:
+    model_dir = check_arguments(args)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,12 +130,10 @@ def run(args: argparse.Namespace) -> int:
     from spec.training.distill import generate_own_blocks
     from spec.training.plots import plot_head_accuracy
 
-    args.recipe = args.recipe or RECIPES[args.drafter][0]
-    if args.recipe not in RECIPES[args.drafter]:
-        raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from {RECIPES[args.drafter]}.")
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    # Checked above: a local directory with safetensors weights (never fetched, never unpickled).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     block_size = args.block_size
     if args.recipe == "self-distill":
         prompts = pack_blocks(iter_texts(args.data), tokenizer, 15, context=context_length(model))

@@ -35,14 +35,32 @@ def add_parser(sub) -> None:
 
 
 def _optimise(args: argparse.Namespace) -> int:
-    from spec.trees import (AcceptanceStats, choose_tree_for_hardware, draw_tree, expected_accepted_length,
-                            greedy_tree, optimal_tree, save_tree)
+    from spec.cli import check_int
+    from spec.errors import OptionError
+    from spec.io import check_writable_file
+    from spec.trees import (choose_tree_for_hardware, draw_tree, expected_accepted_length, greedy_tree, optimal_tree,
+                            save_tree)
+    from spec.trees.io import load_cost_curve, load_stats
 
-    stats = AcceptanceStats.load(args.stats)
+    # Every option and input file first; the optimisation runs only when all are usable.
+    check_int(args.budget, "--budget", 1, hint=" candidate nodes")
+    if args.depth is not None:
+        check_int(args.depth, "--depth", 1, hint=" (omit it to use the statistics' depth)")
+    check_writable_file(args.out, "--out file")
+    if args.png:
+        check_writable_file(args.png, "--png file")
+    stats = load_stats(args.stats)
+    curve = load_cost_curve(args.cost_curve) if args.cost_curve else None
+    if curve is not None and args.method == "greedy":
+        raise OptionError("--cost-curve sizes the tree with the exact DP; drop --method greedy (or --cost-curve).")
+    depth = min(args.depth or stats.depth, stats.depth)
+    capacity = sum(stats.width ** d for d in range(1, depth + 1))
+    if curve is None and args.budget > capacity:
+        raise OptionError(f"--budget {args.budget} candidates do not fit in depth {depth} with {stats.width} ranks "
+                          f"(at most {capacity}); lower --budget or raise --depth (the statistics go to depth "
+                          f"{stats.depth}).")
     meta = {"stats": stats.to_dict(), "method": args.method}
-    if args.cost_curve:
-        with open(args.cost_curve) as handle:
-            curve = {int(k): float(v) for k, v in json.load(handle).items()}
+    if curve is not None:
         sized = choose_tree_for_hardware(stats, curve, max_budget=args.budget, max_depth=args.depth)
         tree = sized.tree
         meta.update(cost_curve=curve, budget=sized.budget, depth=sized.depth,
@@ -63,16 +81,26 @@ def _optimise(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from spec.trees import AcceptanceStats, draw_tree, expected_accepted_length, load_tree, tree_to_choices
+    from spec.errors import InvalidTreeError
+    from spec.io import check_writable_file
+    from spec.io.files import is_real
+    from spec.trees import draw_tree, expected_accepted_length, load_tree, tree_to_choices
+    from spec.trees.io import load_stats
 
+    if args.png:
+        check_writable_file(args.png, "--png file")
     tree, meta = load_tree(args.tree)
-    stats = AcceptanceStats.load(args.stats) if args.stats else None
+    stats = load_stats(args.stats) if args.stats else None
+    recorded = meta.get("expected_length")
+    if stats is None and recorded is not None and not is_real(recorded):
+        raise InvalidTreeError(f"{args.tree}: metadata expected_length must be a number, got {recorded!r}; "
+                               "save the tree again or pass --stats to compute it.")
     print(f"{tree.num_nodes - 1} candidates, depth {tree.max_depth}, {len(tree.leaves)} leaves")
     print(f"choices: {json.dumps(tree_to_choices(tree))}")
     if stats is not None:
         print(f"expected accepted length: {expected_accepted_length(tree, stats):.3f}")
-    elif "expected_length" in meta:
-        print(f"expected accepted length (recorded): {meta['expected_length']:.3f}")
+    elif recorded is not None:
+        print(f"expected accepted length (recorded): {recorded:.3f}")
     if args.png:
         draw_tree(tree, args.png, stats)
         print(f"drawn to {args.png}")

@@ -3,91 +3,217 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from spec.errors import InvalidTreeError
-from spec.io import atomic_write_bytes
+from spec.errors import ConfigurationError, InvalidTreeError, PathError
+from spec.io import atomic_write_bytes, check_writable_file, parse_json, read_json, read_text, sha256_hex
+from spec.io.files import is_int, is_real
 from spec.protocols import CandidateTree
 from spec.trees.choices import tree_from_choices, tree_to_choices
+from spec.trees.stats import AcceptanceStats
 
 FORMAT = "spec-tree"
+VERSION = 1
+#: The largest side of a tree drawing, in inches; trees with more nodes than MAX_LABELS are drawn unlabelled.
+MAX_INCHES = 60.0
+MAX_LABELS = 400
+_FIELDS = {"format", "version", "choices", "metadata", "sha256"}
+
+
+def _digest(choices: Any, metadata: Any) -> str:
+    """SHA-256 of the tree's content (choices and metadata as JSON, keys sorted, no whitespace): it does
+    not change when a file is re-indented, and does when a rank or a metadata value does."""
+    canonical = json.dumps({"choices": choices, "metadata": metadata}, sort_keys=True, separators=(",", ":"))
+    return sha256_hex(canonical.encode())
 
 
 def tree_to_json(tree: CandidateTree, metadata: Optional[dict[str, Any]] = None) -> str:
-    """``{"format": "spec-tree", "version": 1, "choices": [...], "metadata": {...}}``."""
-    return json.dumps({"format": FORMAT, "version": 1, "choices": tree_to_choices(tree),
-                       "metadata": metadata or {}}, indent=1)
+    """``{"format": "spec-tree", "version": 1, "choices": [...], "metadata": {...}, "sha256": ...}``.
 
-
-def tree_from_json(text: str) -> tuple[CandidateTree, dict[str, Any]]:
-    """Read :func:`tree_to_json` output, or a bare Medusa choices list."""
+    ``sha256`` checksums the choices and metadata; :func:`tree_from_json` verifies it.
+    """
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidTreeError(f"Tree metadata must be a dict (JSON object), got {type(metadata).__name__}.")
+    body = {"choices": tree_to_choices(tree), "metadata": metadata or {}}
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidTreeError(f"The tree file is not valid JSON: {exc}.") from exc
+        body = json.loads(json.dumps(body))  # as a reader will see it: tuples as lists, keys as strings
+    except (TypeError, ValueError) as exc:
+        raise InvalidTreeError(f"Tree metadata must be JSON-serialisable (numbers, strings, lists, dicts): {exc}.") from exc
+    return json.dumps({"format": FORMAT, "version": VERSION, **body, "sha256": _digest(body["choices"], body["metadata"])},
+                      indent=1)
+
+
+def _choices(value: Any, where: str) -> list[list[int]]:
+    """Medusa choices exactly as written: a list of lists of JSON integers (no floats, strings or bools)."""
+    if not isinstance(value, list):
+        raise InvalidTreeError(f"{where}: choices must be a list of rank paths such as [[0], [1], [0, 0]], "
+                               f"got {type(value).__name__}.")
+    for item in value:
+        if not isinstance(item, list):
+            raise InvalidTreeError(f"{where}: each choice must be a list of ranks such as [0, 1], got {item!r}.")
+        for rank in item:
+            if not is_int(rank):
+                raise InvalidTreeError(
+                    f"{where}: choice {item!r} holds {rank!r}; ranks are whole numbers (0 = the top candidate), "
+                    "written without quotes or decimals.")
+    return value
+
+
+def _tree(choices: list[list[int]], where: str) -> CandidateTree:
+    try:
+        return tree_from_choices(choices)
+    except InvalidTreeError as exc:
+        raise InvalidTreeError(f"{where}: {exc}") from exc
+
+
+def tree_from_json(text: str, where: str = "The tree JSON") -> tuple[CandidateTree, dict[str, Any]]:
+    """Read :func:`tree_to_json` output, or a bare Medusa choices list.
+
+    Refuses (:class:`InvalidTreeError`) anything else: invalid JSON, ranks that are not whole numbers
+    (``0.9``, ``"1"``, ``true``, ``NaN``), unknown fields, another format version, metadata that is not an
+    object, and a file whose content no longer matches its recorded ``sha256``.
+    """
+    if not isinstance(text, str):
+        raise InvalidTreeError(f"{where} must be text (str), got {type(text).__name__}.")
+    data = parse_json(text, where, InvalidTreeError)
     if isinstance(data, list):  # Medusa's format: the choices alone
-        return tree_from_choices(data), {}
+        return _tree(_choices(data, where), where), {}
     if not isinstance(data, dict) or data.get("format") != FORMAT or "choices" not in data:
-        raise InvalidTreeError("Not a spec tree file: expected a choices list or an object with format 'spec-tree'.")
-    return tree_from_choices(data["choices"]), dict(data.get("metadata") or {})
+        raise InvalidTreeError(f"{where} is not a spec tree: expected a choices list such as [[0], [1], [0, 0]] or "
+                               "an object with format 'spec-tree' (what save_tree writes).")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise InvalidTreeError(f"{where} has unknown field(s) {unknown}; a spec tree has only {sorted(_FIELDS)}.")
+    version = data.get("version")
+    if not is_int(version) or version != VERSION:
+        raise InvalidTreeError(f"{where} has version {version!r}; this spec reads version {VERSION} "
+                               "(write it again with save_tree).")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidTreeError(f"{where}: metadata must be a JSON object (or absent), got {type(metadata).__name__}.")
+    choices = _choices(data["choices"], where)
+    if "sha256" in data:
+        recorded = data["sha256"]
+        if recorded != _digest(choices, metadata if metadata is not None else {}):
+            raise InvalidTreeError(
+                f"{where} does not match the sha256 recorded when it was saved: it is corrupt or was edited. "
+                "Save it again with save_tree, or, if you edited it on purpose, delete its sha256 field.")
+    return _tree(choices, where), dict(metadata or {})
 
 
 def save_tree(path: str | os.PathLike, tree: CandidateTree, metadata: Optional[dict[str, Any]] = None) -> None:
+    """Write ``tree`` as JSON (with a checksum), atomically: a crash leaves the old file or the new one."""
     atomic_write_bytes(path, tree_to_json(tree, metadata).encode())
 
 
 def load_tree(path: str | os.PathLike) -> tuple[CandidateTree, dict[str, Any]]:
-    return tree_from_json(Path(path).read_text())
+    """``(tree, metadata)`` from a file :func:`save_tree` wrote, or a Medusa choices list.
+
+    A missing path or a directory is a :class:`PathError`; anything wrong inside the file an
+    :class:`InvalidTreeError`.
+    """
+    text = read_text(path, "tree file", PathError, InvalidTreeError)
+    return tree_from_json(text, f"The tree file {path}")
+
+
+def load_stats(path: str | os.PathLike) -> AcceptanceStats:
+    """:class:`AcceptanceStats` from a file its ``save`` wrote, every field checked (typed errors only)."""
+    where = f"The acceptance statistics file {path}"
+    data = read_json(path, "acceptance statistics file", PathError, ConfigurationError)
+    if not isinstance(data, dict) or data.get("format") != "spec-acceptance-stats":
+        raise ConfigurationError(f"{where} is not a spec acceptance-statistics file (format field missing); "
+                                 "write one with AcceptanceStats.save or spec.trees.measure_acceptance.")
+    probs = data.get("probs")
+    if (not isinstance(probs, list) or not probs
+            or not all(isinstance(row, list) and row and all(is_real(p) for p in row) for row in probs)):
+        raise ConfigurationError(f"{where}: probs must be a non-empty list of non-empty lists of numbers "
+                                 "(probs[depth][rank]).")
+    samples = data.get("samples", 0)
+    if not is_int(samples) or samples < 0:
+        raise ConfigurationError(f"{where}: samples must be a whole number >= 0, got {samples!r}.")
+    drafter, model = data.get("drafter", ""), data.get("model")
+    if not isinstance(drafter, str) or (model is not None and not isinstance(model, dict)):
+        raise ConfigurationError(f"{where}: drafter must be a string and model an object (or null).")
+    return AcceptanceStats(probs=probs, drafter=drafter, model=model, samples=samples)
+
+
+def load_cost_curve(path: str | os.PathLike) -> dict[int, float]:
+    """A verify-cost curve ``{"tree tokens": seconds}``: keys whole numbers >= 1, values finite seconds > 0."""
+    where = f"The cost curve {path}"
+    data = read_json(path, "cost curve", PathError, ConfigurationError)
+    if not isinstance(data, dict) or not data:
+        raise ConfigurationError(f"{where} must be a non-empty JSON object {{\"tree tokens\": seconds}}, "
+                                 'e.g. {"1": 0.010, "16": 0.018}.')
+    curve = {}
+    for key, seconds in data.items():
+        if not key.isdigit() or int(key) < 1:
+            raise ConfigurationError(f"{where}: key {key!r} is not a whole number of tree tokens >= 1.")
+        if not is_real(seconds) or not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigurationError(f"{where}: the cost for {key} tokens is {seconds!r}; costs are measured "
+                                     "seconds, finite and > 0 (measure them with spec.trees.measure_verify_costs).")
+        curve[int(key)] = float(seconds)
+    return curve
 
 
 def draw_tree(tree: CandidateTree, png_path: str | os.PathLike, stats=None, title: str = "") -> Path:
     """A PNG of the tree: depth downwards, each node labelled by its rank and, with ``stats``,
-    the probability its path is accepted."""
+    the probability its path is accepted. ``png_path``'s folder must be writable (checked first)."""
+    png_path = check_writable_file(png_path, "PNG file")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Leaves get consecutive x positions; a parent sits above the middle of its children.
+    # Leaves get consecutive x positions; a parent sits above the middle of its children. Iterative
+    # (post-order with an explicit stack), so a tree thousands of levels deep draws like a shallow one.
     x = [0.0] * tree.num_nodes
     next_leaf = 0.0
-
-    def place(node: int) -> None:
-        nonlocal next_leaf
+    stack = [(0, False)]
+    while stack:
+        node, children_done = stack.pop()
         kids = tree.children[node]
-        for kid in kids:
-            place(kid)
-        if kids:
+        if not children_done and kids:
+            stack.append((node, True))
+            stack.extend((kid, False) for kid in reversed(kids))
+        elif kids:
             x[node] = sum(x[k] for k in kids) / len(kids)
         else:
             x[node] = next_leaf
             next_leaf += 1.0
 
-    place(0)
     path_prob = [1.0] * tree.num_nodes
     if stats is not None:
         for node in range(1, tree.num_nodes):
             path_prob[node] = path_prob[tree.parents[node]] * stats.prob(tree.depth_list[node], tree.ranks[node])
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * next_leaf + 1), 1.1 * (tree.max_depth + 1) + 0.6))
-    for node in range(1, tree.num_nodes):
-        parent = tree.parents[node]
-        ax.plot([x[parent], x[node]], [-tree.depth_list[parent], -tree.depth_list[node]], color="grey", lw=0.8)
-    for node in range(tree.num_nodes):
-        label = "root" if node == 0 else f"r{tree.ranks[node]}"
-        if stats is not None and node:
-            label += f"\n{path_prob[node]:.2f}"
-        ax.scatter([x[node]], [-tree.depth_list[node]], s=260, color="tab:blue" if node else "tab:orange", zorder=3)
-        ax.annotate(label, (x[node], -tree.depth_list[node]), ha="center", va="center", fontsize=6, color="white",
-                    zorder=4)
-    ax.set_yticks([-d for d in range(tree.max_depth + 1)], [f"depth {d}" for d in range(tree.max_depth + 1)])
+    # Big trees get a capped canvas (crowded, but drawn) rather than an image too large to allocate.
+    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.45 * next_leaf + 1), MAX_INCHES),
+                                    min(1.1 * (tree.max_depth + 1) + 0.6, MAX_INCHES)))
+    from matplotlib.collections import LineCollection
+
+    y = [-d for d in tree.depth_list]
+    ax.add_collection(LineCollection([[(x[tree.parents[n]], y[tree.parents[n]]), (x[n], y[n])]
+                                      for n in range(1, tree.num_nodes)], colors="grey", linewidths=0.8))
+    ax.scatter(x, y, s=260, c=["tab:orange"] + ["tab:blue"] * (tree.num_nodes - 1), zorder=3)
+    if tree.num_nodes <= MAX_LABELS:  # beyond that the labels overlap into a smear
+        for node in range(tree.num_nodes):
+            label = "root" if node == 0 else f"r{tree.ranks[node]}"
+            if stats is not None and node:
+                label += f"\n{path_prob[node]:.2f}"
+            ax.annotate(label, (x[node], y[node]), ha="center", va="center", fontsize=6, color="white", zorder=4)
+    step = max(1, (tree.max_depth + 1) // 40)
+    ax.set_yticks([-d for d in range(0, tree.max_depth + 1, step)],
+                  [f"depth {d}" for d in range(0, tree.max_depth + 1, step)])
     ax.set_xticks([])
     ax.set_title(title or f"{tree.num_nodes - 1} candidates, depth {tree.max_depth}", fontsize=9)
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(png_path, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return png_path

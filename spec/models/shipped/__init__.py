@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from spec.errors import CheckpointError
+from spec.errors import CheckpointError, ConfigurationError
 
 ROOT = Path(__file__).parent
 DEFAULT = "spec-py-tiny"
@@ -24,9 +24,18 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in ROOT.iterdir() if (p / "config.json").exists() and (p / "model.safetensors").exists())
 
 
+def _check_name(name, what: str = "shipped model name") -> str:
+    """A shipped name is a plain name of an entry under the package's shipped folder, never a path."""
+    from spec.io import plain_name
+
+    return plain_name(name, what, CheckpointError,
+                      hint=f" (shipped: {shipped_names() or 'none'}; load a model from a directory with "
+                      "transformers' from_pretrained instead)")
+
+
 def shipped_path(name: str = DEFAULT) -> Path:
-    path = ROOT / name
-    if not (path / "model.safetensors").exists():
+    path = ROOT / _check_name(name)
+    if not (path / "model.safetensors").is_file():
         available = shipped_names()
         raise CheckpointError(
             f"No shipped model named {name!r} in {ROOT}; available: {available or 'none'}. "
@@ -52,17 +61,22 @@ def load_shipped(name: str = DEFAULT, dtype: str | torch.dtype = torch.float32, 
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """A shipped model's name, or a directory path, to a directory."""
-    if (ROOT / name_or_path / "model.safetensors").exists():
+    """A shipped model's name, or a directory path, to a directory (only a plain name can be a shipped one)."""
+    if name_or_path in shipped_names():
         return ROOT / name_or_path
     return Path(name_or_path)
 
 
 def heldout_prompts(name: str = DEFAULT, limit: Optional[int] = None) -> list[str]:
-    """Code snippets from held-out standard-library modules (never trained on), for demos and benchmarks."""
+    """Code snippets from held-out standard-library modules (never trained on), for demos and benchmarks.
+
+    ``limit``: at most this many (None: all of them).
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigurationError(f"limit must be None (all prompts) or an integer >= 0, got {limit!r}.")
     path = shipped_path(name) / "heldout_prompts.jsonl"
     prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
-    return prompts[:limit] if limit else prompts
+    return prompts if limit is None else prompts[:limit]
 
 
 def training_facts(name: str = DEFAULT) -> dict:
@@ -82,8 +96,10 @@ def load_shipped_drafter(drafter: str, model, name: str = DEFAULT):
     """The shipped heads of ``drafter`` for the shipped ``model``."""
     import spec.drafters
 
+    if drafter not in DRAFTERS:
+        raise CheckpointError(f"No shipped {drafter!r} heads; shipped: {shipped_drafters(name) or 'none'}.")
     path = shipped_path(name) / "heads" / drafter
-    if drafter not in DRAFTERS or not (path / "config.json").exists():
+    if not (path / "config.json").exists():
         raise CheckpointError(f"No shipped {drafter!r} heads; shipped: {shipped_drafters(name) or 'none'}.")
     return getattr(spec.drafters, DRAFTERS[drafter]).from_pretrained(path, model)
 
@@ -92,7 +108,7 @@ def load_shipped_tree(drafter: str, name: str = DEFAULT):
     """The tree optimised for ``drafter``'s measured acceptance on this CPU."""
     from spec.trees import load_tree
 
-    path = shipped_path(name) / "trees" / f"{drafter}.json"
+    path = shipped_path(name) / "trees" / f"{_check_name(drafter, 'drafter name')}.json"
     if not path.exists():
         raise CheckpointError(f"No shipped tree for {drafter!r} at {path}.")
     return load_tree(path)[0]

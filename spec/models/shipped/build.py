@@ -214,6 +214,36 @@ def export(work: Path, model, tokenizer, train_tokens: int, tokens_per_step: int
     print(f"[4/4] exported to {destination}: held-out loss {facts['heldout_loss']}", flush=True)
 
 
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """Every option before any stage runs; returns the drafters whose heads to train (or re-size)."""
+    from spec.cli import check_int, check_names, check_real
+    from spec.errors import OptionError
+    from spec.io import check_writable_directory
+    from spec.models.shipped import shipped_names
+
+    check_int(args.steps, "--steps", 1)
+    check_int(args.batch_size, "--batch-size", 1)
+    check_real(args.lr, "--lr", 0.0, low_open=True)
+    if args.threads is not None:
+        check_int(args.threads, "--threads", 1)
+    check_int(args.head_steps, "--head-steps", 1)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if heads:
+        check_names(heads, "--heads", sorted(HEAD_RECIPES), "drafter")
+        if not args.export and not args.trees_only and NAME not in shipped_names():
+            raise OptionError("--heads trains on the exported model, and none is installed; add --export.")
+    if args.trees_only:
+        if not heads:
+            raise OptionError("--trees-only re-sizes the trees of the drafters named by --heads; name at least one, "
+                              f"e.g. --heads medusa (from {', '.join(sorted(HEAD_RECIPES))}).")
+        if NAME not in shipped_names():
+            raise OptionError("--trees-only re-sizes trees from the shipped model, which is not installed; build "
+                              "it with --export first.")
+    else:
+        check_writable_directory(args.work, "--work directory", replaced=False)
+    return heads
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="spec build-model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,12 +259,12 @@ def main(argv=None) -> int:
     parser.add_argument("--trees-only", action="store_true",
                         help="skip head training: re-measure acceptance and costs and re-size the shipped trees")
     args = parser.parse_args(argv)
+    heads = check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    heads = list(filter(None, args.heads.split(",")))
     from spec.models.shipped import load_shipped, load_shipped_drafter
 
     if args.trees_only:
