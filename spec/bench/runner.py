@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence
 import attrs
 import torch
 
+from spec.errors import ConfigurationError
+
 from spec.bench import metrics
 from spec.bench.methods import Method, MethodRun
 from spec.timing import ForwardTimer
@@ -112,11 +114,16 @@ def run_benchmark(
     (``ForwardTimer``) measures how much of a step lies outside network forward passes;
     it is kept apart because the timer's hooks (and CUDA synchronisation) cost time.
     """
+    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0), ("max_new_tokens", max_new_tokens, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigurationError(f"run_benchmark: {name} must be a whole number >= {least}, got {value!r}.")
+    if not methods or not prompts:
+        raise ConfigurationError("run_benchmark needs at least one method and one prompt.")
     sampling = dict(sampling or {})
     baseline = baseline or methods[0].name
     names = [m.name for m in methods]
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not one of the methods {names}.")
+        raise ConfigurationError(f"baseline {baseline!r} is not one of the methods {names}; pass one of their names.")
     device = _device_of(methods)
     runs: dict[str, list[list[MethodRun]]] = {name: [] for name in names}  # [repeat][prompt]
     peaks: dict[str, float] = {name: 0.0 for name in names}

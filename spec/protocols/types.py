@@ -48,7 +48,8 @@ def _tensor_shape(*dims: str, dtype: Optional[torch.dtype] = None, floating: boo
 
 # ---- sampling parameters ----------------------------------------------------------------
 def _check_temperature(instance, attribute, value):
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) or value < 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value)
+            or value < 0):
         raise SamplingParamsError(
             f"temperature must be a finite number >= 0 (0 means greedy), got {value!r}."
         )
@@ -60,13 +61,13 @@ def _check_top_k(instance, attribute, value):
 
 
 def _check_top_p(instance, attribute, value):
-    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 < value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 < value <= 1.0:
         raise SamplingParamsError(f"top_p must be in (0, 1] (1 disables nucleus filtering), got {value!r}.")
 
 
 def _check_seed(instance, attribute, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise SamplingParamsError(f"seed must be None or a non-negative integer, got {value!r}.")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):
+        raise SamplingParamsError(f"seed must be None or an integer in [0, 2**63), got {value!r}.")
 
 
 @attrs.frozen

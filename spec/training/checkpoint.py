@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from spec.errors import CheckpointError
 from spec.io import atomic_write_bytes
+from spec.io.checkpoint import MANIFEST_NAME, manifest_bytes, verify_manifest
+from spec.io.files import child_path
 
 LATEST = "latest"
 
@@ -67,6 +69,9 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, weights: dic
     meta = {"step": step, "optimizer": opt_skeleton, "scheduler": scheduler.state_dict() if scheduler else None,
             "state": state}
     (tmp / "state.json").write_text(json.dumps(meta))
+    # SHA-256 of every file, checked at load: a flipped byte is refused, not trained on.
+    (tmp / MANIFEST_NAME).write_bytes(manifest_bytes(tmp, ["weights.safetensors", "optimizer.safetensors",
+                                                           "state.json"]))
     for file in tmp.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -84,14 +89,18 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
     pointer = run_dir / LATEST
     if not pointer.exists():
         return None
-    path = run_dir / pointer.read_text().strip()
+    # The pointer names a checkpoint inside run_dir, never a path elsewhere.
+    path = child_path(run_dir, pointer.read_text().strip(), "checkpoint named by the latest pointer", CheckpointError)
     if not (path / "state.json").exists():
         raise CheckpointError(f"{pointer} points to {path}, which is incomplete; delete {pointer} to start over.")
     return path
 
 
 def load_training_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, dict, dict]:
-    """Restore optimizer, scheduler and RNG; returns ``(step, weights, state)``."""
+    """Restore optimizer, scheduler and RNG; returns ``(step, weights, state)``.
+
+    Checkpoints written with a manifest are checked against it first (older ones load as before)."""
+    verify_manifest(path)
     try:
         meta = json.loads((path / "state.json").read_text())
         weights = load_file(path / "weights.safetensors")

@@ -13,7 +13,7 @@ import attrs
 
 from spec.errors import ConfigurationError
 from spec.protocols import CandidateTree
-from spec.trees.optimize import optimal_tree
+from spec.trees.optimize import _depth_limit, optimal_tree
 from spec.trees.stats import AcceptanceStats
 
 
@@ -48,8 +48,13 @@ def choose_tree_for_hardware(stats: AcceptanceStats, verify_costs: dict[int, flo
     ``verify_costs``: seconds per verify pass for ``n`` tree tokens (root included).
     ``draft_costs``: seconds per drafting call for each depth (0 when omitted).
     """
-    max_depth = min(max_depth or stats.depth, stats.depth)
+    max_depth = _depth_limit(stats, max_depth)
     draft_costs = draft_costs or {}
+    for name, curve in (("verify_costs", verify_costs), ("draft_costs", draft_costs)):
+        bad = {k: v for k, v in curve.items() if not (isinstance(v, (int, float)) and 0 < v < float("inf"))}
+        if bad or (name == "verify_costs" and not curve):
+            raise ConfigurationError(f"{name} must map sizes to measured seconds, finite and > 0; got {bad or curve!r}. "
+                                     "Measure them with spec.trees.measure_verify_costs / measure_draft_costs.")
     table = []
     for depth in range(1, max_depth + 1):
         capacity = sum(stats.width ** d for d in range(1, depth + 1))

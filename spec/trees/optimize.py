@@ -41,9 +41,19 @@ def _check_budget(budget: int, max_depth: int) -> None:
         raise ConfigurationError(f"The tree depth must be >= 1, got {max_depth}.")
 
 
+def _depth_limit(stats: AcceptanceStats, max_depth: int | None) -> int:
+    """``max_depth`` (None: the table's depth) capped by the table; anything but a whole number >= 1 is refused."""
+    if max_depth is None:
+        return stats.depth
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+        raise ConfigurationError(f"max_depth must be None (the statistics' depth) or a whole number >= 1, "
+                                 f"got {max_depth!r}.")
+    return min(max_depth, stats.depth)
+
+
 def greedy_tree(stats: AcceptanceStats, budget: int, max_depth: int | None = None) -> CandidateTree:
     """Medusa's construction: add the frontier node of largest path probability, ``budget`` times."""
-    max_depth = min(max_depth or stats.depth, stats.depth)
+    max_depth = _depth_limit(stats, max_depth)
     _check_budget(budget, max_depth)
     graph = nx.DiGraph()
     graph.add_node(0, rank=0, depth=0, value=1.0)
@@ -82,7 +92,7 @@ class OptimalTrees:
 
 def optimal_tree(stats: AcceptanceStats, budget: int, max_depth: int | None = None) -> OptimalTrees:
     """The tree of exactly ``budget`` candidates and depth <= ``max_depth`` maximising expected gain."""
-    max_depth = min(max_depth or stats.depth, stats.depth)
+    max_depth = _depth_limit(stats, max_depth)
     _check_budget(budget, max_depth)
     width = stats.width
 
