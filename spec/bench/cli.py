@@ -37,8 +37,6 @@ def add_parser(sub) -> None:
     bench.set_defaults(func=run)
 
 
-#: What ``save_report`` writes; replaced together (a crash leaves the old report or the new one).
-REPORT_FILES = ("report.json", "report.md", "speedup.png", "accepted.png", "stages.png")
 DEFAULT_PROMPTS = 8
 
 
@@ -98,12 +96,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def write_report(report, out) -> None:
-    """``save_report`` into a staging directory that then replaces ``out`` as a whole."""
+    """``save_report``: the report replaces ``out``'s as a whole."""
     from spec.bench import save_report
-    from spec.io import replace_directory
 
-    with replace_directory(out, owned=REPORT_FILES, what="--out directory") as staging:
-        save_report(report, staging)
+    save_report(report, out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,10 +34,21 @@ def markdown_table(report: BenchReport) -> str:
     return "\n".join(rows) + "\n"
 
 
+#: What ``save_report`` writes; replaced together (a crash leaves the old report or the new one).
+REPORT_FILES = ("report.json", "report.md", "speedup.png", "accepted.png", "stages.png")
+
+
 def save_report(report: BenchReport, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
-    """``report.json``, ``report.md`` and (with matplotlib) ``speedup.png``, ``accepted.png``, ``stages.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """``report.json``, ``report.md`` and (with matplotlib) ``speedup.png``, ``accepted.png``, ``stages.png``,
+    written into a staging directory that then replaces ``out_dir``'s report as a whole (other files kept)."""
+    from spec.io import replace_directory
+
+    with replace_directory(out_dir, owned=REPORT_FILES, what="report directory") as staging:
+        written = _write_report_files(report, staging, plots)
+    return {kind: Path(out_dir) / path.name for kind, path in written.items()}
+
+
+def _write_report_files(report: BenchReport, out: Path, plots: bool) -> dict[str, Path]:
     files = {"json": out / "report.json", "markdown": out / "report.md"}
     atomic_write_bytes(files["json"], json.dumps(report.to_dict(), indent=2, default=str).encode())
     atomic_write_bytes(files["markdown"], markdown_table(report).encode())
