@@ -43,7 +43,8 @@ def test_cost_curves_must_be_measured_seconds(costs):
     with pytest.raises(ConfigurationError, match="finite and > 0"):
         choose_tree_for_hardware(STATS, costs)
     with pytest.raises(ConfigurationError, match="draft_costs"):
-        choose_tree_for_hardware(STATS, {1: 0.01}, draft_costs={1: 0.0})
+        choose_tree_for_hardware(STATS, {1: 0.01}, draft_costs={1: -0.1})
+    choose_tree_for_hardware(STATS, {1: 0.01, 8: 0.02}, draft_costs={1: 0.0, 2: 0.0})  # free drafting is fine
 
 
 @pytest.mark.parametrize("kwargs, word", [({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup"),
@@ -57,7 +58,7 @@ def test_run_benchmark_refuses_bad_settings_before_running(kwargs, word):
         run_benchmark([method], [], 4)
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": True}, {"top_p": True}, {"seed": 2**70}, {"seed": -1}])
+@pytest.mark.parametrize("kwargs", [{"temperature": True}, {"top_p": True}, {"seed": 2**70}, {"seed": 2**64}, {"seed": -1}])
 def test_sampling_params_refuse_bools_and_out_of_range_seeds(kwargs):
     with pytest.raises(SamplingParamsError):
         SamplingParams(**kwargs)

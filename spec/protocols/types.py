@@ -66,8 +66,8 @@ def _check_top_p(instance, attribute, value):
 
 
 def _check_seed(instance, attribute, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):
-        raise SamplingParamsError(f"seed must be None or an integer in [0, 2**63), got {value!r}.")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64):
+        raise SamplingParamsError(f"seed must be None or a non-negative integer below 2**64, got {value!r}.")
 
 
 @attrs.frozen

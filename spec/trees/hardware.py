@@ -50,11 +50,14 @@ def choose_tree_for_hardware(stats: AcceptanceStats, verify_costs: dict[int, flo
     """
     max_depth = _depth_limit(stats, max_depth)
     draft_costs = draft_costs or {}
-    for name, curve in (("verify_costs", verify_costs), ("draft_costs", draft_costs)):
-        bad = {k: v for k, v in curve.items() if not (isinstance(v, (int, float)) and 0 < v < float("inf"))}
+    # Verifying always costs time; drafting may be free (0 s: a drafter that is only a lookup).
+    for name, curve, least in (("verify_costs", verify_costs, 0.0), ("draft_costs", draft_costs, None)):
+        bad = {k: v for k, v in curve.items() if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and v < float("inf") and (v > 0 if least is not None else v >= 0))}
         if bad or (name == "verify_costs" and not curve):
-            raise ConfigurationError(f"{name} must map sizes to measured seconds, finite and > 0; got {bad or curve!r}. "
-                                     "Measure them with spec.trees.measure_verify_costs / measure_draft_costs.")
+            raise ConfigurationError(
+                f"{name} must map sizes to measured seconds, finite and {'> 0' if least is not None else '>= 0'}; "
+                f"got {bad or curve!r}. Measure them with spec.trees.measure_verify_costs / measure_draft_costs.")
     table = []
     for depth in range(1, max_depth + 1):
         capacity = sum(stats.width ** d for d in range(1, depth + 1))
