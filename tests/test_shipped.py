@@ -99,6 +99,20 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
 
 
+def test_spec_bench_compares_acceptors_on_the_same_drafter(tmp_path):
+    from spec.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--num-prompts", "1", "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0",
+                 "--temperature", "0.7", "--acceptors", "rejection,traversal,block", "--no-transformers",
+                 "--no-profile", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for row in ("| medusa/rejection |", "| medusa/traversal |", "| medusa/block |"):
+        assert row in report
+    assert main(["bench", "--acceptors", "greedy", "--temperature", "0.7", "--out", str(out)]) == 2
+    assert main(["bench", "--acceptors", "fastest", "--out", str(out)]) == 2
+
+
 def test_ship_tree_sizes_a_tree_from_the_shipped_files(shipped, tmp_path):
     """What `spec build-model --heads NAME --trees-only` does, into a scratch directory."""
     from spec.models.shipped.build import ship_tree

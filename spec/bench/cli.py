@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 from spec.runtime_options import add_runtime_arguments, verifier_for
 
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (medians are reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds")
     bench.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 uses rejection sampling")
+    bench.add_argument("--acceptors", default="auto", help="comma-separated acceptors, one row each: auto (greedy at "
+                       "temperature 0, else rejection), greedy, rejection, traversal, block (on a chain as deep as "
+                       "the drafter's tree), typical (not lossless)")
     bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baselines")
     bench.add_argument("--assistant", default=None, help="a smaller transformers model directory (same tokenizer): "
                        "adds transformers assisted generation with it as the draft model")
@@ -38,6 +42,17 @@ def add_parser(sub) -> None:
 
 
 DEFAULT_PROMPTS = 8
+ACCEPTORS = ("auto", "greedy", "rejection", "traversal", "block", "typical")
+
+
+def make_acceptor(name: str, temperature: float):
+    from spec import acceptors
+
+    if name == "auto":
+        name = "greedy" if temperature == 0 else "rejection"
+    return {"greedy": acceptors.GreedyAcceptor, "rejection": acceptors.RejectionSamplingAcceptor,
+            "traversal": acceptors.TraversalVerificationAcceptor, "block": acceptors.BlockVerificationAcceptor,
+            "typical": acceptors.TypicalAcceptor}[name]()
 
 
 def read_prompts(path) -> list[str]:
@@ -77,6 +92,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     resolve_placement(args.device, args.dtype)
     check_temperature(args.temperature, args.device, args.dtype)
     args.verifier_kinds = check_verifier_kinds(args.verifiers, "--verifiers", several=True)
+    args.acceptor_names = check_names([a.strip() for a in args.acceptors.split(",") if a.strip()], "--acceptors",
+                                      list(ACCEPTORS), "acceptor")
+    if args.temperature > 0 and "greedy" in args.acceptor_names:
+        raise OptionError("--acceptors greedy decodes greedily only; drop it or use --temperature 0.")
     if not shipped_names():
         raise CheckpointError("spec bench measures the shipped model, which is not installed; build it with "
                               "`spec build-model --export --heads medusa`.")
@@ -104,13 +123,13 @@ def write_report(report, out) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
+    from spec import AutoregressiveDecoder, SpeculativeDecoder
     from spec.bench import DecoderMethod, TransformersMethod, run_benchmark
     from spec.bench.report import markdown_table
     from spec.errors import ContextLengthError, InputError
     from spec.models import context_length
     from spec.models.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
-    from spec.trees import StaticTreeBuilder
+    from spec.trees import StaticTreeBuilder, chain_tree
     from spec.trees.measure import measure_verify_costs
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
@@ -134,15 +153,19 @@ def run(args: argparse.Namespace) -> int:
                                                              use_safetensors=True).eval()
             methods.append(TransformersMethod.assisted(model, assistant))
     kinds = args.verifier_kinds
-    for name in args.drafter_names:
-        acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
+    for name, acceptor_name in itertools.product(args.drafter_names, args.acceptor_names):
+        acceptor = make_acceptor(acceptor_name, args.temperature)
         drafter = load_shipped_drafter(name, model)
-        builder = StaticTreeBuilder(load_shipped_tree(name))
+        tree = load_shipped_tree(name)
+        # Block verification is defined on chains: the same depth, one candidate per depth.
+        builder = StaticTreeBuilder(chain_tree(tree.max_depth) if acceptor_name == "block" else tree)
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for kind in kinds[:1] if own else kinds:
             decoder = SpeculativeDecoder(model, drafter, builder, verifier_for(model, drafter, kind, args.compile),
                                          acceptor)
-            methods.append(DecoderMethod(name if own or len(kinds) == 1 else f"{name}/{kind}", decoder))
+            label = name if own or len(kinds) == 1 else f"{name}/{kind}"
+            methods.append(DecoderMethod(label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}",
+                                         decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if prompts[0].shape[1] + n <= context]
     curve = measure_verify_costs(verifier_for(model, None, kinds[0], args.compile), sizes, prompts[0][0], repeats=3)
