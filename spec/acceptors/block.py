@@ -35,9 +35,9 @@ import torch
 
 from spec.acceptors.rejection import normalise
 from spec.acceptors.traversal import point_mass
-from spec.errors import ShapeError, UnsupportedError
+from spec.errors import UnsupportedError
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, CandidateTree, Draft
-from spec.acceptors.walking import WalkingAcceptor
+from spec.acceptors.walking import WalkingAcceptor, capped_ratio
 from spec.randomness import Randomness
 
 
@@ -102,13 +102,7 @@ class BlockVerificationAcceptor(WalkingAcceptor):
     # ---- the steps (overridden by the mutants in spec.testing.broken) ---------------------
     def weight(self, previous: float, p: torch.Tensor, q: torch.Tensor, x: int) -> float:
         """``w_i = min(1, w_{i-1} * p(x) / q(x))``."""
-        qx = float(q[x])
-        if qx <= 0:
-            raise ShapeError(
-                f"Candidate token {x} has draft probability 0 under the q it was supposedly drawn from; "
-                "the drafter's draft_probs do not match its tokens."
-            )
-        return min(1.0, previous * float(p[x]) / qx)
+        return capped_ratio(previous, p, q, x)
 
     def excess(self, weight: float, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """``max(w * p - q, 0)``: the unnormalised residual after stopping at a prefix of weight ``w``."""

@@ -27,10 +27,9 @@ from typing import Optional
 
 import torch
 
-from spec.acceptors.walking import WalkingAcceptor
-from spec.randomness import Randomness
-from spec.errors import ShapeError
+from spec.acceptors.walking import WalkingAcceptor, capped_ratio
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
+from spec.randomness import Randomness
 
 
 def normalise(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -73,13 +72,7 @@ class RejectionSamplingAcceptor(WalkingAcceptor):
                                kind: CandidateKind) -> float:
         if kind is CandidateKind.DETERMINISTIC:
             return float(residual[x])
-        qx = float(q[x])
-        if qx <= 0:
-            raise ShapeError(
-                f"Candidate token {x} has draft probability 0 under the q it was supposedly drawn from; "
-                "the drafter's draft_probs do not match its tokens."
-            )
-        return min(1.0, float(residual[x]) / qx)
+        return capped_ratio(1.0, residual, q, x)
 
     def after_rejection(self, residual: torch.Tensor, q: Optional[torch.Tensor], x: int,
                         kind: CandidateKind) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -43,9 +43,8 @@ import attrs
 import torch
 
 from spec.acceptors.rejection import normalise
-from spec.errors import ShapeError
+from spec.acceptors.walking import WalkingAcceptor, capped_ratio
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
-from spec.acceptors.walking import WalkingAcceptor
 from spec.randomness import Randomness
 
 
@@ -117,13 +116,7 @@ class TraversalVerificationAcceptor(WalkingAcceptor):
     # ---- the steps (overridden by the mutants in spec.testing.broken) ---------------------
     def child_weight(self, alpha: float, residual: torch.Tensor, q: torch.Tensor, x: int) -> float:
         """``min(1, alpha * r(x) / q(x))``: the weight of the path extended by ``x``."""
-        qx = float(q[x])
-        if qx <= 0:
-            raise ShapeError(
-                f"Candidate token {x} has draft probability 0 under the q it was supposedly drawn from; "
-                "the drafter's draft_probs do not match its tokens."
-            )
-        return min(1.0, alpha * float(residual[x]) / qx)
+        return capped_ratio(alpha, residual, q, x)
 
     def after_rejection(self, alpha: float, residual: torch.Tensor, q: torch.Tensor, x: int, kind: CandidateKind,
                         running_q: Optional[torch.Tensor]) -> tuple[float, torch.Tensor, Optional[torch.Tensor]]:

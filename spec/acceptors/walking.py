@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from spec.errors import ShapeError
 from spec.protocols import Acceptance, Draft, SamplingParams, Verification
 from spec.randomness import Randomness, as_randomness
 from spec.sampling import target_probs
@@ -30,3 +31,14 @@ class WalkingAcceptor:
 
     def walk(self, draft: Draft, p_rows: torch.Tensor, randomness: Randomness) -> Acceptance:
         raise NotImplementedError
+
+
+def capped_ratio(scale: float, target: torch.Tensor, q: torch.Tensor, x: int) -> float:
+    """``min(1, scale * target(x) / q(x))``: the acceptance weight of a candidate ``x`` drawn from ``q``."""
+    qx = float(q[x])
+    if qx <= 0:
+        raise ShapeError(
+            f"Candidate token {x} has draft probability 0 under the q it was supposedly drawn from; "
+            "the drafter's draft_probs do not match its tokens."
+        )
+    return min(1.0, scale * float(target[x]) / qx)
