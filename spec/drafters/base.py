@@ -7,7 +7,7 @@ from typing import Optional
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES
 from spec.errors import IncompatibleDrafterError
-from spec.models import ModelFingerprint
+from spec.models import ModelFingerprint, output_vocab_size
 from spec.protocols import CandidateKind, DrafterTraits
 
 
@@ -21,8 +21,6 @@ class HeadDrafter:
     def use_draft_vocab(self, vocab: Optional[DraftVocabulary]):
         """Project the heads onto ``vocab``'s tokens only (None: the whole vocabulary again). Returns self."""
         if vocab is not None:
-            from spec.models import output_vocab_size
-
             if vocab.vocab_size != output_vocab_size(self.model):
                 raise IncompatibleDrafterError(
                     f"This draft vocabulary indexes a {vocab.vocab_size}-token vocabulary but the model has "
@@ -32,8 +30,6 @@ class HeadDrafter:
 
     @property
     def draft_vocab_size(self) -> int:
-        from spec.models import output_vocab_size
-
         return output_vocab_size(self.model) if self.draft_vocab is None else self.draft_vocab.size
 
     @property

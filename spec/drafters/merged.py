@@ -82,13 +82,12 @@ class MergedDrafter:
             draft = source.propose(tree.truncated(source.max_depth), context, sampling, generator)
             sub, tokens = draft.tree, draft.tokens.tolist()
             score = [0.0] * sub.num_nodes
+            in_trie = [0] * sub.num_nodes  # draft node -> trie node; parents precede children
             for node in range(1, sub.num_nodes):
                 parent = sub.parents[node]
                 score[node] = score[parent] + math.log(self.acceptance_rate(i, sub.depth_list[node], sub.ranks[node]))
-            for node in range(1, sub.num_nodes):
-                path = sub.path_to(node)[1:]
-                nodes = trie.add_path([tokens[k] for k in path], [score[k] for k in path])
-                ranks[i][nodes[-1]] = sub.ranks[node]
+                in_trie[node] = trie.add_child(in_trie[parent], tokens[node], score[node])
+                ranks[i][in_trie[node]] = sub.ranks[node]
         merged, order = trie.to_draft(context.root_token, tree.num_nodes - 1, tree.max_depth, context.tokens.device)
         self._last = (trie, ranks, set(order))
         return merged

@@ -30,24 +30,28 @@ class TokenTrie:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def add_child(self, parent: int, token: int, score: float) -> int:
+        """The node for ``token`` below ``parent`` with path score ``score``, created if new; a node
+        proposed twice keeps its best score."""
+        child = self.children[parent].get(token)
+        if child is None:
+            child = len(self.tokens)
+            self.children[parent][token] = child
+            self.tokens.append(token)
+            self.parents.append(parent)
+            self.depths.append(self.depths[parent] + 1)
+            self.scores.append(score)
+            self.children.append({})
+        else:
+            self.scores[child] = max(self.scores[child], score)
+        return child
+
     def add_path(self, tokens: list[int], scores: list[float]) -> list[int]:
-        """Insert ``tokens`` below the root with the path score of each prefix; a node proposed twice
-        keeps its best score. Returns the trie node of each token."""
+        """Insert ``tokens`` below the root with the path score of each prefix. Returns the trie node of each."""
         node, nodes = 0, []
         for token, score in zip(tokens, scores):
-            child = self.children[node].get(token)
-            if child is None:
-                child = len(self.tokens)
-                self.children[node][token] = child
-                self.tokens.append(token)
-                self.parents.append(node)
-                self.depths.append(self.depths[node] + 1)
-                self.scores.append(score)
-                self.children.append({})
-            else:
-                self.scores[child] = max(self.scores[child], score)
-            nodes.append(child)
-            node = child
+            node = self.add_child(node, token, score)
+            nodes.append(node)
         return nodes
 
     def to_draft(self, root_token: int, budget: int, max_depth: int, device: torch.device) -> tuple[Draft, list[int]]:
@@ -55,7 +59,7 @@ class TokenTrie:
         node of each draft node (root first)."""
         clamped = list(self.scores)
         for node in range(1, len(self.tokens)):  # parents precede children in insertion order
-            clamped[node] = min(clamped[node], clamped[self.parents[node]]) if self.parents[node] else clamped[node]
+            clamped[node] = min(clamped[node], clamped[self.parents[node]])
         eligible = [n for n in range(1, len(self.tokens)) if self.depths[n] <= max_depth]
         # Ties: shallower first, so a parent always precedes its children.
         eligible.sort(key=lambda n: (-clamped[n], self.depths[n], n))

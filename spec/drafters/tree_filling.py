@@ -139,13 +139,11 @@ def _fill_sampled(tree: CandidateTree, tokens: torch.Tensor, next_logits: NextLo
                 tokens[child] = token
                 node_q[child] = q_rows[row]
                 node_logprob[child] = q_rows[row, token].log()
-    draft_tree, index = tree, None
+    if node_q is None:  # a root-only tree: nothing was drawn
+        node_q = torch.zeros(tree.num_nodes, 1, dtype=torch.float64, device=device)
     if not all(kept):  # q ran out of tokens (tiny vocabularies): the children it could not give are dropped
         keep = [i for i in range(tree.num_nodes) if kept[i]]
-        draft_tree, index = tree.subtree(keep), torch.tensor(keep, device=device)
-    if node_q is None:
-        node_q = torch.zeros(tree.num_nodes, 1, dtype=torch.float64, device=device)
-    if index is not None:
-        tokens, node_q, node_logprob = tokens[index], node_q[index], node_logprob[index]
-    return Draft(tree=draft_tree, tokens=tokens, kind=sampled.kind, draft_probs=node_q,  # root's row: unused
-                 log_confidence=path_log_confidence(draft_tree, node_logprob))
+        index = torch.tensor(keep, device=device)
+        tree, tokens, node_q, node_logprob = tree.subtree(keep), tokens[index], node_q[index], node_logprob[index]
+    return Draft(tree=tree, tokens=tokens, kind=sampled.kind, draft_probs=node_q,  # root's row: unused
+                 log_confidence=path_log_confidence(tree, node_logprob))
