@@ -38,7 +38,7 @@ from spec import (
     make_verifier,
 )
 from spec.bench import DecoderMethod, run_benchmark
-from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_tree, shipped_path
+from spec.apps.shipped import heldout_prompts, load_shipped, load_shipped_tree, shipped_path
 from spec.sampling import target_probs
 from spec.testing.exact import enumerate_outcomes
 

@@ -25,8 +25,8 @@ from spec.bench.methods import DecoderMethod, TransformersMethod
 from spec.bench.report import markdown_table, save_report
 from spec.bench.runner import run_benchmark
 from spec.drafters.draft_vocab import DraftVocabulary
-from spec.models.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
-from spec.models.shipped.corpus import corpus_files, read_corpus
+from spec.apps.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
+from spec.apps.shipped.corpus import corpus_files, read_corpus
 from spec.trees import tree_from_choices, tree_to_choices
 from spec.verifiers import make_verifier
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from spec.models.shipped import ROOT, load_shipped_tree  # noqa: E402
+from spec.apps.shipped import ROOT, load_shipped_tree  # noqa: E402
 from spec.trees import AcceptanceStats, draw_tree, optimal_tree  # noqa: E402
 
 IMG = Path(__file__).parent / "img"

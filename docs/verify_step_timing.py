@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from spec.models.shipped import load_shipped, load_shipped_tree
+from spec.apps.shipped import load_shipped, load_shipped_tree
 from spec.protocols import Draft
 from spec.verifiers import FastTreeVerifier, TreeAttentionVerifier
 

@@ -5,7 +5,7 @@ command prints a traceback; a crash at any write point leaves the old files or t
 Each row is (id, call, expectation). An expectation is ``(ErrorType, keyword)``: the call must raise exactly
 that ``SpecError`` subclass (not a subclass of it, not a raw exception) with a message matching the keyword
 (a regular expression naming the fix); or a function checking the call's result. Command-line rows run
-``spec.cli.main([...])`` in-process: exit status 2, ``spec <command>: error: ...`` on stderr with the
+``spec.apps.cli.main([...])`` in-process: exit status 2, ``spec <command>: error: ...`` on stderr with the
 keyword, no traceback; and the command function again to check the error's type. No row loads the shipped
 model: every command refuses before it would.
 """
@@ -665,7 +665,7 @@ CHECKPOINT_ROWS = [
 # ==== 5. names, paths and model directories ============================================================
 def shipped(fn_name, *args):
     def call(ctx):
-        import spec.models.shipped as shipped_module
+        import spec.apps.shipped as shipped_module
 
         return getattr(shipped_module, fn_name)(*args)
     return call
@@ -686,10 +686,10 @@ PATH_ROWS = [
     Row("load_shipped-empty", shipped("load_shipped", ""), (CheckpointError, "plain name")),
     Row("load_shipped-none", shipped("load_shipped", None), (CheckpointError, "plain name")),
     Row("load_shipped-unknown", shipped("load_shipped", "nope"), (CheckpointError, "spec build-model --export")),
-    Row("load_shipped-bad-dtype", lambda c: __import__("spec.models.shipped", fromlist=["x"]).load_shipped(dtype="int8"),
+    Row("load_shipped-bad-dtype", lambda c: __import__("spec.apps.shipped", fromlist=["x"]).load_shipped(dtype="int8"),
         (ConfigurationError, "use 'auto' or one of")),
     Row("shipped-tree-dotdot", shipped("load_shipped_tree", "../medusa"), (CheckpointError, "plain name")),
-    Row("shipped-drafter-dotdot", lambda c: __import__("spec.models.shipped", fromlist=["x"]).load_shipped_drafter("../medusa", c.m),
+    Row("shipped-drafter-dotdot", lambda c: __import__("spec.apps.shipped", fromlist=["x"]).load_shipped_drafter("../medusa", c.m),
         (CheckpointError, "shipped: ")),
     Row("heldout-limit-negative", shipped("heldout_prompts", "spec-py-tiny", -1), (ConfigurationError, "None \\(all prompts\\)")),
     Row("heldout-limit-zero-is-zero", shipped("heldout_prompts", "spec-py-tiny", 0), lambda r, c: r == [] or pytest.fail(r)),
@@ -961,8 +961,8 @@ ARGPARSE_ROWS = [  # refused by argparse itself: SystemExit(2) with its usage an
 
 def run_command(argv: list[str]):
     """What ``main`` runs, without its error handling (to see the error's type)."""
-    from spec.cli import build_parser
-    from spec.models.shipped.build import main as build_main
+    from spec.apps.cli import build_parser
+    from spec.apps.shipped.build import main as build_main
 
     if argv[0] == "build-model":
         return build_main(argv[1:])
@@ -972,7 +972,7 @@ def run_command(argv: list[str]):
 
 @pytest.mark.parametrize("row", CLI_ROWS, ids=[r.id for r in CLI_ROWS])
 def test_cli(row, ctx, capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     argv = row.argv(ctx)
     assert main(argv) == 2
@@ -987,7 +987,7 @@ def test_cli(row, ctx, capsys):
 
 @pytest.mark.parametrize("case_id, argv, keyword", ARGPARSE_ROWS, ids=[r[0] for r in ARGPARSE_ROWS])
 def test_cli_argparse(case_id, argv, keyword, ctx, capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(argv(ctx))
@@ -997,8 +997,8 @@ def test_cli_argparse(case_id, argv, keyword, ctx, capsys):
 
 def test_no_command_row_loads_the_shipped_model(ctx, monkeypatch, capsys):
     """Every refusal above happens before the (slow) model load: make loading it fail loudly."""
-    import spec.models.shipped as shipped_module
-    from spec.cli import main
+    import spec.apps.shipped as shipped_module
+    from spec.apps.cli import main
 
     def refuse(*args, **kwargs):
         raise AssertionError("a command loaded the shipped model before refusing its input")
@@ -1160,7 +1160,7 @@ REPORT_POINTS = ["_write_file", "_replace", "_write_file", "_replace", "savefig"
 
 
 def test_bench_report_write_points(monkeypatch, tmp_path):
-    from spec.bench.cli import write_report
+    from spec.apps.bench_cli import write_report
 
     write_report(bench_report("old"), tmp_path / "out")
     points = writes_in(lambda: write_report(bench_report("new"), tmp_path / "out"), monkeypatch, True)
@@ -1170,7 +1170,7 @@ def test_bench_report_write_points(monkeypatch, tmp_path):
 @pytest.mark.parametrize("point", range(1, len(REPORT_POINTS) + 1),
                          ids=[f"{k}-{name}" for k, name in enumerate(REPORT_POINTS, 1)])
 def test_crash_during_bench_report_leaves_old_or_new_report(point, monkeypatch, tmp_path):
-    from spec.bench.cli import write_report
+    from spec.apps.bench_cli import write_report
 
     out = tmp_path / "out"
     write_report(bench_report("old"), out)

@@ -1,16 +1,16 @@
 import subprocess
 import sys
 
-from spec.cli import main
+from spec.apps.cli import main
 
 
 def test_help_explains_itself():
     for command in (["--help"], ["demo", "--help"], ["train", "--help"], ["tree", "optimise", "--help"],
                     ["build-model", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "spec.cli", *command], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "spec.apps.cli", *command], capture_output=True, text=True)
         assert out.returncode == 0, (command, out.stderr)
         assert "usage: spec" in out.stdout
-    demo_help = subprocess.run([sys.executable, "-m", "spec.cli", "demo", "--help"], capture_output=True, text=True)
+    demo_help = subprocess.run([sys.executable, "-m", "spec.apps.cli", "demo", "--help"], capture_output=True, text=True)
     assert "--drafter" in demo_help.stdout and "--temperature" in demo_help.stdout
     for option in ("--verifier", "--compile", "--device", "--dtype"):
         assert option in demo_help.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spec import GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
-from spec.models.shipped import (
+from spec.apps.shipped import (
     ROOT,
     heldout_prompts,
     load_shipped,
@@ -18,7 +18,7 @@ from spec.models.shipped import (
     shipped_drafters,
     training_facts,
 )
-from spec.models.shipped.corpus import corpus_files, read_corpus
+from spec.apps.shipped.corpus import corpus_files, read_corpus
 
 #: Held-out loss bound (nats/token) over 48 blocks spread across every held-out module; the shipped model
 #: measures about 3.3 there, and uniform guessing over 4096 tokens would be ln(4096) = 8.32.
@@ -34,7 +34,7 @@ def shipped():
 
 
 def test_everything_loads_offline_in_a_fresh_process():
-    code = ("from spec.models.shipped import load_shipped, load_shipped_drafter, shipped_drafters, load_shipped_tree\n"
+    code = ("from spec.apps.shipped import load_shipped, load_shipped_drafter, shipped_drafters, load_shipped_tree\n"
             "m, t = load_shipped()\n"
             "for d in shipped_drafters():\n"
             "    load_shipped_drafter(d, m); load_shipped_tree(d)\n"
@@ -79,7 +79,7 @@ def test_shipped_heads_are_really_trained(shipped, drafter_name):
 
 
 def test_demo_completions_are_identical(capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     for drafter in ("medusa", "kangaroo"):
         assert main(["demo", "--drafter", drafter, "--max-new-tokens", "24"]) == 0
@@ -87,7 +87,7 @@ def test_demo_completions_are_identical(capsys):
 
 
 def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     out = tmp_path / "bench"
     assert main(["bench", "--num-prompts", "2", "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0",
@@ -100,7 +100,7 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
 
 
 def test_spec_bench_compares_acceptors_on_the_same_drafter(tmp_path):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     out = tmp_path / "bench"
     assert main(["bench", "--num-prompts", "1", "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0",
@@ -115,7 +115,7 @@ def test_spec_bench_compares_acceptors_on_the_same_drafter(tmp_path):
 
 def test_ship_tree_sizes_a_tree_from_the_shipped_files(shipped, tmp_path):
     """What `spec build-model --heads NAME --trees-only` does, into a scratch directory."""
-    from spec.models.shipped.build import ship_tree
+    from spec.apps.shipped.build import ship_tree
     from spec.trees import load_tree
 
     model, tokenizer = shipped

@@ -166,7 +166,7 @@ def test_crash_while_saving_never_leaves_a_half_checkpoint(tmp_path, monkeypatch
 
 
 def test_bad_training_data_is_refused(tmp_path):
-    from spec.models.shipped.tokenizer import train_tokenizer
+    from spec.apps.shipped.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(["def f(x):\n    return x\n" * 20], vocab_size=300)
     empty = tmp_path / "empty.txt"
@@ -214,7 +214,7 @@ def test_medusa2_trains_the_backbone_and_reports_perplexity(counting_model, tmp_
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny Llama with a real BPE tokenizer, saved like a transformers checkpoint."""
-    from spec.models.shipped.tokenizer import train_tokenizer
+    from spec.apps.shipped.tokenizer import train_tokenizer
 
     path = tmp_path_factory.mktemp("model")
     text = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 40
@@ -230,7 +230,7 @@ def model_dir(tmp_path_factory):
                                              ("medusa", "self-distill"), ("hydra", "hydra++"),
                                              ("clover", "clover"), ("kangaroo", "kangaroo")])
 def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, recipe):
-    from spec.cli import main
+    from spec.apps.cli import main
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / recipe
@@ -267,7 +267,7 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
 
 
 def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tmp_path, capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--drafter", "eagle", "--model", str(model_dir), "--data", "x", "--out", str(tmp_path)])

@@ -266,7 +266,7 @@ def test_dynamic_selection_keeps_the_most_confident_subtree():
 
 
 def test_spec_tree_cli(tmp_path, capsys):
-    from spec.cli import main
+    from spec.apps.cli import main
 
     stats = AcceptanceStats(probs=[[0.6, 0.2, 0.1], [0.5, 0.2, 0.1], [0.4, 0.2, 0.1]], drafter="test")
     stats.save(tmp_path / "stats.json")

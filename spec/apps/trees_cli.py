@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     opt.add_argument("--depth", type=int, default=None, help="maximum depth (default: the table's depth)")
     opt.add_argument("--method", choices=["dp", "greedy"], default="dp", help="dp: exact optimum; greedy: Medusa's")
     opt.add_argument("--cost-curve", default=None, help='JSON {"tree tokens": seconds per verify}, e.g. from '
-                     "spec.trees.measure_verify_costs; switches to hardware-aware sizing")
+                     "spec.bench.measure_verify_costs; switches to hardware-aware sizing")
     opt.add_argument("--out", required=True, help="where to write the tree JSON")
     opt.add_argument("--png", default=None, help="also draw the tree to this PNG")
     opt.set_defaults(func=_optimise)
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def _optimise(args: argparse.Namespace) -> int:
-    from spec.cli import check_int
+    from spec.apps.options import check_int
     from spec.errors import OptionError
     from spec.io import check_writable_file
     from spec.trees import (choose_tree_for_hardware, draw_tree, expected_accepted_length, greedy_tree, optimal_tree,

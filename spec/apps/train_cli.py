@@ -65,10 +65,10 @@ def check_arguments(args: argparse.Namespace) -> Path:
     ``--model`` must be a shipped model's name or a local transformers directory with safetensors weights
     and a tokenizer: spec never fetches models from a hub and never unpickles (``.bin`` weights are refused).
     """
-    from spec.cli import check_int, check_real, check_seed
+    from spec.apps.options import check_int, check_real, check_seed
     from spec.errors import ConfigurationError, OptionError, PathError
     from spec.io import check_model_directory, check_writable_directory, read_json
-    from spec.models.shipped import resolve_model_path
+    from spec.apps.shipped import resolve_model_path
 
     args.recipe = args.recipe or RECIPES[args.drafter][0]
     if args.recipe not in RECIPES[args.drafter]:

@@ -1,6 +1,6 @@
 """The model `spec` trains and ships, so speculative decoding can be seen working offline.
 
-    from spec.models.shipped import load_shipped
+    from spec.apps.shipped import load_shipped
     model, tokenizer = load_shipped()          # "spec-py-tiny", float32, CPU
 
 Rebuild everything from scratch with ``spec build-model`` (see ``build.py``).

@@ -4,7 +4,7 @@
 
 Every stage is skipped when its output exists, and training resumes from its last
 checkpoint, so the command can be killed and re-run at any point without losing
-finished work. ``--export`` writes the model into the package (``spec/models/shipped/
+finished work. ``--export`` writes the model into the package (``spec/apps/shipped/
 <name>/``) so ``load_shipped`` finds it offline.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from spec.models.shipped.corpus import corpus_files, read_corpus, stdlib_root
+from spec.apps.shipped.corpus import corpus_files, read_corpus, stdlib_root
 
 NAME = "spec-py-tiny"
 PACKAGE_DIR = Path(__file__).parent / NAME
@@ -40,7 +40,7 @@ def model_config():
 def build_tokenizer(work: Path):
     from transformers import AutoTokenizer
 
-    from spec.models.shipped.tokenizer import train_tokenizer
+    from spec.apps.shipped.tokenizer import train_tokenizer
 
     path = work / "tokenizer"
     if not (path / "tokenizer.json").exists():
@@ -142,8 +142,8 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     """Measure the drafter's acceptance on held-out snippets and this machine's verify cost curve, and
     ship the tree with the most expected tokens per second (with its statistics and cost curve)."""
     from spec.io import atomic_write_bytes
-    from spec.trees import (choose_tree_for_hardware, measure_acceptance, measure_draft_costs,
-                            measure_verify_costs, save_tree)
+    from spec.bench import measure_acceptance, measure_draft_costs, measure_verify_costs
+    from spec.trees import choose_tree_for_hardware, save_tree
     from spec.verifiers import make_verifier
 
     texts = [s["prompt"] for s in heldout_snippets()][:prompts]
@@ -203,7 +203,7 @@ def export(work: Path, model, tokenizer, train_tokens: int, tokens_per_step: int
     tokenizer.save_pretrained(destination)
     log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "eval_loss" in r]
-    facts = {"name": NAME, "corpus": "Python standard library (see spec/models/shipped/corpus.py)",
+    facts = {"name": NAME, "corpus": "Python standard library (see spec/apps/shipped/corpus.py)",
              "train_tokens_per_epoch": train_tokens, "steps": log[-1]["step"] if log else 0,
              "tokens_seen": (log[-1]["step"] if log else 0) * tokens_per_step,
              "heldout_loss": evals[-1]["eval_loss"] if evals else None,
@@ -216,10 +216,10 @@ def export(work: Path, model, tokenizer, train_tokens: int, tokens_per_step: int
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
     """Every option before any stage runs; returns the drafters whose heads to train (or re-size)."""
-    from spec.cli import check_int, check_names, check_real
+    from spec.apps.options import check_int, check_names, check_real
     from spec.errors import OptionError
     from spec.io import check_writable_directory
-    from spec.models.shipped import shipped_names
+    from spec.apps.shipped import shipped_names
 
     check_int(args.steps, "--steps", 1)
     check_int(args.batch_size, "--batch-size", 1)
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    from spec.models.shipped import load_shipped, load_shipped_drafter
+    from spec.apps.shipped import load_shipped, load_shipped_drafter
 
     if args.trees_only:
         # Re-sizing trees needs only what is shipped: no tokenizer, corpus or base-model stages.

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from spec.runtime_options import add_runtime_arguments, verifier_for
+from spec.apps.options import add_runtime_arguments, verifier_from_options
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
         "decoding both completions are identical.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--drafter", default=None, help="which shipped heads draft (see spec/models/shipped); "
+    demo.add_argument("--drafter", default=None, help="which shipped heads draft (see spec/apps/shipped); "
                       "default: medusa")
     demo.add_argument("--tree", default=None, help="a tree JSON file or Medusa choices list (JSON text); "
                       "default: the tree shipped for the drafter")
@@ -48,10 +48,10 @@ def _tree_argument(text: str):
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option, before any model is loaded; fills in the defaults. Raises OptionError & co."""
-    from spec.cli import check_int, check_seed, check_temperature, check_verifier_kinds
+    from spec.apps.options import check_int, check_seed, check_temperature, check_verifier_kinds
     from spec.errors import OptionError
     from spec.models.placement import resolve_placement
-    from spec.models.shipped import shipped_names
+    from spec.apps.shipped import shipped_names
 
     check_int(args.max_new_tokens, "--max-new-tokens", 1)
     check_seed(args.seed)
@@ -73,7 +73,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                               f"{'it' if len(ignored) == 1 else 'them'}, or use the shipped model.")
         args.temperature = 0.0
         return
-    from spec.models.shipped import heldout_prompts, shipped_drafters
+    from spec.apps.shipped import heldout_prompts, shipped_drafters
 
     args.drafter = args.drafter or "medusa"
     args.temperature = args.temperature or 0.0
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
     from spec.errors import ContextLengthError
     from spec.models import context_length
-    from spec.models.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec.apps.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     drafter = load_shipped_drafter(args.drafter, model)
     tree = args.tree_value if args.tree_value is not None else load_shipped_tree(args.drafter)
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
-    verifier = verifier_for(model, drafter, args.verifier, args.compile)
+    verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
     speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, acceptor)
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
@@ -157,8 +157,8 @@ def _random_model_demo(args: argparse.Namespace) -> int:
         [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]])
     baseline = AutoregressiveDecoder(model).generate(prompt, max_new_tokens=args.max_new_tokens)
     drafter = OracleDrafter(baseline.sequences, 256, accuracy=0.8, max_depth=tree.max_depth, seed=args.seed)
-    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier_for(model, drafter, args.verifier,
-                                                                                       args.compile), GreedyAcceptor())
+    verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
+    decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, GreedyAcceptor())
     result = decoder.generate(prompt, max_new_tokens=args.max_new_tokens)
     same = torch.equal(result.sequences, baseline.sequences)
     print("Random tiny Llama, oracle drafter (right 80% of the time); token ids, not text.")

@@ -1,17 +1,39 @@
-"""The ``spec`` command line."""
+"""Options the commands share (device, dtype, verifier, compilation) and the checks every option goes through:
+each check raises ``OptionError`` naming the option and the values it takes, before any work starts."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Iterable, Optional, Sequence
 
-#: torch generators take a 64-bit seed.
-MAX_SEED = 2**64
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
-# ---- option checks shared by the commands: each raises OptionError naming the option and what it takes ----
+def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bool = False) -> None:
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when visible, else CPU), 'cpu' or 'cuda[:N]'")
+    parser.add_argument("--dtype", default="auto", help="'auto' (bfloat16, else float16, on CUDA; float32 on CPU), "
+                        "or float32, bfloat16, float16, float64")
+    kinds = "auto (fast for Llama-family models, else generic), fast (static cache), generic (any transformers LM)"
+    if several_verifiers:
+        parser.add_argument("--verifiers", default="auto", help="comma-separated verifiers to benchmark, each one a "
+                            f"method: {kinds}; a '+compile' suffix compiles that one (e.g. generic,fast,fast+compile)")
+    else:
+        parser.add_argument("--verifier", default="auto", help=kinds)
+    parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
+                        help="torch.compile the fast verifier's step: auto = on CUDA only")
+
+
+def verifier_from_options(model, drafter, kind: str, compile: str):
+    """``spec.pairing.verifier_for`` from the options' spellings: ``kind`` may end in ``+compile``, which
+    overrides ``--compile`` (auto/on/off) for that verifier."""
+    from spec.pairing import verifier_for
+
+    if kind.endswith("+compile"):
+        kind, compile = kind.removesuffix("+compile"), "on"
+    return verifier_for(model, drafter, kind, {"auto": None, "on": True, "off": False}[compile])
+
+
 def check_int(value: int, option: str, minimum: int, maximum: Optional[int] = None, hint: str = "") -> int:
     from spec.errors import OptionError
 
@@ -50,6 +72,8 @@ def check_temperature(value: float, device: str, dtype: str, option: str = "--te
 
 
 def check_seed(value: int, option: str = "--seed") -> int:
+    from spec.pipelines.inputs import MAX_SEED
+
     return check_int(value, option, 0, MAX_SEED - 1, hint=" (torch generators take a 64-bit seed)")
 
 
@@ -74,57 +98,3 @@ def check_verifier_kinds(text: str, option: str, several: bool) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()] if several else [text]
     allowed = list(VERIFIER_KINDS) + [f"{k}+compile" for k in VERIFIER_KINDS]
     return check_names(kinds, option, allowed, "verifier")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spec",
-        description="Lossless speculative decoding with draft heads. "
-        "Compose decoders in Python (see README.md); this command runs demos and tools.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    from spec.demo import add_parser as add_demo_parser
-
-    add_demo_parser(sub)
-    from spec.training.cli import add_parser as add_train_parser
-
-    add_train_parser(sub)
-    from spec.trees.cli import add_parser as add_tree_parser
-
-    add_tree_parser(sub)
-    from spec.bench.cli import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
-    build = sub.add_parser("build-model", add_help=False,
-                           help="rebuild the shipped model from scratch: corpus, tokenizer, training, heads "
-                           "(resumable; `spec build-model --help` for options)")
-    build.add_argument("rest", nargs=argparse.REMAINDER)
-    build.set_defaults(func=lambda args: _build_model(args.rest))
-    return parser
-
-
-def _build_model(rest: list[str]) -> int:
-    from spec.models.shipped.build import main as build_main
-
-    return build_main(rest)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns its exit status. A refusal (any ``SpecError``) prints
-    ``spec <command>: error: <message>`` on stderr, with no traceback, and returns 2. An option argparse
-    itself rejects (not a number, an unknown choice) exits through argparse: SystemExit(2), usage on stderr."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from spec.errors import SpecError
-
-    try:
-        if argv[:1] == ["build-model"]:  # its own parser owns every option, --help included
-            return _build_model(argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except SpecError as error:  # a refusal that names its fix: the message, not a traceback
-        print(f"spec {argv[0] if argv else ''}: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

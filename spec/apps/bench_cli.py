@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from spec.runtime_options import add_runtime_arguments, verifier_for
+from spec.apps.options import add_runtime_arguments, verifier_from_options
 
 
 def add_parser(sub) -> None:
@@ -78,11 +78,11 @@ def read_prompts(path) -> list[str]:
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option and input, before any model is loaded: numbers, names, the prompts, the assistant
     model and that --out can be written (so a finished run is never lost to an unwritable path)."""
-    from spec.cli import check_int, check_names, check_temperature, check_verifier_kinds
+    from spec.apps.options import check_int, check_names, check_temperature, check_verifier_kinds
     from spec.errors import CheckpointError, OptionError
     from spec.io import check_model_directory, check_writable_directory
     from spec.models.placement import resolve_placement
-    from spec.models.shipped import heldout_prompts, shipped_drafters, shipped_names
+    from spec.apps.shipped import heldout_prompts, shipped_drafters, shipped_names
 
     check_int(args.max_new_tokens, "--max-new-tokens", 1)
     check_int(args.repeats, "--repeats", 1, hint=" timed repeats (medians are reported)")
@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from spec.bench.report import markdown_table
     from spec.errors import ContextLengthError, InputError
     from spec.models import context_length
-    from spec.models.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec.apps.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder, chain_tree
-    from spec.trees.measure import measure_verify_costs
+    from spec.bench.costs import measure_verify_costs
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
     prompts = [tokenizer(t, return_tensors="pt").input_ids for t in args.texts]
@@ -161,14 +161,15 @@ def run(args: argparse.Namespace) -> int:
         builder = StaticTreeBuilder(chain_tree(tree.max_depth) if acceptor_name == "block" else tree)
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for kind in kinds[:1] if own else kinds:
-            decoder = SpeculativeDecoder(model, drafter, builder, verifier_for(model, drafter, kind, args.compile),
-                                         acceptor)
+            verifier = verifier_from_options(model, drafter, kind, args.compile)
+            decoder = SpeculativeDecoder(model, drafter, builder, verifier, acceptor)
             label = name if own or len(kinds) == 1 else f"{name}/{kind}"
             methods.append(DecoderMethod(label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}",
                                          decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if prompts[0].shape[1] + n <= context]
-    curve = measure_verify_costs(verifier_for(model, None, kinds[0], args.compile), sizes, prompts[0][0], repeats=3)
+    verifier = verifier_from_options(model, None, kinds[0], args.compile)
+    curve = measure_verify_costs(verifier, sizes, prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}
     report = run_benchmark(methods, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
                            warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,
