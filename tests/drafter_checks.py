@@ -47,13 +47,19 @@ def assert_greedy_equal(arch: str, drafter, tree: CandidateTree, prompt_ids: tor
     assert sum(s.emitted for s in out.steps) == new_tokens
 
 
+def hidden_before_root(arch: str, tokens: torch.Tensor) -> torch.Tensor:
+    """``[H]``: the target's last hidden state at the position before the root (the one that produced it)."""
+    with torch.no_grad():
+        return model(arch)(tokens[:-1][None], output_hidden_states=True).hidden_states[-1][0, -1]
+
+
 def primed_context(drafter, arch: str, tokens: torch.Tensor) -> DraftContext:
     """Reset ``drafter``, commit ``tokens[:-1]`` with the target's hidden states, and return the context."""
     with torch.no_grad():
         hidden = model(arch)(tokens[:-1][None], output_hidden_states=True).hidden_states[-1][0]
     drafter.reset()
     drafter.commit(tokens[:-1], hidden)
-    return DraftContext(tokens=tokens, prev_hidden=hidden[-1])
+    return DraftContext(tokens=tokens)
 
 
 def depth_two_proposals(drafter, arch: str, tokens: torch.Tensor) -> tuple[tuple, tuple]:
@@ -109,7 +115,7 @@ class RecordingDrafter:
 
     def propose(self, tree, context, sampling, generator: Optional[torch.Generator] = None):
         mine = self.inner.propose(tree, context, sampling, generator)
-        if context.prev_hidden is not None:  # else a root-only draft (one-token prompt): nothing to compare
+        if context.position > 0:  # else a root-only draft (one-token prompt): nothing to compare
             self.proposals.append((tree, context, mine))
         return self.oracle.propose(tree, context, sampling, generator)
 

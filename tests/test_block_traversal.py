@@ -41,7 +41,7 @@ KINDS = {"top_k": CandidateKind.DETERMINISTIC,
          "sample_with_replacement": CandidateKind.SAMPLED_WITH_REPLACEMENT,
          "sample_without_replacement": CandidateKind.SAMPLED_WITHOUT_REPLACEMENT}
 SAMPLED = [CandidateKind.SAMPLED_WITH_REPLACEMENT, CandidateKind.SAMPLED_WITHOUT_REPLACEMENT]
-CONTEXT = DraftContext(tokens=torch.tensor([2, 1, 0]), prev_hidden=None)
+CONTEXT = DraftContext(tokens=torch.tensor([2, 1, 0]))
 RULES = {"block": BlockVerificationAcceptor, "traversal": TraversalVerificationAcceptor}
 
 

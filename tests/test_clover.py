@@ -18,6 +18,7 @@ from drafter_checks import (
     assert_caches_stay_consistent,
     assert_greedy_equal,
     assert_head_two_reads_depth_one,
+    hidden_before_root,
     perturb,
     primed_context,
 )
@@ -41,7 +42,7 @@ def test_untrained_heads_rank_tokens_as_the_lm_head():
     tokens = prompt(9, seed=4)[0]
     context = primed_context(drafter, "llama", tokens)
     draft = drafter.propose(tree, context, SamplingParams())
-    top = m.get_output_embeddings()(context.prev_hidden).topk(2).indices.tolist()
+    top = m.get_output_embeddings()(hidden_before_root("llama", tokens)).topk(2).indices.tolist()
     assert draft.tokens.tolist() == [tokens[-1], top[0], top[1], top[0], top[0], top[0]]
 
 
@@ -133,9 +134,9 @@ def test_misuse_is_refused():
     context = primed_context(drafter, "llama", torch.tensor([1, 2, 3]))
     with pytest.raises(TreeTooDeepError, match="2 heads"):
         drafter.propose(tree_from_choices([[0], [0, 0], [0, 0, 0]]), context, SamplingParams())
-    drafter.commit(torch.tensor([3]), context.prev_hidden[None])  # one position more than the context has
+    drafter.commit(torch.tensor([3]), hidden_before_root("llama", context.tokens)[None])  # one position more than the context has
     with pytest.raises(InputError, match="call drafter.commit"):
         drafter.propose(TWO_BRANCHES, context, SamplingParams())
-    root_only = drafter.propose(TWO_BRANCHES, DraftContext(tokens=torch.tensor([7]), prev_hidden=None),
-                                SamplingParams())
+    drafter.reset()
+    root_only = drafter.propose(TWO_BRANCHES, DraftContext(tokens=torch.tensor([7])), SamplingParams())
     assert root_only.tokens.tolist() == [7] and root_only.tree.num_nodes == 1

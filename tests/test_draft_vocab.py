@@ -32,7 +32,7 @@ def primed(name, m, p):
         hidden = m(p[:, :-1], output_hidden_states=True).hidden_states[-1][0]
     drafter.reset()
     drafter.commit(p[0, :-1], hidden)
-    return drafter, DraftContext(tokens=p[0], prev_hidden=hidden[-1])
+    return drafter, DraftContext(tokens=p[0])
 
 
 @pytest.mark.parametrize("name", list(MAKERS))

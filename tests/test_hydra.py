@@ -21,6 +21,7 @@ from drafter_checks import (
     assert_caches_stay_consistent,
     assert_greedy_equal,
     assert_head_two_reads_depth_one,
+    hidden_before_root,
     perturb,
     primed_context,
     speculative,
@@ -55,7 +56,7 @@ def test_heads_read_the_path_and_start_as_the_lm_head():
     for drafter in (HydraDrafter.from_model(m, num_heads=3), HydraDrafter.hydra_plus_plus(m, num_heads=3, num_layers=1)):
         context = primed_context(drafter, "llama", tokens)
         draft = drafter.propose(tree, context, SamplingParams())
-        logprobs = m.get_output_embeddings()(context.prev_hidden).log_softmax(-1)
+        logprobs = m.get_output_embeddings()(hidden_before_root("llama", tokens)).log_softmax(-1)
         top = logprobs.topk(2)
         assert draft.tokens.tolist() == [tokens[-1], top.indices[0], top.indices[1], top.indices[0], top.indices[0],
                                          top.indices[0]]
@@ -178,8 +179,7 @@ def test_misuse_is_refused():
     drafter.reset()  # the prefix layer forgot the committed tokens
     with pytest.raises(InputError, match="call drafter.commit"):
         drafter.propose(TWO_BRANCHES, context, SamplingParams())
-    root_only = drafter.propose(TWO_BRANCHES, DraftContext(tokens=torch.tensor([7]), prev_hidden=None),
-                                SamplingParams())
+    root_only = drafter.propose(TWO_BRANCHES, DraftContext(tokens=torch.tensor([7])), SamplingParams())
     assert root_only.tokens.tolist() == [7] and root_only.tree.num_nodes == 1
 
 

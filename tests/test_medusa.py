@@ -33,7 +33,8 @@ def test_head_k_fills_depth_k_plus_1_with_its_top_k():
             p.add_(torch.randn_like(p) * 0.1)
     tree = tree_from_choices([[0], [1], [2], [0, 0], [0, 1], [2, 1]])
     hidden = torch.randn(32, dtype=torch.float64)
-    draft = drafter.propose(tree, DraftContext(tokens=torch.tensor([4, 5]), prev_hidden=hidden), SamplingParams())
+    drafter.commit(torch.tensor([4]), hidden[None])  # the state that produced the root, 5
+    draft = drafter.propose(tree, DraftContext(tokens=torch.tensor([4, 5])), SamplingParams())
     with torch.no_grad():
         logits = drafter.heads(hidden)
     top0, top1 = logits[0].topk(3).indices, logits[1].topk(3).indices
@@ -81,7 +82,7 @@ def test_tree_deeper_than_heads_is_refused():
     drafter = MedusaDrafter.from_model(model("llama"), num_heads=2)
     tree = tree_from_choices([[0], [0, 0], [0, 0, 0]])
     with pytest.raises(TreeTooDeepError, match="2 heads"):
-        drafter.propose(tree, DraftContext(tokens=torch.tensor([1, 2]), prev_hidden=torch.zeros(32, dtype=torch.float64)),
+        drafter.propose(tree, DraftContext(tokens=torch.tensor([1, 2])),
                         SamplingParams())
 
 
@@ -124,6 +125,6 @@ def test_config_with_unknown_or_missing_fields_is_refused(tmp_path):
 
 def test_one_token_prompt_drafts_nothing_first():
     drafter = MedusaDrafter.from_model(model("llama"), num_heads=2)
-    draft = drafter.propose(tree_from_choices([[0]]), DraftContext(tokens=torch.tensor([3]), prev_hidden=None),
+    draft = drafter.propose(tree_from_choices([[0]]), DraftContext(tokens=torch.tensor([3])),
                             SamplingParams())
     assert draft.tree == CandidateTree.root_only() and draft.tokens.tolist() == [3]

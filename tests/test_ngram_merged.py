@@ -27,7 +27,7 @@ TREE = tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0], [0,
 
 
 def context(tokens):
-    return DraftContext(tokens=torch.tensor(tokens), prev_hidden=None)
+    return DraftContext(tokens=torch.tensor(tokens))
 
 
 def test_continuations_of_the_longest_suffix_most_recent_first():

@@ -22,6 +22,7 @@ from spec import (
 from spec.errors import ConfigurationError, InvalidTreeError, ShapeError, TreeTooDeepError
 from spec.protocols import CandidateTree, Draft
 from spec.testing.assertions import assert_same_tokens
+from spec.bench import measure_acceptance
 from spec.testing.drafters import OracleDrafter
 from spec.testing.strategies import candidate_trees
 from spec.trees import (
@@ -33,7 +34,6 @@ from spec.trees import (
     full_tree,
     greedy_tree,
     load_tree,
-    measure_acceptance,
     optimal_tree,
     save_tree,
     tree_from_choices,

@@ -1,23 +1,116 @@
-"""What every head drafter shares: the model it drafts for and a module ``heads`` with one head per depth."""
+"""What every head drafter shares: the model it drafts for, a module ``heads`` with one head per depth,
+its checkpoint format, the hidden state it drafts from and the checks before each draft.
+
+A subclass supplies only what differs: ``hyperparameters`` (what a checkpoint records),
+``build_heads`` (a fresh module from them) and ``draft`` (fill a tree from the hidden state).
+Optionally ``extend_context``/``reset_context`` for heads that keep a context layer of their own.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Any, ClassVar, Optional
 
+import torch
+from torch import nn
+
+from spec.drafters.checkpointing import (
+    check_model_dims,
+    check_same_placement,
+    load_drafter,
+    load_state_strict,
+    save_drafter,
+)
 from spec.drafters.draft_vocab import DraftVocabulary
-from spec.drafters.sampled import CANDIDATE_MODES
-from spec.errors import IncompatibleDrafterError
-from spec.models import ModelFingerprint, output_vocab_size
-from spec.protocols import CandidateKind, DrafterTraits
+from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
+from spec.drafters.tree_filling import check_tree_fits, root_only_draft
+from spec.errors import IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
+from spec.models import ModelFingerprint, model_placement, output_vocab_size
+from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
 class HeadDrafter:
-    """Base of Medusa, Hydra and Clover: subclasses set ``self.model`` and ``self.heads`` (``heads.heads``
-    holds one module per tree depth) and ``self.candidates`` (a key of ``CANDIDATE_MODES``)."""
+    """Base of Medusa, Hydra and Clover. ``heads.heads`` holds one module per tree depth."""
 
+    drafter_type: ClassVar[str]
+    #: The keys of ``hyperparameters()``: a checkpoint with others is refused.
+    hyperparameter_names: ClassVar[frozenset[str]]
     candidates: str = "top_k"
     draft_vocab: Optional[DraftVocabulary] = None
 
+    def __init__(self, model, heads: nn.Module, candidates: str = "top_k") -> None:
+        # Heads with their own vocabulary projection say how wide it is; the others use the lm_head's.
+        check_model_dims(model, vocab_size=getattr(heads, "vocab", output_vocab_size(model)), hidden=heads.hidden,
+                         what=f"These {self.display_name} heads")
+        check_same_placement(model, heads, f"These {self.display_name} heads")
+        self.candidates = check_candidate_mode(candidates, type(self).__name__)
+        self.model = model
+        self.heads = heads.eval()  # dropout is for training; drafting is deterministic
+        self._hidden: Optional[torch.Tensor] = None
+        self._committed = 0
+
+    @property
+    def display_name(self) -> str:
+        return self.drafter_type.capitalize()
+
+    # ---- what a subclass supplies ---------------------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        """What ``build_heads`` needs to rebuild these heads (saved in the checkpoint's config)."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_heads(cls, model, hyper: dict[str, Any]) -> nn.Module:
+        """Fresh heads for ``model`` from ``hyper``, on the current default device (meta when sizing a checkpoint)."""
+        raise NotImplementedError
+
+    def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+              generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
+        """Fill ``tree`` from ``hidden`` ``[H]``, the target's state that produced the root."""
+        raise NotImplementedError
+
+    def extend_context(self, hidden_states: torch.Tensor) -> None:
+        """Newly committed positions' hidden states ``[m, H]``, for heads with a context layer."""
+
+    def reset_context(self) -> None:
+        """Forget the context layer's cache (a new sequence starts)."""
+
+    # ---- construction and checkpoints -------------------------------------------------------
+    @classmethod
+    def fresh(cls, model, hyper: dict[str, Any], seed: Optional[int], candidates: str):
+        """Untrained heads built from ``hyper`` in the model's dtype and on its device, started from its lm_head."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        heads = cls.build_heads(model, hyper).to(**model_placement(model))
+        init = getattr(heads, "init_from_lm_head", None)
+        if init is not None:
+            init(model.get_output_embeddings())
+        return cls(model, heads, candidates)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """``config.json`` (type, hyperparameters, base-model fingerprint, checksum) + ``model.safetensors``."""
+        save_drafter(directory, self.heads, self.drafter_type, self.hyperparameters(), self.fingerprint)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k"):
+        """Heads saved by ``save_pretrained`` for this exact model; anything else is refused before loading."""
+        hyper, state = load_drafter(directory, model, cls.drafter_type, set(cls.hyperparameter_names),
+                                    build=lambda h: cls.build_heads(model, h))
+        heads = cls.build_heads(model, hyper).to(**model_placement(model))
+        load_state_strict(heads, state, directory)
+        return cls(model, heads, candidates)
+
+    @staticmethod
+    def input_embedding(model, hidden: int, what: str) -> nn.Module:
+        """The model's input embedding, for heads that read drafted tokens beside the hidden state."""
+        embedding = model.get_input_embeddings()
+        if embedding is None or embedding.weight.shape[1] != hidden:
+            raise UnsupportedError(
+                f"{what} read the model's input embeddings alongside its hidden states, so their widths must "
+                f"match; {type(model).__name__}'s input embedding is not {hidden} wide."
+            )
+        return embedding
+
+    # ---- draft vocabulary ------------------------------------------------------------------
     def use_draft_vocab(self, vocab: Optional[DraftVocabulary]):
         """Project the heads onto ``vocab``'s tokens only (None: the whole vocabulary again). Returns self."""
         if vocab is not None:
@@ -32,6 +125,7 @@ class HeadDrafter:
     def draft_vocab_size(self) -> int:
         return output_vocab_size(self.model) if self.draft_vocab is None else self.draft_vocab.size
 
+    # ---- descriptions ------------------------------------------------------------------------
     @property
     def traits(self) -> DrafterTraits:
         return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC, CANDIDATE_MODES[self.candidates]},
@@ -54,3 +148,30 @@ class HeadDrafter:
     @property
     def max_depth(self) -> int:
         return self.num_heads
+
+    # ---- Drafter protocol ------------------------------------------------------------------
+    def reset(self) -> None:
+        self._hidden = None
+        self._committed = 0
+        self.reset_context()
+
+    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
+        if tokens.shape[0] != hidden_states.shape[0]:
+            raise ShapeError(f"commit got {tokens.shape[0]} tokens but {hidden_states.shape[0]} hidden states.")
+        if hidden_states.shape[0]:
+            self._hidden = hidden_states[-1]
+            self.extend_context(hidden_states)
+        self._committed += tokens.shape[0]
+
+    @torch.no_grad()
+    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+                generator: Optional[torch.Generator] = None) -> Draft:
+        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, f"{self.display_name} drafter")
+        if context.position != self._committed:
+            raise InputError(
+                f"The {self.display_name} drafter was committed {self._committed} tokens but the root is at position "
+                f"{context.position}; call drafter.commit with every token the verifier caches (prefill and steps).")
+        if self._hidden is None or tree.num_nodes == 1:
+            # No hidden state yet (one-token prompt): nothing to draft from this step.
+            return root_only_draft(context.root_token, self.model.get_output_embeddings().weight.device)
+        return self.draft(tree, context, sampling, generator, self._hidden)

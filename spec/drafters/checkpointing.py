@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Callable
 
 import torch
 
-from spec.errors import CheckpointError, IncompatibleDrafterError
+from spec.errors import CheckpointError, IncompatibleDrafterError, SpecError
 from spec.io import check_config_fields, load_checkpoint, save_checkpoint
 from spec.io.files import is_int, is_real
-from spec.models import ModelFingerprint, hidden_size, output_vocab_size
+from spec.models import ModelFingerprint, hidden_size, lm_head, model_placement, output_vocab_size
 
 FORMAT_VERSION = 1
 
@@ -39,7 +39,7 @@ def check_model_dims(model, *, vocab_size: int, hidden: int, what: str) -> None:
 
 def check_same_placement(model, module: torch.nn.Module, what: str) -> None:
     """Refuse heads whose dtype or device differs from the model's (a silent upcast or a device error later)."""
-    weight = model.get_output_embeddings().weight
+    weight = lm_head(model).weight
     param = next(module.parameters(), None)
     if param is None:
         return
@@ -124,36 +124,14 @@ def _fingerprint(data: Any, where: str) -> ModelFingerprint:
     return ModelFingerprint.from_dict(data)
 
 
-def _expected_shapes(drafter_type: str, hyper: dict[str, Any], model) -> Optional[dict[str, tuple[int, ...]]]:
+def _expected_shapes(build: Callable[[dict[str, Any]], torch.nn.Module], hyper: dict[str, Any],
+                     where: str) -> dict[str, tuple[int, ...]]:
     """The tensor shapes a module built from ``hyper`` has, computed on the meta device (nothing allocated)."""
-    from spec.drafters.context_layer import _backbone
-
-    def layer(what):
-        return type(_backbone(model, what).layers[0])(model.config, layer_idx=0)
-
-    with torch.device("meta"):
-        if drafter_type == "medusa":
-            from spec.drafters.medusa import MedusaHeads
-
-            module = MedusaHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
-                                 lm_head_bias=hyper["lm_head_bias"])
-        elif drafter_type == "hydra":
-            from spec.drafters.hydra import _PREFIX_LAYER, HydraHeads
-
-            module = HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
-                                hyper["dropout"], lm_head_bias=hyper["lm_head_bias"],
-                                prefix_layer=layer(_PREFIX_LAYER) if hyper["prefix_layer"] else None)
-        elif drafter_type == "clover":
-            from spec.drafters.clover import _AUGMENTING_BLOCK, CloverHeads
-
-            module = CloverHeads(hidden_size(model), hyper["num_heads"], hyper["num_layers"],
-                                 hyper["num_attention_heads"], hyper["rms_norm_eps"], layer(_AUGMENTING_BLOCK))
-        elif drafter_type == "kangaroo":
-            from spec.drafters.kangaroo import KangarooAdapter
-
-            module = KangarooAdapter(model)
-        else:
-            return None
+    try:
+        with torch.device("meta"):
+            module = build(hyper)
+    except (ValueError, SpecError) as error:  # hyperparameters the heads themselves refuse
+        raise CheckpointError(f"{where}: {error} The config is corrupt; save the heads again.") from error
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
 
@@ -162,9 +140,6 @@ def _check_against_model(hyper: dict[str, Any], drafter_type: str, model, direct
     if "vocab_size" in hyper or "hidden_size" in hyper:
         check_model_dims(model, vocab_size=hyper.get("vocab_size", output_vocab_size(model)),
                          hidden=hyper.get("hidden_size", hidden_size(model)), what=f"The heads in {directory}")
-    if drafter_type == "clover" and hidden_size(model) % hyper["num_attention_heads"]:
-        raise CheckpointError(f"{where}: num_attention_heads {hyper['num_attention_heads']} does not divide the "
-                              f"hidden size {hidden_size(model)}; the config is corrupt, save the heads again.")
     if "exit_layer" in hyper:
         layers = getattr(model.config, "num_hidden_layers", None)
         if layers is not None and hyper["exit_layer"] >= layers:
@@ -172,15 +147,16 @@ def _check_against_model(hyper: dict[str, Any], drafter_type: str, model, direct
                                   "layers; these heads were saved for a deeper model.")
 
 
-def load_drafter(directory: str | os.PathLike, model, drafter_type: str,
-                 hyperparameter_names: set[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def load_drafter(directory: str | os.PathLike, model, drafter_type: str, hyperparameter_names: set[str],
+                 build: Callable[[dict[str, Any]], torch.nn.Module]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a drafter checkpoint for ``model``; returns ``(hyperparameters, state_dict)``.
 
     Everything is checked before any tensor or module is built: the config's fields and their types,
     the weights' checksum, that the heads belong to ``model`` (sizes and fingerprint), and that the
     tensors in the safetensors header have exactly the names and shapes the hyperparameters imply (a
     config claiming 150 heads beside weights for 2 is refused without allocating 150). Loaded weights
-    must be finite. Tensors come back in the model's dtype and on its device.
+    must be finite. Tensors come back in the model's dtype and on its device. ``build(hyper)`` makes the
+    drafter's module (it is called on the meta device to learn the expected tensor shapes).
     """
     where = f"{directory}/config.json"
     result: dict[str, Any] = {}
@@ -212,15 +188,12 @@ def load_drafter(directory: str | os.PathLike, model, drafter_type: str,
                 "Use heads trained for this exact model, or train new ones."
             )
         _check_against_model(hyper, drafter_type, model, directory, where)
-        expected = _expected_shapes(drafter_type, hyper, model)
-        if expected is not None:
-            found = {name: shape for name, (_, shape) in header.items()}
-            _refuse_mismatch(expected, found, directory)
+        found = {name: shape for name, (_, shape) in header.items()}
+        _refuse_mismatch(_expected_shapes(build, hyper, where), found, directory)
         result["hyper"] = hyper
 
     _, tensors = load_checkpoint(directory, check)
-    weight = model.get_output_embeddings().weight
-    return result["hyper"], {k: v.to(device=weight.device, dtype=weight.dtype) for k, v in tensors.items()}
+    return result["hyper"], {k: v.to(**model_placement(model)) for k, v in tensors.items()}
 
 
 def _refuse_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], directory) -> None:

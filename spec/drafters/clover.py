@@ -30,7 +30,6 @@ head starts from the lm_head's ranking of it (shifted only by its ResBlocks' bia
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -38,18 +37,10 @@ from torch import nn
 
 from spec.drafters.blocks import ResBlock
 from spec.drafters.base import HeadDrafter
-from spec.drafters.checkpointing import (
-    check_model_dims,
-    check_same_placement,
-    load_drafter,
-    load_state_strict,
-    save_drafter,
-)
-from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
-from spec.drafters.sampled import candidate_sampling, check_candidate_mode
-from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
-from spec.errors import ShapeError, UnsupportedError
-from spec.models import hidden_size, output_vocab_size
+from spec.runtime import ContextLayerCache, build_decoder_layer
+from spec.drafters.sampled import candidate_sampling
+from spec.drafters.tree_filling import DepthStep, fill_depth_by_depth
+from spec.models import hidden_size, lm_head, output_vocab_size
 from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
 
 _AUGMENTING_BLOCK = "Clover augmenting block"
@@ -65,7 +56,7 @@ class AttentionDecoder(nn.Module):
     def __init__(self, hidden: int, num_attention_heads: int, eps: float) -> None:
         super().__init__()
         if hidden % num_attention_heads:
-            raise ValueError(f"hidden size {hidden} is not divisible by {num_attention_heads} attention heads.")
+            raise ValueError(f"num_attention_heads {num_attention_heads} does not divide the hidden size {hidden}.")
         self.num_attention_heads = num_attention_heads
         self.token_norm = nn.RMSNorm(hidden, eps=eps)
         self.state_norm = nn.RMSNorm(hidden, eps=eps)
@@ -110,23 +101,13 @@ class CloverDrafter(HeadDrafter):
     whose state was built down the node's path by the attention decoder."""
 
     drafter_type = "clover"
-    _hyperparameters = {"num_heads", "num_layers", "hidden_size", "vocab_size", "num_attention_heads",
-                        "rms_norm_eps"}
+    hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "num_attention_heads",
+                                      "rms_norm_eps"})
 
     def __init__(self, model, heads: CloverHeads, candidates: str = "top_k") -> None:
-        check_model_dims(model, vocab_size=output_vocab_size(model), hidden=heads.hidden, what="These Clover heads")
-        check_same_placement(model, heads, "These Clover heads")
-        embedding = model.get_input_embeddings()
-        if embedding is None or embedding.weight.shape[1] != heads.hidden:
-            raise UnsupportedError(
-                f"Clover reads the model's input embeddings alongside its hidden states, so their widths must "
-                f"match; {type(model).__name__}'s input embedding is not {heads.hidden} wide."
-            )
-        self.candidates = check_candidate_mode(candidates, "CloverDrafter")
-        self.model = model
-        self.heads = heads.eval()
-        self.embedding = embedding
-        self.lm_head = model.get_output_embeddings()
+        super().__init__(model, heads, candidates)
+        self.embedding = self.input_embedding(model, heads.hidden, "Clover heads")
+        self.lm_head = lm_head(model)
         self._augment = ContextLayerCache(model, heads.augmenting_layer, _AUGMENTING_BLOCK)
 
     @classmethod
@@ -137,60 +118,34 @@ class CloverDrafter(HeadDrafter):
         The attention decoder gets the model's number of attention heads and its norms
         the model's RMSNorm epsilon.
         """
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(model, cls._build(model, num_heads, num_layers), candidates)
+        hyper = {"num_heads": num_heads, "num_layers": num_layers, "hidden_size": hidden_size(model),
+                 "vocab_size": output_vocab_size(model),
+                 # Read leniently: an architecture without them is refused by build_heads with a clear message.
+                 "num_attention_heads": getattr(model.config, "num_attention_heads", 1),
+                 "rms_norm_eps": float(getattr(model.config, "rms_norm_eps", 1e-6))}
+        return cls.fresh(model, hyper, seed, candidates)
 
-    @staticmethod
-    def _build(model, num_heads: int, num_layers: int, num_attention_heads: Optional[int] = None,
-               eps: Optional[float] = None) -> CloverHeads:
-        layer = build_decoder_layer(model, _AUGMENTING_BLOCK)  # first: refuses unsupported architectures
-        heads = CloverHeads(
-            hidden_size(model), num_heads, num_layers,
-            num_attention_heads if num_attention_heads is not None else model.config.num_attention_heads,
-            eps if eps is not None else float(model.config.rms_norm_eps),
-            layer,
-        )
-        weight = model.get_output_embeddings().weight
-        return heads.to(device=weight.device, dtype=weight.dtype)
-
-    # ---- checkpoints ----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        hyper = {
-            "num_heads": self.num_heads,
-            "num_layers": self.heads.num_layers,
-            "hidden_size": self.heads.hidden,
-            "vocab_size": output_vocab_size(self.model),
-            "num_attention_heads": self.heads.attention_decoder.num_attention_heads,
-            "rms_norm_eps": self.heads.eps,
-        }
-        save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
+    def hyperparameters(self) -> dict:
+        return {"num_heads": self.num_heads, "num_layers": self.heads.num_layers, "hidden_size": self.heads.hidden,
+                "vocab_size": output_vocab_size(self.model),
+                "num_attention_heads": self.heads.attention_decoder.num_attention_heads,
+                "rms_norm_eps": self.heads.eps}
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "CloverDrafter":
-        hyper, state = load_drafter(directory, model, cls.drafter_type, cls._hyperparameters)
-        heads = cls._build(model, hyper["num_heads"], hyper["num_layers"], hyper["num_attention_heads"],
-                           hyper["rms_norm_eps"])
-        load_state_strict(heads, state, directory)
-        return cls(model, heads, candidates)
+    def build_heads(cls, model, hyper: dict) -> CloverHeads:
+        layer = build_decoder_layer(model, _AUGMENTING_BLOCK)  # first: refuses unsupported architectures
+        return CloverHeads(hidden_size(model), hyper["num_heads"], hyper["num_layers"], hyper["num_attention_heads"],
+                           hyper["rms_norm_eps"], layer)
 
-    # ---- Drafter protocol ----------------------------------------------------------------
-    def reset(self) -> None:
+    def reset_context(self) -> None:
         self._augment.reset()
 
-    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        if tokens.shape[0] != hidden_states.shape[0]:
-            raise ShapeError(f"commit got {tokens.shape[0]} tokens but {hidden_states.shape[0]} hidden states.")
+    def extend_context(self, hidden_states: torch.Tensor) -> None:
         self._augment.append(hidden_states)
 
-    @torch.no_grad()
-    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
-                generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Clover drafter")
+    def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+              generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
         device = self.lm_head.weight.device
-        if context.prev_hidden is None or tree.num_nodes == 1:
-            # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return root_only_draft(context.root_token, device)
         # Row 0: s_0, the augmented state before the root; row i + 1: the state node i hands its children.
         states = torch.empty(tree.num_nodes + 1, self.heads.hidden, device=device, dtype=self.lm_head.weight.dtype)
         states[0] = self._augment.output_for(context.position)

@@ -28,7 +28,6 @@ the data, is a training objective, not an architecture, so it has no switch here
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -36,18 +35,10 @@ from torch import nn
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock, copy_lm_head_into_heads
 from spec.drafters.base import HeadDrafter
-from spec.drafters.checkpointing import (
-    check_model_dims,
-    check_same_placement,
-    load_drafter,
-    load_state_strict,
-    save_drafter,
-)
-from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer
-from spec.drafters.sampled import candidate_sampling, check_candidate_mode
-from spec.drafters.tree_filling import DepthStep, check_tree_fits, fill_depth_by_depth, root_only_draft
-from spec.errors import ShapeError, UnsupportedError
-from spec.models import hidden_size, output_vocab_size
+from spec.runtime import ContextLayerCache, build_decoder_layer
+from spec.drafters.sampled import candidate_sampling
+from spec.drafters.tree_filling import DepthStep, fill_depth_by_depth
+from spec.models import hidden_size, lm_head, output_vocab_size
 from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
 
 _PREFIX_LAYER = "Hydra++ prefix layer"
@@ -92,22 +83,12 @@ class HydraDrafter(HeadDrafter):
     token of head d given the hidden state and the tokens on the node's path."""
 
     drafter_type = "hydra"
-    _hyperparameters = {"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias", "prefix_layer",
-                        "dropout"}
+    hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias",
+                                      "prefix_layer", "dropout"})
 
     def __init__(self, model, heads: HydraHeads, candidates: str = "top_k") -> None:
-        check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Hydra heads")
-        check_same_placement(model, heads, "These Hydra heads")
-        embedding = model.get_input_embeddings()
-        if embedding is None or embedding.weight.shape[1] != heads.hidden:
-            raise UnsupportedError(
-                f"Hydra heads read the model's input embeddings alongside its hidden states, so their widths must "
-                f"match; {type(model).__name__}'s input embedding is not {heads.hidden} wide."
-            )
-        self.candidates = check_candidate_mode(candidates, "HydraDrafter")
-        self.model = model
-        self.heads = heads.eval()  # dropout is for training; drafting is deterministic
-        self.embedding = embedding
+        super().__init__(model, heads, candidates)
+        self.embedding = self.input_embedding(model, heads.hidden, "Hydra heads")
         self._prefix = None if heads.prefix_layer is None else ContextLayerCache(model, heads.prefix_layer, _PREFIX_LAYER)
 
     @classmethod
@@ -118,15 +99,10 @@ class HydraDrafter(HeadDrafter):
         Untrained, every head is the model's lm_head applied to h (or, with the
         prefix layer, to h passed through an identity-initialised layer).
         """
-        lm_head = model.get_output_embeddings()
-        if seed is not None:
-            torch.manual_seed(seed)
-        layer = build_decoder_layer(model, _PREFIX_LAYER) if prefix_layer else None
-        heads = HydraHeads(hidden_size(model), output_vocab_size(model), num_heads, num_layers, dropout,
-                           lm_head_bias=getattr(lm_head, "bias", None) is not None, prefix_layer=layer)
-        heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
-        heads.init_from_lm_head(lm_head)
-        return cls(model, heads, candidates)
+        hyper = {"num_heads": num_heads, "num_layers": num_layers, "hidden_size": hidden_size(model),
+                 "vocab_size": output_vocab_size(model), "prefix_layer": prefix_layer, "dropout": dropout,
+                 "lm_head_bias": getattr(lm_head(model), "bias", None) is not None}
+        return cls.fresh(model, hyper, seed, candidates)
 
     @classmethod
     def hydra_plus_plus(cls, model, num_heads: int = 4, num_layers: int = 4, dropout: float = 0.0,
@@ -135,53 +111,32 @@ class HydraDrafter(HeadDrafter):
         return cls.from_model(model, num_heads, num_layers, prefix_layer=True, dropout=dropout, seed=seed,
                               candidates=candidates)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        hyper = {
-            "num_heads": self.num_heads,
-            "num_layers": self.heads.num_layers,
-            "hidden_size": self.heads.hidden,
-            "vocab_size": self.heads.vocab,
-            "lm_head_bias": self.heads.heads[0][-1].bias is not None,
-            "prefix_layer": self.heads.prefix_layer is not None,
-            "dropout": self.heads.dropout,
-        }
-        save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
+    def hyperparameters(self) -> dict:
+        return {"num_heads": self.num_heads, "num_layers": self.heads.num_layers, "hidden_size": self.heads.hidden,
+                "vocab_size": self.heads.vocab, "lm_head_bias": self.heads.heads[0][-1].bias is not None,
+                "prefix_layer": self.heads.prefix_layer is not None, "dropout": self.heads.dropout}
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "HydraDrafter":
-        hyper, state = load_drafter(directory, model, cls.drafter_type, cls._hyperparameters)
+    def build_heads(cls, model, hyper: dict) -> HydraHeads:
         layer = build_decoder_layer(model, _PREFIX_LAYER) if hyper["prefix_layer"] else None
-        heads = HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
-                           hyper["dropout"], lm_head_bias=hyper["lm_head_bias"], prefix_layer=layer)
-        weight = model.get_output_embeddings().weight
-        heads.to(device=weight.device, dtype=weight.dtype)
-        load_state_strict(heads, state, directory)
-        return cls(model, heads, candidates)
+        return HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
+                          hyper["dropout"], lm_head_bias=hyper["lm_head_bias"], prefix_layer=layer)
 
-    # ---- Drafter protocol ----------------------------------------------------------------
-    def reset(self) -> None:
+    def reset_context(self) -> None:
         if self._prefix is not None:
             self._prefix.reset()
 
-    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        if tokens.shape[0] != hidden_states.shape[0]:
-            raise ShapeError(f"commit got {tokens.shape[0]} tokens but {hidden_states.shape[0]} hidden states.")
+    def extend_context(self, hidden_states: torch.Tensor) -> None:
         if self._prefix is not None:
             self._prefix.append(hidden_states)
 
-    @torch.no_grad()
-    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
-                generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Hydra drafter")
+    def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+              generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
         weight = self.heads.heads[0][-1].weight
-        if context.prev_hidden is None or tree.num_nodes == 1:
-            # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return root_only_draft(context.root_token, weight.device)
         if self._prefix is not None:
             h = self._prefix.output_for(context.position)
         else:
-            h = context.prev_hidden.to(device=weight.device, dtype=weight.dtype)
+            h = hidden.to(device=weight.device, dtype=weight.dtype)
 
         def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
             path_embeddings = self.embedding(tokens[step.paths]).flatten(1)  # [N, (depth + 1) * H]

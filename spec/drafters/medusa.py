@@ -11,7 +11,6 @@ at depth k + 1 of the tree.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -19,16 +18,9 @@ from torch import nn
 
 from spec.drafters.blocks import ResBlock, copy_lm_head_into_heads
 from spec.drafters.base import HeadDrafter
-from spec.drafters.checkpointing import (
-    check_model_dims,
-    check_same_placement,
-    load_drafter,
-    load_state_strict,
-    save_drafter,
-)
-from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling, check_candidate_mode
-from spec.drafters.tree_filling import check_tree_fits, fill_depth_by_depth, path_log_confidence, root_only_draft
-from spec.models import hidden_size, output_vocab_size
+from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling
+from spec.drafters.tree_filling import fill_depth_by_depth, path_log_confidence
+from spec.models import hidden_size, lm_head, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams
 
 __all__ = ["CANDIDATE_MODES", "MedusaDrafter", "MedusaHeads", "ResBlock"]  # re-exported: they used to live here
@@ -66,66 +58,30 @@ class MedusaDrafter(HeadDrafter):
     """
 
     drafter_type = "medusa"
-
-    def __init__(self, model, heads: MedusaHeads, candidates: str = "top_k") -> None:
-        check_model_dims(model, vocab_size=heads.vocab, hidden=heads.hidden, what="These Medusa heads")
-        check_same_placement(model, heads, "These Medusa heads")
-        self.model = model
-        self.heads = heads
-        self.candidates = check_candidate_mode(candidates, "MedusaDrafter")
+    hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"})
 
     @classmethod
     def from_model(cls, model, num_heads: int = 4, num_layers: int = 1, seed: Optional[int] = None,
                    candidates: str = "top_k") -> "MedusaDrafter":
         """Fresh (untrained) heads for ``model``, in its dtype and on its device."""
-        lm_head = model.get_output_embeddings()
-        if seed is not None:
-            torch.manual_seed(seed)
-        heads = MedusaHeads(hidden_size(model), output_vocab_size(model), num_heads, num_layers,
-                            lm_head_bias=getattr(lm_head, "bias", None) is not None)
-        heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype)
-        heads.init_from_lm_head(lm_head)
-        return cls(model, heads, candidates)
+        hyper = {"num_heads": num_heads, "num_layers": num_layers, "hidden_size": hidden_size(model),
+                 "vocab_size": output_vocab_size(model),
+                 "lm_head_bias": getattr(lm_head(model), "bias", None) is not None}
+        return cls.fresh(model, hyper, seed, candidates)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        hyper = {
-            "num_heads": self.num_heads,
-            "num_layers": self.heads.num_layers,
-            "hidden_size": self.heads.hidden,
-            "vocab_size": self.heads.vocab,
-            "lm_head_bias": self.heads.heads[0][-1].bias is not None,
-        }
-        save_drafter(directory, self.heads, self.drafter_type, hyper, self.fingerprint)
+    def hyperparameters(self) -> dict:
+        return {"num_heads": self.num_heads, "num_layers": self.heads.num_layers, "hidden_size": self.heads.hidden,
+                "vocab_size": self.heads.vocab, "lm_head_bias": self.heads.heads[0][-1].bias is not None}
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k") -> "MedusaDrafter":
-        hyper, state = load_drafter(
-            directory, model, cls.drafter_type, {"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"}
-        )
-        heads = MedusaHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
-                            lm_head_bias=hyper["lm_head_bias"])
-        weight = model.get_output_embeddings().weight
-        heads.to(device=weight.device, dtype=weight.dtype)
-        load_state_strict(heads, state, directory)
-        return cls(model, heads, candidates)
+    def build_heads(cls, model, hyper: dict) -> MedusaHeads:
+        return MedusaHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
+                           lm_head_bias=hyper["lm_head_bias"])
 
-    # ---- Drafter protocol ----------------------------------------------------------------
-    def reset(self) -> None:
-        pass
-
-    def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        pass
-
-    @torch.no_grad()
-    def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
-                generator: Optional[torch.Generator] = None) -> Draft:
-        check_tree_fits(tree, self.num_heads, self.draft_vocab_size, "Medusa drafter")
+    def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
+              generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
         device = self.heads.heads[0][-1].weight.device
-        if context.prev_hidden is None or tree.num_nodes == 1:
-            # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return root_only_draft(context.root_token, device)
-        head_logits = self._head_logits(context.prev_hidden, tree.max_depth)  # [depth, V] or [depth, K]
+        head_logits = self._head_logits(hidden, tree.max_depth)  # [depth, V] or [depth, K]
         sampled = candidate_sampling(self.candidates, sampling, generator)
         if sampled is not None:
             # Heads are independent of the drafted tokens: every node at depth d draws from head d's q.
@@ -145,11 +101,11 @@ class MedusaDrafter(HeadDrafter):
         return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
                      log_confidence=path_log_confidence(tree, node_logprob))
 
-    def _head_logits(self, prev_hidden: torch.Tensor, depth: int) -> torch.Tensor:
+    def _head_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Heads 1..depth on the hidden state: ``[depth, V]``, or ``[depth, K]`` over the draft vocabulary,
         whose projections then run as one batched matmul."""
         if self.draft_vocab is None:
-            return self.heads(prev_hidden[None])[0, :depth]
+            return self.heads(hidden[None])[0, :depth]
         heads = self.heads.heads[:depth]
-        bodies = torch.stack([head[:-1](prev_hidden) for head in heads])  # [depth, H]
+        bodies = torch.stack([head[:-1](hidden) for head in heads])  # [depth, H]
         return self.draft_vocab.project([head[-1] for head in heads], bodies[:, None])[:, 0]

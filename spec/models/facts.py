@@ -10,7 +10,8 @@ import torch
 from spec.errors import UnsupportedError
 
 
-def _lm_head(model) -> torch.nn.Module:
+def lm_head(model) -> torch.nn.Module:
+    """The model's output embedding (lm_head); every stage reads it through here."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not hasattr(head, "weight"):
         raise UnsupportedError(
@@ -21,12 +22,12 @@ def _lm_head(model) -> torch.nn.Module:
 
 def output_vocab_size(model) -> int:
     """Rows of the lm_head: the size of the logits (may exceed the tokenizer's vocabulary)."""
-    return _lm_head(model).weight.shape[0]
+    return lm_head(model).weight.shape[0]
 
 
 def hidden_size(model) -> int:
     """Width of the last hidden state, i.e. the lm_head's input size."""
-    return _lm_head(model).weight.shape[1]
+    return lm_head(model).weight.shape[1]
 
 
 def context_length(model) -> int:
@@ -43,7 +44,18 @@ def context_length(model) -> int:
 
 
 def model_dtype(model) -> torch.dtype:
-    return _lm_head(model).weight.dtype
+    return lm_head(model).weight.dtype
+
+
+def model_device(model) -> torch.device:
+    """Where the logits come out: the lm_head's device (the last stage of a model split across devices)."""
+    return lm_head(model).weight.device
+
+
+def model_placement(model) -> dict:
+    """``{"device": ..., "dtype": ...}`` of the lm_head, for ``module.to(**model_placement(model))``."""
+    weight = lm_head(model).weight
+    return {"device": weight.device, "dtype": weight.dtype}
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 import torch
 
-from spec.models.facts import _lm_head, hidden_size, output_vocab_size
+from spec.models.facts import lm_head, hidden_size, output_vocab_size
 
 _NUM_PROBES = 32
 _RTOL = 2e-2
@@ -42,7 +42,7 @@ class ModelFingerprint:
     def of(cls, model) -> "ModelFingerprint":
         config = model.config
         layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 0
-        out_w = _lm_head(model).weight
+        out_w = lm_head(model).weight
         in_w = model.get_input_embeddings().weight
         probe = _probe(in_w, _NUM_PROBES // 2, 0) + _probe(out_w, _NUM_PROBES // 2, 1)
         arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]

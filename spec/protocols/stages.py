@@ -8,7 +8,9 @@ One step, batch of one (see docs/architecture.md):
     verification = verifier.verify(draft)               # target logits at every node
     acceptance = acceptor.accept(draft, verification, sampling, g)
     verifier.commit(acceptance.path)                    # keep the accepted path's KV only
-    drafter.commit(tokens, hidden_states)               # drafters with caches keep in step
+    drafter.commit(tokens, hidden_states)               # the drafter's one channel to hidden states
+
+``spec/pipelines/step.py`` runs exactly this, once, for every caller.
 
 Each stage declares what it needs and offers in ``traits`` (spec/protocols/compat.py);
 ``check_composition`` refuses combinations that cannot work before the first step.
@@ -76,8 +78,9 @@ class Drafter(Protocol):
     def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
         """Tokens ``[m]`` now committed to the target's KV cache, with its hidden states ``[m, H]``.
 
-        Called after the prefill and after every step, in sequence order. Drafters with
-        no state of their own ignore it.
+        Called after the prefill and after every step, in sequence order: the drafter's one
+        channel to the target's hidden states (the last one committed produced the next root).
+        Drafters that read none ignore it.
         """
 
 
@@ -92,6 +95,14 @@ class Verifier(Protocol):
     @property
     def max_length(self) -> int:
         """Positions ``0 .. max_length - 1`` may be used: the model's context, or less if the verifier's cache is smaller."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where its logits and hidden states live (the sampler's generator is made there)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Columns of its logits: the model's output vocabulary."""
 
     def reset(self) -> None:
         """Drop the KV cache."""

@@ -194,7 +194,7 @@ def exact_gap(case: GridCase, acceptor=None, builder_class=None, configure=None)
         hidden = target_model()(prompt[None, :-1], output_hidden_states=True).hidden_states[-1][0]
     drafter.reset()
     drafter.commit(prompt[:-1], hidden)
-    context = DraftContext(tokens=prompt, prev_hidden=hidden[-1])
+    context = DraftContext(tokens=prompt)
     return composition_gap(drafter, builder, acceptor, lambda prefix: _logits_after(PROMPT + prefix), context,
                            case.params)
 

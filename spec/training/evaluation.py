@@ -15,7 +15,7 @@ def acceptance_table(objective, module: nn.Module, blocks: torch.Tensor, width: 
 
     Teacher forcing puts the true path above every position, which is the "given its parent
     was accepted" condition of ``AcceptanceStats``; against the data rather than the model's
-    own greedy choice (use ``spec.trees.measure_acceptance`` for that).
+    own greedy choice (use ``spec.bench.measure_acceptance`` for that).
     """
     device = next(module.parameters()).device
     hits: torch.Tensor | None = None

@@ -88,7 +88,10 @@ class PerHeadObjective(FrozenBackboneObjective):
         return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
 
     def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        results = self._per_head(module, batch)
+        return self.weighted(self._per_head(module, batch))
+
+    def weighted(self, results) -> tuple[torch.Tensor, dict[str, float]]:
+        """``sum_k decay**k * loss_k`` and each head's top-1 accuracy on the batch."""
         total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
         metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
         metrics["acc1"] = metrics.get("acc1_head0", 0.0)
@@ -119,7 +122,32 @@ def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int 
     return metrics
 
 
-class MedusaObjective(FrozenBackboneObjective):
+def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: torch.Tensor, batch: torch.Tensor,
+                        soft_targets: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per Medusa head k: (loss, logits ``[B, valid, V]``, targets ``[B, valid]``).
+
+    ``hidden`` ``[B, T, H]`` and ``base_logits`` ``[B, T, V]`` are the model's over ``batch[:, :-1]``
+    (``batch`` is ``[B, T + 1]``). Head k at position t guesses token t + k + 2; with soft targets it
+    matches the model's own distribution for that token, which sits at position t + k + 1.
+    """
+    length = hidden.shape[1]
+    results = []
+    for k, head in enumerate(heads.heads):
+        valid = length - k - 1  # positions t with t + k + 2 <= T
+        if valid <= 0:
+            break
+        logits = head(hidden[:, :valid]).float()
+        targets = batch[:, k + 2: k + 2 + valid]
+        if soft_targets:
+            teacher = base_logits[:, k + 1: k + 1 + valid].float().softmax(-1)
+            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        results.append((loss, logits, targets))
+    return results
+
+
+class MedusaObjective(PerHeadObjective):
     """Medusa-1: the backbone frozen, head k trained with cross-entropy against the token k + 2
     after its position (the token k + 1 after the root), weighted by ``decay ** k``.
 
@@ -133,63 +161,10 @@ class MedusaObjective(FrozenBackboneObjective):
         self.decay = decay
         self.soft_targets = soft_targets
 
-    def _forward(self, module: nn.Module, batch: torch.Tensor):
+    def _per_head(self, module: nn.Module, batch: torch.Tensor):
         with torch.no_grad():
             out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
-        hidden = out.hidden_states[-1]
-        head_logits = module(hidden).float()  # [B, T, K, V]
-        return out.logits.float(), head_logits
-
-    def per_head_losses(self, module: nn.Module, batch: torch.Tensor):
-        base_logits, head_logits = self._forward(module, batch)
-        num_heads = head_logits.shape[2]
-        targets, valid = shifted_head_targets(batch, num_heads)
-        if self.soft_targets:
-            # The backbone's distribution for token t + k + 2 sits at position t + k + 1.
-            length = base_logits.shape[1]
-            index = (torch.arange(length, device=batch.device)[:, None] + torch.arange(num_heads, device=batch.device) + 1)
-            teacher = base_logits[:, index.clamp(max=length - 1)].log_softmax(-1)  # [B, T, K, V]
-            nll = -(teacher.exp() * head_logits.log_softmax(-1)).sum(-1)
-            valid = valid & (index < length)[None]
-        else:
-            nll = F.cross_entropy(head_logits.flatten(0, 2), targets.flatten(), reduction="none").view(targets.shape)
-        mask = valid.float()
-        losses = (nll * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
-        correct = (head_logits.argmax(-1) == targets).float()
-        accuracy = (correct * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
-        return losses, accuracy, head_logits, targets, valid
-
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
-        _, _, head_logits, targets, valid = self.per_head_losses(module, batch)
-        return [(head_logits[:, :, k][valid[:, :, k]], targets[:, :, k][valid[:, :, k]])
-                for k in range(head_logits.shape[2])]
-
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        losses, accuracy, *_ = self.per_head_losses(module, batch)
-        weights = self.decay ** torch.arange(losses.shape[0], dtype=losses.dtype, device=losses.device)
-        metrics = {f"acc1_head{k}": float(a) for k, a in enumerate(accuracy)}
-        metrics["acc1"] = float(accuracy[0])
-        return (weights * losses).sum(), metrics
-
-    @torch.no_grad()
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        """Per-head top-1 and top-``top_k`` accuracy on held-out blocks."""
-        device = next(module.parameters()).device
-        hits1 = hitsk = total = None
-        for start in range(0, blocks.shape[0], 16):
-            batch = blocks[start : start + 16].to(device)
-            _, _, head_logits, targets, valid = self.per_head_losses(module, batch)
-            top = head_logits.topk(top_k, dim=-1).indices
-            h1 = ((top[..., 0] == targets) & valid).sum((0, 1)).float()
-            hk = ((top == targets[..., None]).any(-1) & valid).sum((0, 1)).float()
-            n = valid.sum((0, 1)).float()
-            hits1, hitsk, total = (h1, hk, n) if hits1 is None else (hits1 + h1, hitsk + hk, total + n)
-        metrics = {}
-        for k in range(hits1.shape[0]):
-            metrics[f"head{k}_top1"] = float(hits1[k] / total[k])
-            metrics[f"head{k}_top{top_k}"] = float(hitsk[k] / total[k])
-        return metrics
+        return medusa_head_results(module, out.hidden_states[-1], out.logits, batch, self.soft_targets)
 
 
 class Medusa2Objective(MedusaObjective):
@@ -206,7 +181,7 @@ class Medusa2Objective(MedusaObjective):
 
     def __init__(self, model: nn.Module, heads: nn.Module, decay: float = 0.8, lm_weight: float = 1.0,
                  head_warmup_steps: int = 100, head_lr_multiplier: float = 4.0) -> None:
-        self.model = model
+        self.model = model  # not frozen: it trains with the heads
         self.heads = heads
         self.decay = decay
         self.soft_targets = False
@@ -227,24 +202,19 @@ class Medusa2Objective(MedusaObjective):
         warming_up = step < self.head_warmup_steps
         out = module["backbone"](input_ids=batch[:, :-1], output_hidden_states=True)
         hidden = out.hidden_states[-1]
-        head_logits = module["heads"](hidden.detach() if warming_up else hidden).float()
-        targets, valid = shifted_head_targets(batch, head_logits.shape[2])
-        nll = F.cross_entropy(head_logits.flatten(0, 2), targets.flatten(), reduction="none").view(targets.shape)
-        mask = valid.float()
-        head_losses = (nll * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
-        weights = self.decay ** torch.arange(head_losses.shape[0], dtype=head_losses.dtype, device=batch.device)
-        total = (weights * head_losses).sum()
+        results = medusa_head_results(module["heads"], hidden.detach() if warming_up else hidden, out.logits, batch,
+                                      soft_targets=False)
+        total, metrics = self.weighted(results)
         lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
         if not warming_up:
             total = total + self.lm_weight * lm_loss
-        accuracy = ((head_logits.argmax(-1) == targets).float() * mask).sum((0, 1)) / mask.sum((0, 1)).clamp(min=1)
-        return total, {"lm_loss": float(lm_loss.detach()), "acc1": float(accuracy[0])}
+        return total, {**metrics, "lm_loss": float(lm_loss.detach())}
 
     def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return MedusaObjective.head_predictions(self, module["heads"], batch)
+        return super().head_predictions(module["heads"], batch)
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-        heads_metrics = MedusaObjective.evaluate(self, module["heads"], blocks, top_k)
+        heads_metrics = super().evaluate(module["heads"], blocks, top_k)
         lm_metrics = LanguageModelObjective(module["backbone"]).evaluate(module["backbone"], blocks)
         return {**heads_metrics, **lm_metrics}

@@ -6,7 +6,6 @@ from spec.trees.dynamic import DynamicTreeBuilder
 from spec.trees.graph import tree_from_graph, tree_to_graph
 from spec.trees.hardware import SizedTree, choose_tree_for_hardware
 from spec.trees.io import draw_tree, load_tree, save_tree, tree_from_json, tree_to_json
-from spec.trees.measure import measure_acceptance, measure_draft_costs, measure_verify_costs
 from spec.trees.optimize import OptimalTrees, expected_accepted_length, greedy_tree, optimal_tree
 from spec.trees.static import StaticTreeBuilder
 from spec.trees.stats import AcceptanceStats
@@ -25,9 +24,6 @@ __all__ = [
     "full_tree",
     "greedy_tree",
     "load_tree",
-    "measure_acceptance",
-    "measure_draft_costs",
-    "measure_verify_costs",
     "optimal_tree",
     "save_tree",
     "tree_from_choices",

@@ -57,7 +57,7 @@ def choose_tree_for_hardware(stats: AcceptanceStats, verify_costs: dict[int, flo
         if bad or (name == "verify_costs" and not curve):
             raise ConfigurationError(
                 f"{name} must map sizes to measured seconds, finite and {'> 0' if least is not None else '>= 0'}; "
-                f"got {bad or curve!r}. Measure them with spec.trees.measure_verify_costs / measure_draft_costs.")
+                f"got {bad or curve!r}. Measure them with spec.bench.measure_verify_costs / measure_draft_costs.")
     table = []
     for depth in range(1, max_depth + 1):
         capacity = sum(stats.width ** d for d in range(1, depth + 1))

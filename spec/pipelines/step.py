@@ -1,0 +1,146 @@
+"""One speculative step, and the decode state it advances: the only place the four stages meet.
+
+Read top to bottom, a step is (batch of one)::
+
+    tree = tree_builder.tree()                                    # this step's shape
+    draft = tree_builder.select(drafter.propose(tree, context))   # a token per node (pruned if dynamic)
+    verification = verifier.verify(draft)                         # target logits at every node
+    acceptance = acceptor.accept(draft, verification)             # the kept path + bonus token
+    verifier.commit(path); drafter.commit(tokens, hidden)         # keep the accepted path only
+
+``generate``, acceptance measurement (spec/bench/acceptance.py) and the drafter contract
+tests all run this function, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import attrs
+import torch
+
+from spec.errors import IncompatibleStagesError, InputError
+from spec.protocols import (
+    Acceptance,
+    Acceptor,
+    Composition,
+    Draft,
+    DraftContext,
+    Drafter,
+    SamplingParams,
+    TreeBuilder,
+    Verification,
+    Verifier,
+    check_composition,
+)
+
+
+@attrs.define
+class DecodeState:
+    """A sequence being decoded: a token buffer allocated once, and how much of it is filled.
+
+    ``tokens``: ``[capacity]`` int64 on the CPU; ``tokens[:length]`` holds the prompt and every token
+    emitted so far, the next root last. Steps append in place, as gpt-fast's cache does, instead of
+    rebuilding a tensor per step.
+    """
+
+    tokens: torch.Tensor
+    length: int
+    prompt_length: int
+
+    @classmethod
+    def start(cls, prompt: torch.Tensor, max_new_tokens: int) -> "DecodeState":
+        """``prompt`` ``[L]`` (L >= 1) with room for ``max_new_tokens`` more."""
+        if prompt.dim() != 1 or prompt.numel() == 0:
+            raise InputError(f"A decode starts from a non-empty 1-D prompt, got shape {tuple(prompt.shape)}.")
+        tokens = torch.empty(prompt.numel() + max_new_tokens, dtype=torch.long)
+        tokens[: prompt.numel()] = prompt
+        return cls(tokens=tokens, length=prompt.numel(), prompt_length=prompt.numel())
+
+    @property
+    def sequence(self) -> torch.Tensor:
+        """``[length]``: the prompt and the emitted tokens, the next root last (a view: no copy)."""
+        return self.tokens[: self.length]
+
+    @property
+    def num_generated(self) -> int:
+        return self.length - self.prompt_length
+
+    @property
+    def room(self) -> int:
+        """How many more tokens fit in the buffer."""
+        return self.tokens.numel() - self.length
+
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_length: self.length].tolist()
+
+    def extend(self, new_tokens: list[int]) -> None:
+        if len(new_tokens) > self.room:
+            raise InputError(f"{len(new_tokens)} tokens do not fit: the buffer has room for {self.room}.")
+        self.tokens[self.length: self.length + len(new_tokens)] = torch.tensor(new_tokens, dtype=torch.long)
+        self.length += len(new_tokens)
+
+
+@attrs.frozen
+class Stages:
+    """The four stages of a speculative decoder, checked to compose (spec/protocols/compat.py)."""
+
+    drafter: Drafter
+    tree_builder: TreeBuilder
+    verifier: Verifier
+    acceptor: Acceptor
+    composition: Composition = attrs.field(init=False)
+
+    @composition.default
+    def _check(self) -> Composition:
+        # Refuses combinations that cannot work, before the first step.
+        return check_composition(self.drafter, self.tree_builder, self.verifier, self.acceptor)
+
+
+@attrs.frozen
+class StepResult:
+    """What one step drafted, verified and kept, and the seconds each part took."""
+
+    draft: Draft
+    verification: Verification
+    acceptance: Acceptance
+    draft_s: float
+    verify_s: float
+    accept_s: float
+    commit_s: float
+
+
+def prefill(drafter: Drafter, verifier: Verifier, sequence: torch.Tensor) -> None:
+    """Start ``sequence`` ``[L]``: cache every token but the root (the last), which is verified with the first tree."""
+    verifier.reset()
+    drafter.reset()
+    cached = sequence[:-1]
+    drafter.commit(cached, verifier.prefill(cached))
+
+
+def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParams,
+                     generator: Optional[torch.Generator], budget: int) -> StepResult:
+    """Draft, verify, accept and commit once; ``budget`` (>= 1) caps the tokens this step may yield.
+
+    The caller appends ``acceptance.new_tokens`` (or the prefix it keeps) to ``state``.
+    """
+    t0 = time.perf_counter()
+    # A step yields at most depth + 1 tokens; drafting deeper than the budget is wasted work.
+    tree = stages.tree_builder.tree().truncated(budget - 1)
+    draft = stages.tree_builder.select(stages.drafter.propose(tree, DraftContext(tokens=state.sequence), sampling,
+                                                              generator))
+    if draft.kind not in stages.composition.candidate_kinds:
+        raise IncompatibleStagesError(
+            f"{type(stages.drafter).__name__} returned {draft.kind.value} candidates but its traits declare "
+            f"only {sorted(k.value for k in stages.drafter.traits.candidate_kinds)}; fix its traits.")
+    t1 = time.perf_counter()
+    verification = stages.verifier.verify(draft)
+    t2 = time.perf_counter()
+    acceptance = stages.acceptor.accept(draft, verification, sampling, generator)
+    t3 = time.perf_counter()
+    stages.verifier.commit(acceptance.path)
+    path = list(acceptance.path)
+    stages.drafter.commit(draft.tokens[path], verification.hidden_states[path])
+    return StepResult(draft=draft, verification=verification, acceptance=acceptance, draft_s=t1 - t0,
+                      verify_s=t2 - t1, accept_s=t3 - t2, commit_s=time.perf_counter() - t3)
