@@ -6,12 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-RECIPES = {
-    "medusa": ("medusa1", "medusa2", "self-distill"),
-    "hydra": ("hydra", "hydra++"),
-    "clover": ("clover",),
-    "kangaroo": ("kangaroo",),
-}
+from spec.registry import DRAFTERS
 
 
 def add_parser(sub) -> None:
@@ -22,7 +17,7 @@ def add_parser(sub) -> None:
         "checkpoint in --out unless --no-resume. Runs under `accelerate launch` unchanged for several GPUs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--drafter", required=True, choices=sorted(RECIPES),
+    parser.add_argument("--drafter", required=True, choices=sorted(DRAFTERS),
                         help="which drafter's heads to train")
     parser.add_argument("--model", required=True,
                         help="a transformers model directory with its tokenizer")
@@ -30,7 +25,7 @@ def add_parser(sub) -> None:
                         help="training text: a .txt/.py file, a .jsonl file with a 'text' field, or a directory of "
                         "them; for --recipe self-distill these are prompts the model continues itself")
     parser.add_argument("--out", required=True, help="output directory: checkpoints, log.jsonl, plots, heads/")
-    parser.add_argument("--recipe", default=None, choices=sorted({r for rs in RECIPES.values() for r in rs}),
+    parser.add_argument("--recipe", default=None, choices=sorted({r for entry in DRAFTERS.values() for r in entry.recipes}),
                         help="medusa1: backbone frozen, hard targets; medusa2: backbone trained jointly "
                         "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
                         "distribution on text the model generates from --data prompts; hydra: Hydra heads on the data; "
@@ -70,12 +65,15 @@ def check_arguments(args: argparse.Namespace) -> Path:
     from spec.io import check_model_directory, check_writable_directory, read_json
     from spec.apps.shipped import resolve_model_path
 
-    args.recipe = args.recipe or RECIPES[args.drafter][0]
-    if args.recipe not in RECIPES[args.drafter]:
-        raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from {RECIPES[args.drafter]}.")
+    entry = DRAFTERS[args.drafter]
+    args.recipe = args.recipe or next(iter(entry.recipes))
+    if args.recipe not in entry.recipes:
+        raise ConfigurationError(f"--recipe {args.recipe} does not apply to {args.drafter}; choose from "
+                                 f"{tuple(entry.recipes)}.")
+    recipe = entry.recipes[args.recipe]
     check_int(args.num_heads, "--num-heads", 1)
-    check_int(args.num_layers, "--num-layers", 1 if args.recipe == "hydra" else 0,
-              hint=" (Hydra's first block reads the token embeddings)" if args.recipe == "hydra" else "")
+    check_int(args.num_layers, "--num-layers", recipe.min_num_layers,
+              hint=f" ({recipe.min_num_layers_why})" if recipe.min_num_layers_why else "")
     check_int(args.steps, "--steps", 1)
     check_int(args.batch_size, "--batch-size", 1)
     check_int(args.grad_accumulation, "--grad-accumulation", 1)
@@ -91,11 +89,11 @@ def check_arguments(args: argparse.Namespace) -> Path:
     config = read_json(model_dir / "config.json", "model config", PathError, ConfigurationError)
     config = config if isinstance(config, dict) else {}
     layers = config.get("num_hidden_layers", config.get("n_layer"))
-    if args.drafter == "kangaroo":
+    if entry.reads_exit_layer:
         check_int(args.exit_layer, "--exit-layer", 1, layers - 1 if isinstance(layers, int) and layers > 1 else None,
                   hint=f" (the model has {layers} layers)" if isinstance(layers, int) else "")
     context = config.get("max_position_embeddings", config.get("n_positions"))
-    if isinstance(context, int) and args.recipe != "self-distill" and args.block_size > context:
+    if isinstance(context, int) and not recipe.own_text and args.block_size > context:
         raise OptionError(f"--block-size {args.block_size} is over the model's context of {context}; use at most "
                           f"{context}.")
     data = Path(args.data)
@@ -116,17 +114,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spec.drafters import MedusaDrafter
     from spec.errors import ConfigurationError
     from spec.models import context_length
-    from spec.training import (
-        Medusa2Objective,
-        MedusaObjective,
-        TrainConfig,
-        iter_texts,
-        pack_blocks,
-        train,
-    )
+    from spec.registry import HeadOptions
+    from spec.training import TrainConfig, iter_texts, pack_blocks, train
     from spec.training.distill import generate_own_blocks
     from spec.training.plots import plot_head_accuracy
 
@@ -134,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     # Checked above: a local directory with safetensors weights (never fetched, never unpickled).
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    entry = DRAFTERS[args.drafter]
+    recipe = entry.recipes[args.recipe]
     block_size = args.block_size
-    if args.recipe == "self-distill":
+    if recipe.own_text:
         prompts = pack_blocks(iter_texts(args.data), tokenizer, 15, context=context_length(model))
         blocks = generate_own_blocks(model.eval(), prompts, args.distill_tokens, seed=args.seed)
     else:
@@ -144,32 +137,11 @@ def run(args: argparse.Namespace) -> int:
     train_blocks, heldout = blocks[:-heldout_count], blocks[-heldout_count:]
     if train_blocks.shape[0] == 0:
         raise ConfigurationError("All blocks were held out; give more data or a smaller --heldout-fraction.")
-    if args.drafter == "hydra":
-        from spec.drafters import HydraDrafter
-        from spec.training.hydra import HydraObjective
-
-        plus = args.recipe == "hydra++"
-        drafter = HydraDrafter.from_model(model, num_heads=args.num_heads, num_layers=4 if plus else args.num_layers,
-                                          prefix_layer=plus, seed=args.seed)
-        objective = HydraObjective(model, drafter, teacher=plus)
-    elif args.drafter == "kangaroo":
-        from spec.drafters import KangarooDrafter
-        from spec.training.kangaroo import KangarooObjective
-
-        drafter = KangarooDrafter.from_model(model, exit_layer=args.exit_layer, max_depth=args.num_heads, seed=args.seed)
-        objective = KangarooObjective(model, drafter)
-    elif args.drafter == "clover":
-        from spec.drafters import CloverDrafter
-        from spec.training.clover import CloverObjective
-
-        drafter = CloverDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
-        objective = CloverObjective(model, drafter, decay=args.decay)
-    else:
-        drafter = MedusaDrafter.from_model(model, num_heads=args.num_heads, num_layers=args.num_layers, seed=args.seed)
-    if args.recipe == "medusa2":
-        objective = Medusa2Objective(model.train(), drafter.heads, decay=args.decay)
-    elif args.drafter == "medusa":
-        objective = MedusaObjective(model, drafter.heads, decay=args.decay, soft_targets=args.recipe == "self-distill")
+    options = dict(num_heads=args.num_heads, decay=args.decay, seed=args.seed,
+                   num_layers=args.num_layers if recipe.num_layers is None else recipe.num_layers)
+    if entry.reads_exit_layer:  # the other drafters ignore --exit-layer, whatever its value
+        options["exit_layer"] = args.exit_layer
+    drafter, objective = entry.build(model, args.recipe, HeadOptions(**options))
     out = Path(args.out)
     config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,
                          grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,
@@ -178,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume)
     model.eval()
     drafter.save_pretrained(out / "heads")
-    if args.recipe == "medusa2":
+    if recipe.trains_model:
         model.save_pretrained(out / "model", safe_serialization=True)
         tokenizer.save_pretrained(out / "model")
     plot_head_accuracy(result.log_path, out / "head_accuracy.png")

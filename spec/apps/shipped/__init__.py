@@ -83,10 +83,6 @@ def training_facts(name: str = DEFAULT) -> dict:
     return json.loads((shipped_path(name) / "training.json").read_text())
 
 
-DRAFTERS = {"medusa": "MedusaDrafter", "hydra": "HydraDrafter", "clover": "CloverDrafter",
-            "kangaroo": "KangarooDrafter"}
-
-
 def shipped_drafters(name: str = DEFAULT) -> list[str]:
     heads = shipped_path(name) / "heads"
     return sorted(p.name for p in heads.iterdir() if (p / "config.json").exists()) if heads.exists() else []
@@ -94,14 +90,12 @@ def shipped_drafters(name: str = DEFAULT) -> list[str]:
 
 def load_shipped_drafter(drafter: str, model, name: str = DEFAULT):
     """The shipped heads of ``drafter`` for the shipped ``model``."""
-    import spec.drafters
+    from spec.registry import DRAFTERS
 
-    if drafter not in DRAFTERS:
+    # Only a registered name can reach the file system (it is never a path such as "../medusa").
+    if drafter not in DRAFTERS or not (shipped_path(name) / "heads" / drafter / "config.json").exists():
         raise CheckpointError(f"No shipped {drafter!r} heads; shipped: {shipped_drafters(name) or 'none'}.")
-    path = shipped_path(name) / "heads" / drafter
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"No shipped {drafter!r} heads; shipped: {shipped_drafters(name) or 'none'}.")
-    return getattr(spec.drafters, DRAFTERS[drafter]).from_pretrained(path, model)
+    return DRAFTERS[drafter].drafter.from_pretrained(shipped_path(name) / "heads" / drafter, model)
 
 
 def load_shipped_tree(drafter: str, name: str = DEFAULT):

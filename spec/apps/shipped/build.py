@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spec.apps.shipped.corpus import corpus_files, read_corpus, stdlib_root
+from spec.registry import DRAFTERS
 
 NAME = "spec-py-tiny"
 PACKAGE_DIR = Path(__file__).parent / NAME
@@ -80,50 +81,13 @@ def train_model(work: Path, blocks: dict[str, torch.Tensor], steps: int, batch_s
     return model, result
 
 
-def medusa_recipe(model):
-    from spec.drafters import MedusaDrafter
-    from spec.training import MedusaObjective
-
-    drafter = MedusaDrafter.from_model(model, num_heads=4, num_layers=1, seed=0)
-    # Soft targets on the corpus: the heads learn the model's own distribution, which is what they must guess.
-    return drafter, MedusaObjective(model, drafter.heads, soft_targets=True)
-
-
-def hydra_recipe(model):
-    from spec.drafters import HydraDrafter
-    from spec.training.hydra import HydraObjective
-
-    drafter = HydraDrafter.hydra_plus_plus(model, num_heads=4, num_layers=2, seed=0)
-    return drafter, HydraObjective(model, drafter, teacher=True)
-
-
-def clover_recipe(model):
-    from spec.drafters import CloverDrafter
-    from spec.training.clover import CloverObjective
-
-    drafter = CloverDrafter.from_model(model, num_heads=4, num_layers=1, seed=0)
-    return drafter, CloverObjective(model, drafter)
-
-
-def kangaroo_recipe(model):
-    from spec.drafters import KangarooDrafter
-    from spec.training.kangaroo import KangarooObjective
-
-    drafter = KangarooDrafter.from_model(model, exit_layer=2, threshold=0.3, max_depth=4, seed=0)
-    return drafter, KangarooObjective(model, drafter)
-
-
-#: drafter name -> (drafter, objective) for training the shipped heads.
-HEAD_RECIPES = {"medusa": medusa_recipe, "hydra": hydra_recipe, "clover": clover_recipe,
-                "kangaroo": kangaroo_recipe}
-
-
 def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, steps: int, batch_size: int,
                 lr: float, destination: Path = PACKAGE_DIR) -> dict:
     """Train one drafter's heads on the frozen model (resumable) and save them into the package."""
     from spec.training import TrainConfig, train
 
-    drafter, objective = HEAD_RECIPES[name](model)
+    entry = DRAFTERS[name]
+    drafter, objective = entry.build(model, entry.shipped_recipe, entry.shipped_options)
     print(f"[heads] training {name}: {drafter.num_parameters / 1e6:.2f}M parameters, {steps} steps", flush=True)
     config = TrainConfig(out_dir=str(work / f"heads-{name}"), steps=steps, batch_size=batch_size, lr=lr,
                          warmup_steps=20, checkpoint_every=25, eval_every=100, log_every=10)
@@ -229,13 +193,13 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     check_int(args.head_steps, "--head-steps", 1)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     if heads:
-        check_names(heads, "--heads", sorted(HEAD_RECIPES), "drafter")
+        check_names(heads, "--heads", sorted(DRAFTERS), "drafter")
         if not args.export and not args.trees_only and NAME not in shipped_names():
             raise OptionError("--heads trains on the exported model, and none is installed; add --export.")
     if args.trees_only:
         if not heads:
             raise OptionError("--trees-only re-sizes the trees of the drafters named by --heads; name at least one, "
-                              f"e.g. --heads medusa (from {', '.join(sorted(HEAD_RECIPES))}).")
+                              f"e.g. --heads medusa (from {', '.join(sorted(DRAFTERS))}).")
         if NAME not in shipped_names():
             raise OptionError("--trees-only re-sizes trees from the shipped model, which is not installed; build "
                               "it with --export first.")
@@ -254,7 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--export", action="store_true", help="write the trained model into the package")
     parser.add_argument("--heads", default="", help=f"comma-separated drafters whose heads to train and ship "
-                        f"(from {sorted(HEAD_RECIPES)}); needs the model exported first")
+                        f"(from {sorted(DRAFTERS)}); needs the model exported first")
     parser.add_argument("--head-steps", type=int, default=400, help="optimizer steps per drafter (default: %(default)s)")
     parser.add_argument("--trees-only", action="store_true",
                         help="skip head training: re-measure acceptance and costs and re-size the shipped trees")
