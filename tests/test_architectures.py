@@ -33,7 +33,7 @@ from spec.protocols import Draft
 from spec.testing.assertions import assert_same_tokens
 from spec.testing.drafters import OracleDrafter
 from spec.testing.models import model_from_config
-from spec.verifiers import support
+from spec.runtime import support
 
 VOCAB, HIDDEN, CONTEXT = 96, 32, 128
 # Every model's size, under each name the config classes use; an entry gets the ones its class declares.

@@ -33,8 +33,8 @@ from spec.testing.assertions import assert_same_tokens
 from spec.testing.drafters import OracleDrafter
 from spec.testing.models import tiny_model
 from spec.testing.strategies import candidate_trees
-from spec.verifiers import compiled as compiled_module
-from spec.verifiers.llama_family import unsupported_reason
+from spec.runtime import compiled as compiled_module
+from spec.runtime import unsupported_reason
 
 from helpers import LLAMA_FAMILY, VOCAB, config_override, model, prompt, reference
 

@@ -7,8 +7,12 @@ from hypothesis import strategies as st
 
 from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
 from spec.drafters.kangaroo import KangarooDrafter
-from spec.errors import ConfigurationError, IncompatibleDrafterError, UnsupportedError
-from spec.protocols import Acceptance, AcceptorTraits, CandidateKind
+from spec.errors import (ConfigurationError, IncompatibleDrafterError, IncompatibleStagesError, ShapeError,
+                         UnsupportedError)
+from spec.protocols import (Acceptance, AcceptorTraits, CandidateKind, Draft, DraftContext, DrafterTraits,
+                            SamplingParams, check_composition)
+from spec.trees import DynamicTreeBuilder, full_tree
+from spec.verifiers import make_verifier
 from spec.testing.assertions import assert_same_tokens
 from spec.testing.strategies import candidate_trees
 from spec.trees import chain_tree, tree_from_choices
@@ -137,7 +141,7 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 
 
 def test_tree_measurements_work_with_a_self_drafter():
-    from spec.trees import measure_acceptance, measure_draft_costs
+    from spec.bench import measure_acceptance, measure_draft_costs
 
     m = deep_model("qwen2")
     drafter = perturbed(m, 2, threshold=0.0)
@@ -145,3 +149,74 @@ def test_tree_measurements_work_with_a_self_drafter():
     assert set(costs) == {1, 2, 3} and all(c > 0 for c in costs.values())
     stats = measure_acceptance(m, drafter, drafter.verifier, [prompt(6, seed=2)], depth=2, width=2, max_new_tokens=16)
     assert stats.depth == 2 and stats.samples > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_pruned_drafts_give_the_models_own_greedy_output(arch):
+    """A dynamic builder prunes each full drafted tree to a few nodes; the verifier resumes from the kept ones."""
+    m = deep_model(arch)
+    drafter = perturbed(m, 2, threshold=0.0)
+    assert drafter.traits.prunable
+    builder = DynamicTreeBuilder(depth=3, width=3, total_tokens=4)
+    p = prompt(7, seed=11)
+    out = SpeculativeDecoder(m, drafter, builder, drafter.verifier, GreedyAcceptor()).generate(p, max_new_tokens=40)
+    with torch.no_grad():
+        expected = m.generate(p, max_new_tokens=40, do_sample=False)
+    assert_same_tokens(out.sequences, expected)
+    assert all(step.tree_size <= 5 for step in out.steps)  # pruned: root + 4 of the template's 39 nodes
+    assert max(step.accepted for step in out.steps) >= 1  # kept nodes were verified and accepted
+
+
+def test_a_pruned_draft_is_verified_at_its_kept_nodes():
+    """The logits at every kept node equal the model's own, though pruning moved nodes away from their drafting rows."""
+    m = deep_model("qwen2")
+    drafter = perturbed(m, 1, threshold=0.0)
+    p = prompt(6, seed=2)[0]
+    hidden = drafter.verifier.prefill(p[:-1])
+    drafter.commit(p[:-1], hidden)
+    draft = drafter.propose(full_tree(2, 3), DraftContext(tokens=p), SamplingParams(), None)
+    keep = [0, 2, 3, 9, 10]  # node 1 dropped: later nodes sit in rows past their index
+    pruned = draft.select_nodes(keep)
+    assert pruned.cache_rows.tolist() == [p.numel() - 1 + node for node in keep]
+    assert torch.equal(pruned.node_states, draft.node_states[keep])
+    verification = drafter.verifier.verify(pruned)
+    with torch.no_grad():
+        for node in range(pruned.tree.num_nodes):
+            path = list(pruned.tree.path_to(node))
+            own = m(torch.cat([p, pruned.tokens[path[1:]]])[None]).logits[0, -1]
+            torch.testing.assert_close(verification.logits[node], own, rtol=1e-9, atol=1e-9)
+    # Commit old node 9 (pruned node 3): its shallow rows were drafted at 2 and 9, its deep rows verified at 1 and 3.
+    path = pruned.tree.path_to(3)
+    drafter.verifier.commit(path)
+    committed = torch.cat([p, pruned.tokens[list(path[1:])]])
+    fresh = type(drafter.verifier)(m, 1)
+    fresh.prefill(committed)
+    n = committed.numel()
+    assert drafter.state.committed == fresh.state.committed == n
+    for a, b in zip(drafter.state.cache.tensors, fresh.state.cache.tensors):
+        torch.testing.assert_close(a[:, :n], b[:, :n], rtol=1e-9, atol=1e-9)
+
+
+def test_the_self_draft_verifier_needs_the_drafts_node_states():
+    m = deep_model("llama")
+    drafter = perturbed(m, 1, threshold=0.0)
+    drafter.verifier.prefill(prompt(4, seed=0)[0])
+    with pytest.raises(ShapeError, match="node_states and cache_rows"):
+        drafter.verifier.verify(Draft(tree=chain_tree(1), tokens=torch.tensor([1, 2])))
+
+
+def test_features_a_drafter_reads_must_be_what_the_verifier_reports():
+    m = deep_model("llama")
+    drafter = perturbed(m, 2, threshold=0.0)
+    assert drafter.traits.features == drafter.verifier.traits.features == "layer:2"
+    assert make_verifier(m).traits.features == "final"
+
+    class ReadsShallowStates:  # a drafter reading layer-2 states, composed with a verifier reporting final ones
+        traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, features="layer:2")
+        max_depth = 2
+
+    with pytest.raises(IncompatibleStagesError, match="ReadsShallowStates reads .*'layer:2'.*FastTreeVerifier "
+                                                      "reports 'final'"):
+        check_composition(ReadsShallowStates(), StaticTreeBuilder(chain_tree(2)), make_verifier(m), GreedyAcceptor())
+    with pytest.raises(IncompatibleStagesError, match="'final' or 'layer:<k>'"):
+        DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, features="last")

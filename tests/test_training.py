@@ -278,7 +278,7 @@ def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tm
 
 
 def test_causal_pass_equals_the_cached_layer():
-    from spec.drafters.context_layer import ContextLayerCache, build_decoder_layer, causal_pass
+    from spec.runtime import ContextLayerCache, build_decoder_layer, causal_pass
 
     model = tiny_model("qwen2", seed=1, vocab_size=64)
     layer = build_decoder_layer(model, "test layer")

@@ -13,12 +13,12 @@ drafters by their measured acceptance. See docs/drafters.md.
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
 from spec.drafters.clover import AttentionDecoder, CloverDrafter, CloverHeads
-from spec.drafters.context_layer import SUPPORTED_ARCHITECTURES, ContextLayerCache, build_decoder_layer
 from spec.drafters.hydra import HydraDrafter, HydraHeads
 from spec.drafters.kangaroo import KangarooAdapter, KangarooDrafter
 from spec.drafters.medusa import MedusaDrafter, MedusaHeads
 from spec.drafters.merged import MergedDrafter
 from spec.drafters.ngram import NGramDrafter
+from spec.runtime import SUPPORTED_ARCHITECTURES, ContextLayerCache, build_decoder_layer
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",

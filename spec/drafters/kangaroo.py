@@ -12,8 +12,12 @@ branch stops growing when the probability of its last drafted token is below
 is always extended. With a chain this is the paper's algorithm; with a tree, each
 extended node gets its top-k children (the paper's open extension).
 
-Built on a :class:`SelfDraftVerifier`, whose state it shares: every drafted token
-passes the shallow layers once, here, and the verifier runs only the deep layers.
+Built on a :class:`SelfDraftVerifier`, whose cache it shares: every drafted token
+passes the shallow layers once, here, writing their keys and values into that cache;
+its draft carries each node's shallow state and cache row (``Draft.node_states``,
+``Draft.cache_rows``), so a tree builder may prune it and the verifier runs only the
+deep layers over the nodes kept. ``commit`` reads the shallow states the verifier
+reports (``traits.features``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from transformers import DynamicCache
 
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence
-from spec.errors import ConfigurationError, InputError
+from spec.errors import ConfigurationError, InputError, ShapeError
 from spec.models import ModelFingerprint, cache_kwargs, hidden_size, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
-from spec.verifiers.self_draft import SelfDraftVerifier, additive_mask
+from spec.runtime import SelfDraftVerifier
+from spec.runtime.masks import additive_mask
 
 
 class KangarooAdapter(nn.Module):
@@ -96,7 +101,8 @@ class KangarooDrafter:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None) -> "KangarooDrafter":
-        hyper, state = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"})
+        hyper, state = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"},
+                                    build=lambda hyper: KangarooAdapter(model))
         weight = model.get_output_embeddings().weight
         adapter = KangarooAdapter(model).to(device=weight.device, dtype=weight.dtype)
         load_state_strict(adapter, state, directory)
@@ -109,9 +115,9 @@ class KangarooDrafter:
 
     @property
     def traits(self) -> DrafterTraits:
-        # Its verifier reuses the drafting pass node by node, so the draft must reach it unpruned.
-        return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True, prunable=False,
-                             verifier=self.verifier)
+        # Its verifier shares the shallow layers' cache; the per-node work travels in the draft, so it prunes.
+        return DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True, prunable=True,
+                             verifier=self.verifier, features=self.verifier.traits.features)
 
     # ---- Drafter protocol ------------------------------------------------------------------
     @property
@@ -123,35 +129,37 @@ class KangarooDrafter:
         self._adapter_length = 0
 
     def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
-        """Advance the adapter over the committed positions' shallow states (left by the verifier)."""
-        shallow = self.state.committed_shallow
-        if shallow is None or shallow.shape[0] != tokens.shape[0]:
-            raise InputError("KangarooDrafter.commit must follow its SelfDraftVerifier's prefill or commit.")
+        """Advance the adapter over the committed positions' shallow states ``[m, H]`` (``traits.features``)."""
+        if hidden_states.dim() != 2 or hidden_states.shape[0] != tokens.shape[0]:
+            raise ShapeError(f"KangarooDrafter.commit takes one hidden state per token, got {tokens.shape[0]} tokens "
+                             f"and hidden states of shape {tuple(hidden_states.shape)}.")
         self._crop_adapter()
-        if shallow.shape[0]:
-            m = shallow.shape[0]
-            visible = torch.ones(m, self._adapter_length + m, dtype=torch.bool, device=shallow.device)
-            visible = visible.tril(self._adapter_length)
-            self._adapter(shallow, visible, torch.arange(self._adapter_length, self._adapter_length + m,
-                                                          device=shallow.device))
-        self._adapter_length += shallow.shape[0]
+        m = hidden_states.shape[0]
+        if m:
+            device = self.state.device
+            visible = torch.ones(m, self._adapter_length + m, dtype=torch.bool, device=device)
+            self._adapter(hidden_states.to(device), visible.tril(self._adapter_length),
+                          torch.arange(self._adapter_length, self._adapter_length + m, device=device))
+        self._adapter_length += m
 
     @torch.no_grad()
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
         check_tree_fits(tree, self._max_depth, output_vocab_size(self.model), "Kangaroo drafter")
         state = self.state
-        if state.committed != context.position or state.node_hidden:
+        if state.committed != context.position:
             raise InputError(
                 f"The self-draft state has {state.committed} committed tokens but the root is at {context.position}; "
                 "use drafter.verifier as the pipeline's verifier."
             )
-        # Template node -> index in the draft (breadth-first, kept nodes only).
+        # Template node -> index in the draft (breadth-first, kept nodes only) = its drafting order.
         kept: dict[int, int] = {0: 0}
         tokens = [context.root_token]
         node_logprob = [0.0]
+        depths = [0]
         frontier = [0]
-        adapter_states = list(self._draft_and_adapt([context.root_token], [[0]], [0]))
+        shallow, adapted = self._draft_and_adapt([context.root_token], [[0]], depths)
+        node_states, adapter_states = [shallow], list(adapted)
         extend = {0: True}
         while frontier:
             expanding = [n for n in frontier if tree.children[n] and extend[n]]
@@ -160,7 +168,7 @@ class KangarooDrafter:
             rows = torch.stack([adapter_states[kept[n]] for n in expanding])
             logprobs = self.model.lm_head(rows).float().log_softmax(-1)
             top_lp, top_tok = logprobs.topk(tree.max_rank + 1, dim=-1)
-            new_nodes, new_tokens, new_paths, new_depths = [], [], [], []
+            new_nodes, new_tokens, new_paths = [], [], []
             for row, parent in enumerate(expanding):
                 for child in tree.children[parent]:
                     rank = tree.ranks[child]
@@ -172,28 +180,39 @@ class KangarooDrafter:
                     new_nodes.append(child)
                     new_tokens.append(tokens[-1])
                     new_paths.append([kept[a] for a in tree.path_to(child)])
-                    new_depths.append(tree.depth_list[child])
-            adapter_states = adapter_states + list(self._draft_and_adapt(new_tokens, new_paths, new_depths))
+                    depths.append(tree.depth_list[child])
+            shallow, adapted = self._draft_and_adapt(new_tokens, new_paths, depths)
+            node_states.append(shallow)
+            adapter_states.extend(adapted)
             frontier = new_nodes
-        order = sorted(kept, key=kept.get)
-        draft_tree = tree.subtree(order)  # breadth-first order of the template = drafting order
+        draft_tree = tree.subtree(sorted(kept, key=kept.get))  # breadth-first order of the template
         logprob = torch.tensor(node_logprob, dtype=torch.float32)
         self._crop_adapter()
+        # Node i's shallow keys and values sit at cache row committed + i, where it was drafted.
+        rows = torch.arange(state.committed, state.committed + len(tokens), device=state.device)
         return Draft(tree=draft_tree, tokens=torch.tensor(tokens, dtype=torch.long), kind=CandidateKind.DETERMINISTIC,
-                     log_confidence=path_log_confidence(draft_tree, logprob))
+                     log_confidence=path_log_confidence(draft_tree, logprob), node_states=torch.cat(node_states),
+                     cache_rows=rows)
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _draft_and_adapt(self, tokens: list[int], paths: list[list[int]], depths: list[int]) -> torch.Tensor:
-        """Shallow layers (shared with verification) then the adapter, for new tree nodes."""
-        start = len(self.state.node_hidden)
-        shallow = self.state.draft_nodes(tokens, paths, depths)
-        m = len(tokens)
-        visible = torch.zeros(m, self._adapter_length + start + m, dtype=torch.bool, device=shallow.device)
-        visible[:, : self._adapter_length] = True
+    def _draft_and_adapt(self, tokens: list[int], paths: list[list[int]],
+                         depths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shallow layers (shared with verification), then the adapter, over the last ``len(tokens)`` nodes.
+
+        ``paths[i]``: drafting indices of node i's path (root first, itself last); ``depths``: every node's
+        depth so far. Returns the new nodes' shallow states and adapter outputs, ``[m, H]`` each.
+        """
+        state, m, k = self.state, len(tokens), len(depths)
+        visible = torch.zeros(m, state.committed + k, dtype=torch.bool, device=state.device)
+        visible[:, : state.committed] = True
         for row, path in enumerate(paths):
-            visible[row, [self._adapter_length + node for node in path]] = True
-        positions = torch.tensor([self._adapter_length + d for d in depths], device=shallow.device)
-        return self._adapter(shallow, visible, positions)
+            visible[row, [state.committed + node for node in path]] = True
+        embeddings = state.forward.embed(torch.tensor(tokens, device=state.device))
+        shallow = state.run_layers(embeddings, state.shallow, visible, torch.tensor(depths, device=state.device))
+        # The adapter's cache holds committed positions only: the same visibility, shifted to its length.
+        adapter_visible = torch.cat([visible.new_ones(m, self._adapter_length), visible[:, state.committed:]], dim=1)
+        positions = torch.tensor([self._adapter_length + d for d in depths[k - m:]], device=state.device)
+        return shallow, self._adapter(shallow, adapter_visible, positions)
 
     def _adapter(self, shallow: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = shallow[None].to(self.adapter.norm_in.weight.dtype)

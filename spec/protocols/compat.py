@@ -29,18 +29,30 @@ def _kinds(instance, attribute, value) -> None:
         )
 
 
+def _features(instance, attribute, value) -> None:
+    """Hidden states are named ``"final"`` (the last layer after the final norm, as transformers reports
+    them) or ``"layer:<k>"`` (the residual stream after the first ``k`` decoder layers)."""
+    name, _, k = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not (value == "final" or (name == "layer" and k.isdigit())):
+        raise IncompatibleStagesError(
+            f"{type(instance).__name__}.{attribute.name} must be 'final' or 'layer:<k>', got {value!r}."
+        )
+
+
 @attrs.frozen
 class DrafterTraits:
     """``candidate_kinds``: every kind of draft it may return, at any sampling setting.
     ``log_confidence``: it fills ``Draft.log_confidence`` (dynamic tree builders prune by it).
     ``prunable``: a tree builder may drop nodes from its drafts. False when state outside
-    the draft is keyed by node (Kangaroo's verifier reuses the drafting pass per node).
-    ``verifier``: the one verifier it must be composed with (self-drafting shares work with it)."""
+    the draft is keyed by node (per-node work must travel in the draft, as ``Draft.node_states``).
+    ``verifier``: the one verifier it must be composed with (self-drafting shares work with it).
+    ``features``: the hidden states its ``commit`` reads (see :func:`_features`)."""
 
     candidate_kinds: frozenset = attrs.field(converter=frozenset, validator=_kinds)
     log_confidence: bool = False
     prunable: bool = True
     verifier: Optional[Any] = attrs.field(default=None, eq=False)
+    features: str = attrs.field(default="final", validator=_features)
 
 
 @attrs.frozen
@@ -65,9 +77,11 @@ class TreeBuilderTraits:
 @attrs.frozen
 class VerifierTraits:
     """``needs_paired_drafter``: it only verifies drafts of the drafter that shares its state
-    (the drafter names it in ``DrafterTraits.verifier``)."""
+    (the drafter names it in ``DrafterTraits.verifier``). ``features``: the hidden states it reports
+    from ``prefill`` and in ``Verification.hidden_states`` (see :func:`_features`)."""
 
     needs_paired_drafter: bool = False
+    features: str = attrs.field(default="final", validator=_features)
 
 
 @attrs.frozen
@@ -133,6 +147,11 @@ def check_composition(drafter: Any, tree_builder: Any, verifier: Any, acceptor: 
         raise IncompatibleStagesError(
             f"{V} only verifies drafts of the drafter that shares its state, and {D} is not that drafter; "
             f"use make_verifier(model) with {D}, or the self-drafter whose `verifier` this is."
+        )
+    if d.features != v.features:
+        raise IncompatibleStagesError(
+            f"{D} reads the target's {d.features!r} hidden states but {V} reports {v.features!r} ones; "
+            "compose it with a verifier that reports what it reads (a self-drafter: its own `drafter.verifier`)."
         )
     kinds = t.kinds_after_select(d.candidate_kinds)
     unsupported = kinds - a.candidate_kinds

@@ -131,6 +131,9 @@ class Draft:
     node i's token was drawn from (shared by siblings). Required for sampled kinds.
     ``log_confidence``: ``[n]`` optional; the drafter's cumulative log-probability of
     each node's path (root 0), used by dynamic tree builders.
+    ``node_states``: ``[n, H]`` optional; hidden states a paired verifier resumes from, one
+    per node (a self-drafter's shallow layers). ``cache_rows``: ``[n]`` int64 optional; the
+    shared cache row where each node's keys and values of those layers were written.
     """
 
     tree: CandidateTree
@@ -142,10 +145,30 @@ class Draft:
     log_confidence: Optional[torch.Tensor] = attrs.field(
         default=None, validator=_tensor_shape("n", floating=True, optional=True)
     )
+    node_states: Optional[torch.Tensor] = attrs.field(
+        default=None, validator=_tensor_shape("n", "H", floating=True, optional=True)
+    )
+    cache_rows: Optional[torch.Tensor] = attrs.field(
+        default=None, validator=_tensor_shape("n", dtype=torch.long, optional=True)
+    )
 
     def __attrs_post_init__(self):
         if self.kind is not CandidateKind.DETERMINISTIC and self.draft_probs is None:
             raise ShapeError(f"A {self.kind.value} draft must carry draft_probs (the q its tokens were drawn from).")
+
+    def select_nodes(self, keep: list[int], kind: Optional[CandidateKind] = None) -> "Draft":
+        """The draft restricted to nodes ``keep`` (the root and closed under parents), every per-node field alike.
+
+        ``kind``: the survivors' kind when the selection decides it; survivors handed on as
+        deterministic lose ``draft_probs``, which no longer says how they were chosen.
+        """
+        dropped_q = kind is CandidateKind.DETERMINISTIC
+        fields = {"tokens": self.tokens, "draft_probs": None if dropped_q else self.draft_probs,
+                  "log_confidence": self.log_confidence, "node_states": self.node_states,
+                  "cache_rows": self.cache_rows}
+        return Draft(tree=self.tree.subtree(keep), kind=self.kind if kind is None else kind, **{
+            name: None if value is None else value[torch.tensor(keep, device=value.device)]
+            for name, value in fields.items()})
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spec.drafters.context_layer import causal_pass
+from spec.runtime import causal_pass
 from spec.training.objectives import PerHeadObjective
 
 

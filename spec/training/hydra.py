@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spec.drafters.context_layer import causal_pass
+from spec.runtime import causal_pass
 from spec.training.objectives import PerHeadObjective
 
 

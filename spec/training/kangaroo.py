@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spec.runtime.masks import additive_mask
 from spec.training.objectives import PerHeadObjective
-from spec.verifiers.self_draft import additive_mask
 
 
 class KangarooObjective(PerHeadObjective):

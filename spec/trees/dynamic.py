@@ -50,16 +50,10 @@ class DynamicTreeBuilder:
         keep = self.kept_nodes(draft)
         if keep is None:
             return draft
-        index = torch.tensor(keep, device=draft.tokens.device)
         # Survivors were kept for their own values (their confidence), so sampled siblings are no longer
         # independent draws from q and the sampled rule would be biased. The deterministic rule is lossless
         # for any candidates chosen without the acceptor's coins: hand them on as deterministic.
-        return Draft(
-            tree=draft.tree.subtree(keep),
-            tokens=draft.tokens[index],
-            kind=CandidateKind.DETERMINISTIC,
-            log_confidence=draft.log_confidence[index.to(draft.log_confidence.device)],
-        )
+        return draft.select_nodes(keep, kind=CandidateKind.DETERMINISTIC)
 
     def kept_nodes(self, draft: Draft) -> "list[int] | None":
         """The nodes ``select`` keeps (root first, a subtree), or None when the draft is small enough as it is."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from spec.errors import ConfigurationError
+from spec.runtime import unsupported_reason
 from spec.verifiers.fast import FastTreeVerifier
-from spec.verifiers.llama_family import unsupported_reason
 from spec.verifiers.tree_attention import TreeAttentionVerifier
 
 VERIFIER_KINDS = ("auto", "fast", "generic")

@@ -21,19 +21,22 @@ verifier for everything else.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Optional
 
 import attrs
 import torch
 
-from spec.errors import ConfigurationError, InputError, ShapeError
+from spec.errors import ConfigurationError, ShapeError
+from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
+from spec.runtime.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
+from spec.runtime.compiled import CompiledStep
+from spec.runtime.layers import LlamaFamilyForward
+from spec.runtime.masks import causal, in_window
+from spec.runtime.paths import PendingTree, moves_rows
+from spec.runtime.room import check_room
+from spec.runtime.shapes import PerShape
 from spec.timing import forward_region
-from spec.verifiers.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
-from spec.verifiers.compiled import CompiledStep
-from spec.verifiers.llama_family import LlamaFamilyForward
-from spec.verifiers.paths import PendingTree, moves_rows
 
 
 @attrs.frozen
@@ -58,7 +61,6 @@ class FastTreeVerifier:
 
     traits = VerifierTraits()  # verifies any drafter's drafts
 
-    MAX_CACHED_SHAPES = 64
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
 
     def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
@@ -79,7 +81,6 @@ class FastTreeVerifier:
             attention = "flex" if compile and device.type == "cuda" else "sdpa"
         self.attention = attention
         self._max_length = max_length or self.forward.max_length
-        self._spare = spare_rows
         self.cache = self.forward.new_cache(self._max_length + spare_rows)
         self._cuda_graphs = compile and device.type == "cuda"
         if self._cuda_graphs:
@@ -90,13 +91,21 @@ class FastTreeVerifier:
         self._step = CompiledStep(self._verify_pass, enabled=compile,
                                   mode="reduce-overhead" if device.type == "cuda" else None,
                                   on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
-        self._buffers: OrderedDict[CandidateTree, TreeBuffers] = OrderedDict()
+        self._buffers = PerShape(self._tree_buffers)
         self.reset()
 
     # ---- Verifier protocol -------------------------------------------------------------
     @property
     def max_length(self) -> int:
         return self._max_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
+    def vocab_size(self) -> int:
+        return output_vocab_size(self.model)
 
     @property
     def cached_length(self) -> int:
@@ -119,8 +128,7 @@ class FastTreeVerifier:
         self._pending.check_free("prefill")
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:
-            return torch.empty(0, self.model.get_output_embeddings().weight.shape[1], dtype=self.forward.dtype,
-                               device=device)
+            return torch.empty(0, hidden_size(self.model), dtype=self.forward.dtype, device=device)
         self._check_room(start + m - 1, start + m)
         offsets = torch.arange(m, device=device)
         positions = offsets + start
@@ -128,10 +136,8 @@ class FastTreeVerifier:
         if start == 0 and self.forward.window is None:
             mask, kernel = None, causal_attention  # no mask: SDPA's fused causal kernels apply
         else:
-            causal = offsets[:, None] >= offsets[None, :]
-            if self.forward.window is not None:
-                causal &= (offsets[:, None] - offsets[None, :]) < self.forward.window
-            mask, kernel = MASKS["sdpa"](causal, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
+            chain = causal(offsets, offsets, self.forward.window)
+            mask, kernel = MASKS["sdpa"](chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
                                      self.cache.values, start + m, mask, kernel)
@@ -144,7 +150,7 @@ class FastTreeVerifier:
         tree, start = draft.tree, self._cached
         n = tree.num_nodes
         self._check_room(start + tree.max_depth, start + n)
-        buffers = self._tree_buffers(tree)
+        buffers = self._buffers(tree)
         positions = buffers.depths + start
         rows = buffers.offsets + start
         attend = start + n
@@ -166,7 +172,7 @@ class FastTreeVerifier:
         tree = self._pending.tree
         path = self._pending.release(path)
         if moves_rows(path):
-            buffers = self._buffers[tree]  # verify() just put it there; nothing is evicted in between
+            buffers = self._buffers(tree)  # verify() just built it; nothing is evicted in between
             offsets = buffers.paths.get(path)
             if offsets is None:
                 offsets = buffers.paths[path] = torch.tensor(path, device=self.forward.device)
@@ -178,31 +184,10 @@ class FastTreeVerifier:
         return self.forward(tokens, positions, rows, keys, values, attend, mask, KERNELS[self.attention])
 
     def _tree_buffers(self, tree: CandidateTree) -> TreeBuffers:
-        buffers = self._buffers.get(tree)
-        if buffers is not None:
-            self._buffers.move_to_end(tree)
-            return buffers
-        device = self.forward.device
-        ancestors = tree.ancestor_mask.clone()
-        depths = tree.depths.to(torch.int64)
-        if self.forward.window is not None:
-            ancestors &= (depths[:, None] - depths[None, :]) < self.forward.window
-        buffers = TreeBuffers(ancestors=ancestors.to(device), depths=depths.to(device),
-                              offsets=torch.arange(tree.num_nodes, device=device))
-        self._buffers[tree] = buffers
-        if len(self._buffers) > self.MAX_CACHED_SHAPES:
-            self._buffers.popitem(last=False)
-        return buffers
+        device, depths = self.forward.device, tree.depths.to(torch.int64)
+        ancestors = tree.ancestor_mask & in_window(depths[:, None], depths[None, :], self.forward.window)
+        return TreeBuffers(ancestors=ancestors.to(device), depths=depths.to(device),
+                           offsets=torch.arange(tree.num_nodes, device=device))
 
     def _check_room(self, last_position: int, rows_needed: int) -> None:
-        if last_position >= self._max_length:
-            raise InputError(
-                f"Position {last_position} is past the verifier's context of {self._max_length} tokens; "
-                "shorten the prompt or max_new_tokens (the pipelines check this before generating)."
-            )
-        if rows_needed > self.cache.rows:
-            raise InputError(
-                f"This step needs {rows_needed} cache rows but the static cache has {self.cache.rows} "
-                f"({self._max_length} context + {self._spare} spare); build the verifier with a larger spare_rows "
-                "or use a smaller tree."
-            )
+        check_room(last_position, self._max_length, rows_needed, self.cache.rows)

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from spec.runtime.masks import in_window
+
 ATTENTION_KINDS = ("sdpa", "flex")
 
 
@@ -38,7 +40,7 @@ def sdpa_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
     if window is not None and start > 0:
         # Keys in the prefix sit at their row index; further back than the window is hidden.
         keys = torch.arange(start, device=ancestors.device)
-        visible[:, :start] &= (positions[:, None] - keys[None, :]) < window
+        visible[:, :start] &= in_window(positions[:, None], keys[None, :], window)
     return visible
 
 
@@ -72,7 +74,7 @@ def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
         visible = (kv < prefix) | (in_tree & ancestors[q, local])
         if window is not None:
             # Prefix keys sit at their row index; the window among new rows is already in ``ancestors``.
-            visible = visible & ((kv >= prefix) | (positions[q] - kv < window))
+            visible = visible & ((kv >= prefix) | in_window(positions[q], kv, window))
         return visible
 
     return create_block_mask(tree_mask, None, None, n, attend, device=ancestors.device)

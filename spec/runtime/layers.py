@@ -20,36 +20,24 @@ import torch
 
 from spec.errors import UnsupportedError
 from spec.models import context_length, model_dtype
-from spec.verifiers import support
-from spec.verifiers.static_cache import StaticKVCache
+from spec.runtime import support
+from spec.runtime.masks import shared_window
+from spec.runtime.static_cache import StaticKVCache
 
-SUPPORTED = ("llama", "qwen2", "mistral")
 # Rotary variants the fast path's precomputed table reproduces: angles that depend only on the position.
 # (Which models no verifier can run exactly, e.g. 'longrope' past its original length, is support.py's rule.)
 POSITION_ONLY_ROPE = ("default", "linear", "llama3", "yarn")
 
 
-def sliding_window(config) -> Optional[int]:
-    """The attention window shared by every layer, None for full attention; raises when layers differ."""
-    window = getattr(config, "sliding_window", None) or None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is None:
-        return window
-    windows = {window if kind == "sliding_attention" else None for kind in layer_types}
-    if len(windows) > 1:
-        raise UnsupportedError("the layers mix sliding-window and full attention")
-    return windows.pop()
-
-
 def unsupported_reason(model) -> Optional[str]:
-    """Why the fast path cannot run ``model``, or None when it can (no verifier can: ``support.unsupported_reason``)."""
+    """Why its layers cannot run here one by one, or None when they can (no verifier can: ``support.unsupported_reason``)."""
     shared = support.unsupported_reason(model)
     if shared is not None:
         return shared
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED:
-        return f"model type {model_type!r} is not one of {', '.join(SUPPORTED)}"
+    if model_type not in support.SUPPORTED_ARCHITECTURES:
+        return f"model type {model_type!r} is not one of {', '.join(support.SUPPORTED_ARCHITECTURES)}"
     backbone = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if backbone is None or not all(hasattr(backbone, name) for name in needed) or not hasattr(model, "lm_head"):
@@ -62,7 +50,7 @@ def unsupported_reason(model) -> Optional[str]:
     if rope not in POSITION_ONLY_ROPE:
         return f"rotary embeddings of type {rope!r} depend on the sequence length"
     try:
-        sliding_window(config)
+        shared_window(config)
     except UnsupportedError as error:
         return str(error)
     for layer in backbone.layers:
@@ -98,7 +86,7 @@ class LlamaFamilyForward:
         self.layers = list(backbone.layers)
         self.norm = backbone.norm
         self.lm_head = model.lm_head
-        self.window = sliding_window(config)
+        self.window = shared_window(config)
         self.max_length = context_length(model)
         attention = self.layers[0].self_attn
         self.head_dim = attention.head_dim

@@ -23,9 +23,8 @@ from transformers import DynamicCache
 
 from spec.errors import InputError, ShapeError, UnsupportedError
 from spec.models import cache_kwargs
-
-#: ``config.model_type`` values whose decoder layer we can build and run on its own.
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
+from spec.runtime.masks import additive_mask, causal, layer_window
+from spec.runtime.support import SUPPORTED_ARCHITECTURES
 
 
 def _backbone(model, what: str):
@@ -61,16 +60,10 @@ def build_decoder_layer(model, what: str) -> nn.Module:
                     module.bias.zero_()
         layer.self_attn.o_proj.weight.zero_()
         layer.mlp.down_proj.weight.zero_()
+    if layer.self_attn.o_proj.weight.is_meta:  # built only to size a checkpoint: there is nothing to move
+        return layer
     weight = template.self_attn.q_proj.weight
     return layer.to(device=weight.device, dtype=weight.dtype)
-
-
-def _sliding_window(model, layer: nn.Module) -> Optional[int]:
-    # Qwen2 sets it per layer (only on sliding layers); Mistral reads it from the config.
-    window = getattr(layer.self_attn, "sliding_window", None)
-    if window is None and getattr(model.config, "model_type", None) == "mistral":
-        window = getattr(model.config, "sliding_window", None)
-    return window or None
 
 
 class ContextLayerCache:
@@ -85,7 +78,7 @@ class ContextLayerCache:
     def __init__(self, model, layer: nn.Module, what: str) -> None:
         self.layer = layer
         self.rotary = _backbone(model, what).rotary_emb
-        self.window = _sliding_window(model, layer)
+        self.window = layer_window(model.config, 0)  # built as layer 0 (build_decoder_layer)
         self.what = what
         self.reset()
 
@@ -131,27 +124,15 @@ class ContextLayerCache:
     def _mask(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``[1, 1, m, length + m]`` additive: causal over the cached prefix and the chunk, windowed if needed."""
         keys = torch.arange(self.length + positions.shape[0], device=positions.device)
-        offset = positions[:, None] - keys[None, :]
-        hidden = offset < 0
-        if self.window is not None:
-            hidden |= offset >= self.window
-        mask = torch.zeros(hidden.shape, dtype=dtype, device=positions.device)
-        return mask.masked_fill_(hidden, torch.finfo(dtype).min)[None, None]
+        return additive_mask(causal(positions, keys, self.window), dtype)
 
 
 def causal_pass(model, layer: nn.Module, hidden_states: torch.Tensor, what: str) -> torch.Tensor:
     """The layer over whole sequences ``[B, T, H]`` at once, with gradients: the training-time twin of
     :class:`ContextLayerCache` (same causal, windowed attention; no cache)."""
     rotary = _backbone(model, what).rotary_emb
-    window = _sliding_window(model, layer)
-    length = hidden_states.shape[1]
-    positions = torch.arange(length, device=hidden_states.device)
-    offset = positions[:, None] - positions[None, :]
-    hidden = offset < 0
-    if window is not None:
-        hidden |= offset >= window
-    mask = torch.zeros(hidden.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-    mask = mask.masked_fill_(hidden, torch.finfo(hidden_states.dtype).min)[None, None]
+    positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)
+    mask = additive_mask(causal(positions, positions, layer_window(model.config, 0)), hidden_states.dtype)
     position_ids = positions[None].expand(hidden_states.shape[0], -1)
     out = layer(hidden_states, attention_mask=mask, position_ids=position_ids,
                 position_embeddings=rotary(hidden_states, position_ids))

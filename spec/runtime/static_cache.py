@@ -13,6 +13,8 @@ cache on every call (measured: 20 ms against 0.1 ms for a 6-layer cache).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from spec.errors import ConfigurationError
@@ -44,11 +46,12 @@ class StaticKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def compact(self, start: int, rows: torch.Tensor) -> None:
-        """Move rows ``rows`` (``[keep]`` int64, absolute) to ``start .. start + keep - 1`` in every layer.
+    def compact(self, start: int, rows: torch.Tensor, layers: Optional[range] = None) -> None:
+        """Move rows ``rows`` (``[keep]`` int64, absolute) to ``start .. start + keep - 1`` in ``layers`` (all).
 
         The gather reads before the copy writes, so overlapping source and destination are safe.
         """
         keep = rows.shape[0]
-        for tensor in self.tensors:
-            tensor[:, start : start + keep] = tensor.index_select(1, rows)
+        for index in range(len(self.keys)) if layers is None else layers:
+            for tensor in (self.keys[index], self.values[index]):
+                tensor[:, start : start + keep] = tensor.index_select(1, rows)

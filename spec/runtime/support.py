@@ -22,7 +22,9 @@ them at construction (``check_supported``) rather than return a silently differe
   (counted along a 2D attention mask, or over the cache), which cannot express a tree's
   positions; transformers rejects the tree's 4D mask outright where it needs the 2D one.
 
-The fast path (``llama_family.unsupported_reason``) starts from this rule and adds its own limits.
+``SUPPORTED_ARCHITECTURES`` is the one list of model types whose decoder layers spec runs itself
+(the fast verifier, self-drafting, drafters' context layers); ``spec.runtime.layers.unsupported_reason``
+starts from the rule above and adds the layer runner's own limits.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Iterator, Optional
 
 from spec.errors import UnsupportedError
 
+#: ``config.model_type`` values whose decoder layers spec builds and runs layer by layer.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
 ALIBI_MODEL_TYPES = ("bloom", "mpt")  # always ALiBi; Falcon uses it when config.alibi is set
 ROW_INDEXED_MASK_MODEL_TYPES = ("gpt_neo",)
 NO_SPECULATION = "decode it without speculation (transformers' model.generate gives the model's own output)"
