@@ -22,14 +22,14 @@ SAMPLED_KINDS = frozenset({CandidateKind.SAMPLED_WITH_REPLACEMENT, CandidateKind
 ALL_KINDS = frozenset(CandidateKind)
 
 
-def _kinds(instance, attribute, value) -> None:
+def _kinds(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not value or not all(isinstance(k, CandidateKind) for k in value):
         raise IncompatibleStagesError(
             f"{type(instance).__name__}.{attribute.name} must be a non-empty set of CandidateKind, got {value!r}."
         )
 
 
-def _features(instance, attribute, value) -> None:
+def _features(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """Hidden states are named ``"final"`` (the last layer after the final norm, as transformers reports
     them) or ``"layer:<k>"`` (the residual stream after the first ``k`` decoder layers)."""
     name, _, k = value.partition(":") if isinstance(value, str) else ("", "", "")
@@ -48,7 +48,7 @@ class DrafterTraits:
     ``verifier``: the one verifier it must be composed with (self-drafting shares work with it).
     ``features``: the hidden states its ``commit`` reads (see :func:`_features`)."""
 
-    candidate_kinds: frozenset = attrs.field(converter=frozenset, validator=_kinds)
+    candidate_kinds: frozenset[CandidateKind] = attrs.field(converter=frozenset, validator=_kinds)
     log_confidence: bool = False
     prunable: bool = True
     verifier: Optional[Any] = attrs.field(default=None, eq=False)
@@ -67,7 +67,7 @@ class TreeBuilderTraits:
     needs_log_confidence: bool = False
     selects_by_value: bool = False
 
-    def kinds_after_select(self, kinds: frozenset) -> frozenset:
+    def kinds_after_select(self, kinds: frozenset[CandidateKind]) -> frozenset[CandidateKind]:
         if self.selects_by_value and kinds & SAMPLED_KINDS:
             # A draft small enough is returned unpruned and keeps its kind; a pruned one turns deterministic.
             return frozenset(kinds) | {CandidateKind.DETERMINISTIC}
@@ -90,7 +90,7 @@ class AcceptorTraits:
     them, the output is distributed exactly as the target's own sampler (greedy acceptors:
     exactly the target's greedy decoding)."""
 
-    candidate_kinds: frozenset = attrs.field(converter=frozenset, validator=_kinds)
+    candidate_kinds: frozenset[CandidateKind] = attrs.field(converter=frozenset, validator=_kinds)
     lossless: bool = True
 
 
@@ -98,7 +98,7 @@ class AcceptorTraits:
 class Composition:
     """What a valid combination of stages is: the kinds reaching the acceptor, and whether it is lossless."""
 
-    candidate_kinds: frozenset
+    candidate_kinds: frozenset[CandidateKind]
     lossless: bool
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import attrs
 import torch
@@ -28,7 +28,7 @@ def _as_int_tuple(values: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _check_structure(instance: "CandidateTree", attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+def _check_structure(instance: "CandidateTree", attribute: "attrs.Attribute[Any]", value: tuple[int, ...]) -> None:
     parents, ranks = instance.parents, instance.ranks
     if len(parents) == 0:
         raise InvalidTreeError("A candidate tree needs at least the root node; got an empty tree.")

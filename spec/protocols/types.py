@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import attrs
 import torch
@@ -17,10 +17,14 @@ from spec.errors import SamplingParamsError, ShapeError
 from spec.protocols.tree import CandidateTree
 
 
-def _tensor_shape(*dims: str, dtype: Optional[torch.dtype] = None, floating: bool = False, optional: bool = False):
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _tensor_shape(*dims: str, dtype: Optional[torch.dtype] = None, floating: bool = False,
+                  optional: bool = False) -> Validator:
     """Validator: a tensor whose dims match names resolved against the tree (``n``) or fixed ints."""
 
-    def check(instance, attribute, value):
+    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if value is None:
             if optional:
                 return
@@ -47,7 +51,7 @@ def _tensor_shape(*dims: str, dtype: Optional[torch.dtype] = None, floating: boo
 
 
 # ---- sampling parameters ----------------------------------------------------------------
-def _check_temperature(instance, attribute, value):
+def _check_temperature(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value)
             or value < 0):
         raise SamplingParamsError(
@@ -55,17 +59,17 @@ def _check_temperature(instance, attribute, value):
         )
 
 
-def _check_top_k(instance, attribute, value):
+def _check_top_k(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise SamplingParamsError(f"top_k must be None (no limit) or an integer >= 1, got {value!r}.")
 
 
-def _check_top_p(instance, attribute, value):
+def _check_top_p(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 < value <= 1.0:
         raise SamplingParamsError(f"top_p must be in (0, 1] (1 disables nucleus filtering), got {value!r}.")
 
 
-def _check_seed(instance, attribute, value):
+def _check_seed(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64):
         raise SamplingParamsError(f"seed must be None or a non-negative integer below 2**64, got {value!r}.")
 
@@ -105,12 +109,13 @@ class DraftContext:
     """What a drafter knows at the start of a step.
 
     ``tokens``: ``[position + 1]`` int64, every committed token, the root last.
-    ``prev_hidden``: ``[H]`` the target's last-layer hidden state at ``position - 1``
-    (the state that produced the root), or None when the root is the prompt's only token.
+
+    Hidden states reach a drafter through one channel only, ``Drafter.commit``: the state
+    that produced the root is the last one committed (none when the root is the prompt's
+    only token).
     """
 
-    tokens: torch.Tensor
-    prev_hidden: Optional[torch.Tensor]
+    tokens: torch.Tensor = attrs.field(validator=_tensor_shape("p", dtype=torch.long))
 
     @property
     def position(self) -> int:
@@ -152,7 +157,7 @@ class Draft:
         default=None, validator=_tensor_shape("n", dtype=torch.long, optional=True)
     )
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.kind is not CandidateKind.DETERMINISTIC and self.draft_probs is None:
             raise ShapeError(f"A {self.kind.value} draft must carry draft_probs (the q its tokens were drawn from).")
 
@@ -163,12 +168,14 @@ class Draft:
         deterministic lose ``draft_probs``, which no longer says how they were chosen.
         """
         dropped_q = kind is CandidateKind.DETERMINISTIC
-        fields = {"tokens": self.tokens, "draft_probs": None if dropped_q else self.draft_probs,
-                  "log_confidence": self.log_confidence, "node_states": self.node_states,
-                  "cache_rows": self.cache_rows}
-        return Draft(tree=self.tree.subtree(keep), kind=self.kind if kind is None else kind, **{
-            name: None if value is None else value[torch.tensor(keep, device=value.device)]
-            for name, value in fields.items()})
+
+        def rows(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if value is None else value[torch.tensor(keep, device=value.device)]
+
+        return Draft(tree=self.tree.subtree(keep), tokens=self.tokens[torch.tensor(keep, device=self.tokens.device)],
+                     kind=self.kind if kind is None else kind, draft_probs=None if dropped_q else rows(self.draft_probs),
+                     log_confidence=rows(self.log_confidence), node_states=rows(self.node_states),
+                     cache_rows=rows(self.cache_rows))
 
 
 @attrs.frozen
@@ -184,7 +191,7 @@ class Verification:
     hidden_states: torch.Tensor = attrs.field(validator=_tensor_shape("n", "H", floating=True))
 
 
-def _check_path(instance, attribute, value):
+def _check_path(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not value or value[0] != 0:
         raise ShapeError(f"Acceptance.path must start at the root (node 0), got {value!r}.")
 
@@ -202,7 +209,7 @@ class Acceptance:
     tokens: tuple[int, ...] = attrs.field(converter=tuple)
     bonus_token: int = attrs.field(converter=int)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if len(self.tokens) != len(self.path) - 1:
             raise ShapeError(
                 f"Acceptance has {len(self.tokens)} tokens for a path of {len(self.path)} nodes; "
