@@ -1136,7 +1136,7 @@ def test_crash_during_save_tree_leaves_old_or_new_tree(point, monkeypatch, tmp_p
 
 def bench_report(marker: str):
     from spec.bench.report import STAGES
-    from spec.bench.runner import BenchReport, MethodReport
+    from spec.bench.report import BenchReport, MethodReport
 
     method = MethodReport(name=f"method-{marker}", tokens_per_second=10.0, speedup=1.0, repeat_tokens_per_second=(10.0,),
                           mean_accepted=1.5, accepted_histogram={1: 2, 2: 1}, stages=dict.fromkeys(STAGES, 0.2),

@@ -23,7 +23,7 @@ from spec.errors import UnsupportedError
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, SamplingParams, Verification
 from spec.sampling import target_probs
 from spec.testing import grid
-from spec.testing.broken import (
+from spec.testing.mutants import (
     BROKEN_BLOCK_ACCEPTORS,
     BROKEN_TRAVERSAL_ACCEPTORS,
     BlockBonusFromTarget,

@@ -17,7 +17,7 @@ import torch
 from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor
 from spec.errors import ConfigurationError, ShapeError
 from spec.protocols import CandidateKind, SamplingParams
-from spec.testing.broken import BROKEN_REJECTION_ACCEPTORS, BonusFromTarget, DraftProbsIgnored
+from spec.testing.mutants import BROKEN_REJECTION_ACCEPTORS, BonusFromTarget, DraftProbsIgnored
 from spec.testing.conformance import (
     ConformanceCase,
     ConformanceReport,

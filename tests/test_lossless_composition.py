@@ -32,7 +32,7 @@ from spec.protocols import (
 )
 from spec.sampling import target_probs
 from spec.testing import grid
-from spec.testing.broken import BonusFromTarget, SampledKindKeptAfterPruning
+from spec.testing.mutants import BonusFromTarget, SampledKindKeptAfterPruning
 from spec.testing.drafters import OracleDrafter, TableDrafter
 from spec.testing.exact import composition_gap
 from spec.testing.strategies import candidate_trees

@@ -21,7 +21,7 @@ from spec.acceptors import RejectionSamplingAcceptor
 from spec.pipelines import AutoregressiveDecoder
 from spec.protocols import SamplingParams
 from spec.sampling import target_probs
-from spec.testing.broken import BonusFromTarget
+from spec.testing.mutants import BonusFromTarget
 from spec.testing.stats import chi_square_pvalue
 from spec.trees import chain_tree, tree_from_choices
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor, typical_thresholds
 from spec.protocols import CandidateKind, Draft, SamplingParams, Verification
 from spec.sampling import target_probs
-from spec.testing.broken import BROKEN_REJECTION_ACCEPTORS
+from spec.testing.mutants import BROKEN_REJECTION_ACCEPTORS
 from spec.testing.exact import lossless_gap
 from spec.testing.strategies import candidate_trees
 from spec.trees import tree_from_choices

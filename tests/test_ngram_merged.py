@@ -14,7 +14,7 @@ from spec.errors import ConfigurationError
 from spec.protocols import CandidateKind, DraftContext, SamplingParams
 from spec.testing import grid
 from spec.testing.assertions import assert_same_tokens
-from spec.testing.broken import BonusFromTarget
+from spec.testing.mutants import BonusFromTarget
 from spec.testing.drafters import TableDrafter
 from spec.testing.exact import composition_gap
 from spec.testing.stats import chi_square_pvalue

@@ -25,9 +25,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
 
 
 def verifier_from_options(model, drafter, kind: str, compile: str):
-    """``spec.pairing.verifier_for`` from the options' spellings: ``kind`` may end in ``+compile``, which
+    """``spec.bench.pairing.verifier_for`` from the options' spellings: ``kind`` may end in ``+compile``, which
     overrides ``--compile`` (auto/on/off) for that verifier."""
-    from spec.pairing import verifier_for
+    from spec.bench.pairing import verifier_for
 
     if kind.endswith("+compile"):
         kind, compile = kind.removesuffix("+compile"), "on"

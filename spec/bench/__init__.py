@@ -4,8 +4,10 @@ from spec.bench.ablation import Ablation
 from spec.bench.acceptance import RecordingAcceptor, measure_acceptance
 from spec.bench.costs import measure_draft_costs, measure_verify_costs
 from spec.bench.methods import DecoderMethod, MethodRun, TransformersMethod
-from spec.bench.report import markdown_table, save_report
-from spec.bench.runner import BenchReport, MethodReport, measure_cost_curve, run_benchmark
+from spec.bench.report import BenchReport, MethodReport, markdown_table, save_report
+from spec.bench.runner import run_benchmark
+
+measure_cost_curve = measure_verify_costs  # its earlier name, kept for existing callers
 
 __all__ = ["Ablation", "BenchReport", "DecoderMethod", "MethodReport", "MethodRun", "TransformersMethod",
            "RecordingAcceptor", "markdown_table", "measure_acceptance", "measure_cost_curve", "measure_draft_costs",

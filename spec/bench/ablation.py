@@ -11,8 +11,8 @@ import attrs
 import torch
 
 from spec.bench.methods import DecoderMethod, TransformersMethod
-from spec.bench.report import save_report
-from spec.bench.runner import BenchReport, run_benchmark
+from spec.bench.report import BenchReport, save_report
+from spec.bench.runner import run_benchmark
 from spec.errors import IncompatibleStagesError, TreeTooDeepError
 
 

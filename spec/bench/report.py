@@ -1,13 +1,86 @@
-"""Write a benchmark report as JSON, a markdown table and PNG plots."""
+"""A benchmark's report: per-method medians built from the timed runs, written as JSON, a markdown table and
+PNG plots."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any, Optional
 
-from spec.bench.runner import BenchReport
+import attrs
+import torch
+
+from spec.bench import metrics
 from spec.io import atomic_write_bytes
+from spec.trees.hardware import interpolate
+
+@attrs.frozen
+class MethodReport:
+    name: str
+    tokens_per_second: float  # median over repeats
+    speedup: float  # median over repeats of the ratio to the baseline in the same repeat
+    repeat_tokens_per_second: tuple[float, ...]
+    mean_accepted: float  # NaN for methods without per-step statistics
+    accepted_histogram: dict[int, int]
+    stages: dict[str, float]
+    mean_tree_size: float
+    peak_memory_mb: float
+    matches_baseline: Optional[bool]  # None when sampling (outputs are not comparable)
+    mismatched_prompts: tuple[int, ...]
+    ceiling_speedup: Optional[float] = None
+    step_ms: float = float("nan")  # mean decoding step, timed runs
+    # Share of a step outside network forward passes, from one extra profiled pass (ForwardTimer).
+    overhead_share: float = float("nan")
+
+
+@attrs.frozen
+class BenchReport:
+    baseline: str
+    methods: tuple[MethodReport, ...]
+    settings: dict[str, Any]
+    cost_curve: Optional[dict[int, float]] = None
+
+    def method(self, name: str) -> MethodReport:
+        return next(m for m in self.methods if m.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self, value_serializer=lambda i, f, v: list(v) if isinstance(v, tuple) else v)
+
+
+def build_report(runs, peaks, baseline, sampling, cost_curve, profiled, settings) -> BenchReport:
+    """Medians over the timed repeats of ``runs[method][repeat][prompt]``, each method against ``baseline``."""
+    greedy = sampling.get("temperature", 0.0) == 0
+    base_runs = runs[baseline]
+    base_tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep])
+                for rep in base_runs]
+    reports = []
+    for name, reps in runs.items():
+        tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep]) for rep in reps]
+        ratios = [metrics.speedup(t, b) for t, b in zip(tps, base_tps)]
+        outputs = [r.output for rep in reps for r in rep if r.output is not None]
+        mismatched: tuple[int, ...] = ()
+        matches = None
+        if greedy:
+            mismatched = tuple(i for i, (a, b) in enumerate(zip(reps[0], base_runs[0]))
+                               if not torch.equal(a.new_tokens, b.new_tokens))
+            matches = not mismatched
+        steps = [s for o in outputs for s in o.steps]
+        mean_tree = sum(s.tree_size for s in steps) / len(steps) if steps else float("nan")
+        mean_acc = metrics.mean_accepted_tokens(outputs) if outputs else float("nan")
+        ceiling = None
+        if cost_curve and steps:
+            ceiling = metrics.zero_overhead_speedup(mean_acc, interpolate(cost_curve, 1), interpolate(cost_curve, mean_tree))
+        reports.append(MethodReport(
+            name=name, tokens_per_second=metrics.median(tps), speedup=metrics.median(ratios),
+            repeat_tokens_per_second=tuple(tps), mean_accepted=mean_acc,
+            accepted_histogram=metrics.accepted_histogram(outputs) if outputs else {},
+            stages=metrics.stage_breakdown(outputs) if outputs else {}, mean_tree_size=mean_tree,
+            peak_memory_mb=peaks[name], matches_baseline=matches, mismatched_prompts=mismatched,
+            ceiling_speedup=ceiling, step_ms=metrics.mean_step_ms(outputs) if outputs else float("nan"),
+            overhead_share=metrics.overhead_share([r.output for r in profiled[name] if r.output is not None])))
+    return BenchReport(baseline=baseline, methods=tuple(reports), settings=settings, cost_curve=cost_curve)
+
 
 STAGES = ("draft", "verify", "accept", "commit", "other")
 

@@ -656,7 +656,7 @@ def project_reports(seed: int = 0, typical_samples: int = 1000) -> list[Conforma
     """The project's acceptors and its deliberately broken mutants, exact mode on chains and trees
     (and ``TypicalAcceptor``, documented as not lossless, statistically; 0 skips it)."""
     from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor, TypicalAcceptor
-    from spec.testing.broken import BROKEN_REJECTION_ACCEPTORS
+    from spec.testing.mutants import BROKEN_REJECTION_ACCEPTORS
 
     greedy = [SamplingParams()]
     reports = [

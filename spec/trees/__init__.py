@@ -2,10 +2,11 @@
 
 from spec.protocols.tree import CandidateTree
 from spec.trees.choices import chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.trees.draw import draw_tree
 from spec.trees.dynamic import DynamicTreeBuilder
 from spec.trees.graph import tree_from_graph, tree_to_graph
 from spec.trees.hardware import SizedTree, choose_tree_for_hardware
-from spec.trees.io import draw_tree, load_tree, save_tree, tree_from_json, tree_to_json
+from spec.trees.io import load_tree, save_tree, tree_from_json, tree_to_json
 from spec.trees.optimize import OptimalTrees, expected_accepted_length, greedy_tree, optimal_tree
 from spec.trees.static import StaticTreeBuilder
 from spec.trees.stats import AcceptanceStats

@@ -1,0 +1,16 @@
+"""Which verifier a drafter is composed with: the one it brings, or ``make_verifier``'s choice."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def verifier_for(model, drafter, kind: str = "auto", compile: Optional[bool] = None):
+    """The drafter's own verifier where it brings one (Kangaroo's shares the shallow layers' work with it),
+    else ``make_verifier(model, kind, compile=compile)``; ``drafter`` None asks for the latter."""
+    from spec.verifiers import make_verifier
+
+    own = None if drafter is None else drafter.traits.verifier
+    if own is not None:
+        return own
+    return make_verifier(model, kind, compile=compile)
