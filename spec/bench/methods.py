@@ -8,6 +8,7 @@ from typing import Any, Optional, Protocol
 import attrs
 import torch
 
+from spec.models import model_device
 from spec.protocols import GenerationOutput
 
 
@@ -68,7 +69,7 @@ class TransformersMethod:
                           top_p=sampling.get("top_p", 1.0))
         else:
             kwargs.update(do_sample=False)
-        device = self.model.get_output_embeddings().weight.device
+        device = model_device(self.model)
         ids = prompt.to(device)
         start = time.perf_counter()
         with torch.no_grad():

@@ -25,7 +25,7 @@ from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
 from spec.drafters.tree_filling import check_tree_fits, root_only_draft
 from spec.errors import IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
-from spec.models import ModelFingerprint, model_placement, output_vocab_size
+from spec.models import ModelFingerprint, lm_head, model_device, model_placement, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
@@ -83,7 +83,7 @@ class HeadDrafter:
         heads = cls.build_heads(model, hyper).to(**model_placement(model))
         init = getattr(heads, "init_from_lm_head", None)
         if init is not None:
-            init(model.get_output_embeddings())
+            init(lm_head(model))
         return cls(model, heads, candidates)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -173,5 +173,5 @@ class HeadDrafter:
                 f"{context.position}; call drafter.commit with every token the verifier caches (prefill and steps).")
         if self._hidden is None or tree.num_nodes == 1:
             # No hidden state yet (one-token prompt): nothing to draft from this step.
-            return root_only_draft(context.root_token, self.model.get_output_embeddings().weight.device)
+            return root_only_draft(context.root_token, model_device(self.model))
         return self.draft(tree, context, sampling, generator, self._hidden)

@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from transformers import DynamicCache
 
-from spec.models import cache_kwargs
+from spec.models import cache_kwargs, model_device
 from spec.pipelines.inputs import normalise_request
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
@@ -39,7 +39,7 @@ class AutoregressiveDecoder:
                                     seed, stop_sequences)
         start = time.perf_counter()
         sampling = request.sampling
-        device = self.model.get_output_embeddings().weight.device
+        device = model_device(self.model)
         generator = make_generator(sampling, device)
         generated: list[int] = []
         cache = DynamicCache()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from spec.errors import ContextLengthError, InputError, SamplingParamsError
-from spec.models import context_length, output_vocab_size
+from spec.models import context_length, model_dtype, output_vocab_size
 from spec.protocols import SamplingParams
 
 
@@ -125,8 +125,7 @@ def _prompt(input_ids: Any) -> torch.Tensor:
 def _min_temperature(model) -> float:
     """The smallest temperature > 0 the model's logits survive being divided by: logits up to
     ``LOGIT_BOUND`` in size must stay finite in the logits' dtype."""
-    weight = model.get_output_embeddings().weight
-    dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+    dtype = model_dtype(model) if model_dtype(model).is_floating_point else torch.float32
     return LOGIT_BOUND / torch.finfo(dtype).max
 
 
@@ -156,7 +155,7 @@ def normalise_request(
         raise SamplingParamsError(f"seed must be below 2**64 (torch's generators take 64 bits), got {seed}.")
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if 0 < temperature < _min_temperature(model):
-        dtype = model.get_output_embeddings().weight.dtype
+        dtype = model_dtype(model)
         raise SamplingParamsError(
             f"temperature {temperature!r} is so small that dividing {dtype} logits by it overflows (the smallest "
             f"usable for this model is {_min_temperature(model):.3g}); use temperature=0 for greedy decoding, which "

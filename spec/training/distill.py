@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from spec.models import model_device
 from spec.sampling import processed_logits
 from spec.protocols import SamplingParams
 
@@ -18,7 +19,7 @@ def generate_own_blocks(model, prompts: torch.Tensor, new_tokens: int, temperatu
     even when no data the model was trained on is available.
     """
     generator = torch.Generator().manual_seed(seed)
-    device = model.get_output_embeddings().weight.device
+    device = model_device(model)
     sampling = SamplingParams(temperature=temperature)
     rows = []
     for start in range(0, prompts.shape[0], batch_size):
