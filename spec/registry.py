@@ -57,12 +57,19 @@ class HeadOptions:
     seed: Optional[int] = attrs.field(default=0, validator=_seed)
 
 
+def _callable(instance, attribute, value):
+    if not callable(value):
+        raise ConfigurationError(f"Recipe.{attribute.name} must be a function, got {value!r}.")
+
+
 @attrs.frozen
 class Recipe:
     """How one paper (or variant) trains a drafter: a fresh drafter for a model, and the objective."""
 
-    fresh: Callable[[Any, HeadOptions], Any]  # (model, options) -> an untrained drafter
-    objective: Callable[[Any, Any, HeadOptions], Any]  # (model, drafter, options) -> an Objective
+    fresh: Callable[[Any, HeadOptions], Any] = attrs.field(validator=_callable)  # (model, options) -> a new drafter
+    # (model, drafter, options) -> the Objective that trains it
+    objective: Callable[[Any, Any, HeadOptions], Any] = attrs.field(validator=_callable)
+    summary: str = ""  # one line for `spec train --help`
     # Trains on the model's own continuations of the data (as prompts), not on the data itself.
     own_text: bool = False
     # The backbone is trained too, so it is saved next to the heads.
@@ -74,10 +81,22 @@ class Recipe:
     min_num_layers_why: str = ""
 
 
+def _named_class(instance, attribute, value):
+    if not isinstance(value, type) or not isinstance(getattr(value, "drafter_type", None), str):
+        raise ConfigurationError(f"DrafterEntry.drafter must be a drafter class with a drafter_type name (the name "
+                                 f"its checkpoints record), got {value!r}; give the class one.")
+
+
+def _recipes(instance, attribute, value):
+    if not isinstance(value, dict) or not value or not all(isinstance(r, Recipe) for r in value.values()):
+        raise ConfigurationError(f"{instance.drafter.drafter_type}: recipes must be a non-empty dict of name -> "
+                                 f"Recipe, got {value!r}.")
+
+
 @attrs.frozen
 class DrafterEntry:
-    drafter: type  # its drafter_type names the entry
-    recipes: dict[str, Recipe]  # `spec train --recipe`; the first is the default
+    drafter: type = attrs.field(validator=_named_class)  # its drafter_type names the entry
+    recipes: dict[str, Recipe] = attrs.field(validator=_recipes)  # `spec train --recipe`; the first is the default
     # How the shipped heads were trained (on the shipped model's corpus): a recipe and its options.
     shipped_recipe: str = attrs.field()
     shipped_options: HeadOptions
@@ -96,6 +115,8 @@ class DrafterEntry:
 
     def build(self, model, recipe: str, options: HeadOptions):
         """``(drafter, objective)``: a fresh drafter for ``model`` and the objective ``recipe`` trains it with."""
+        if recipe not in self.recipes:
+            raise ConfigurationError(f"{self.name} has no recipe {recipe!r}; choose from {', '.join(self.recipes)}.")
         chosen = self.recipes[recipe]
         drafter = chosen.fresh(model, options)
         return drafter, chosen.objective(model, drafter, options)
@@ -116,31 +137,40 @@ def _hydra(prefix_layer: bool):
 _ENTRIES = (
     DrafterEntry(
         MedusaDrafter,
-        {"medusa1": Recipe(_medusa, lambda m, d, o: MedusaObjective(m, d.heads, decay=o.decay)),
+        {"medusa1": Recipe(_medusa, lambda m, d, o: MedusaObjective(m, d.heads, decay=o.decay),
+                           summary="backbone frozen, hard targets"),
          "medusa2": Recipe(_medusa, lambda m, d, o: Medusa2Objective(m.train(), d.heads, decay=o.decay),
+                           summary="backbone trained jointly (LM loss + head losses, heads warmed up first)",
                            trains_model=True),
          "self-distill": Recipe(_medusa, lambda m, d, o: MedusaObjective(m, d.heads, decay=o.decay, soft_targets=True),
-                                own_text=True)},
+                                summary="heads match the model's own distribution on text the model generates "
+                                "from --data prompts", own_text=True)},
         # Soft targets on the corpus: the heads learn the model's own distribution, which is what they must guess.
         shipped_recipe="self-distill", shipped_options=HeadOptions(num_heads=4, num_layers=1, seed=0)),
     DrafterEntry(
         HydraDrafter,
         {"hydra": Recipe(_hydra(prefix_layer=False), lambda m, d, o: HydraObjective(m, d, teacher=False),
-                         min_num_layers=1, min_num_layers_why="Hydra's first block reads the token embeddings"),
+                         summary="Hydra heads on the data", min_num_layers=1,
+                         min_num_layers_why="Hydra's first block reads the token embeddings"),
          "hydra++": Recipe(_hydra(prefix_layer=True), lambda m, d, o: HydraObjective(m, d, teacher=True),
+                           summary="prefix layer, 4-block heads, teacher loss against the model's distribution",
                            num_layers=4)},
         shipped_recipe="hydra++", shipped_options=HeadOptions(num_heads=4, num_layers=2, seed=0)),
     DrafterEntry(
         CloverDrafter,
         {"clover": Recipe(lambda m, o: CloverDrafter.from_model(m, num_heads=o.num_heads, num_layers=o.num_layers,
                                                                 seed=o.seed),
-                          lambda m, d, o: CloverObjective(m, d, decay=o.decay))},
+                          lambda m, d, o: CloverObjective(m, d, decay=o.decay),
+                          summary="augmenting block + attention decoder, soft cross-entropy to the model's "
+                          "distribution")},
         shipped_recipe="clover", shipped_options=HeadOptions(num_heads=4, num_layers=1, seed=0)),
     DrafterEntry(
         KangarooDrafter,
         {"kangaroo": Recipe(lambda m, o: KangarooDrafter.from_model(m, exit_layer=o.exit_layer, threshold=o.threshold,
                                                                     max_depth=o.num_heads, seed=o.seed),
-                            lambda m, d, o: KangarooObjective(m, d))},
+                            lambda m, d, o: KangarooObjective(m, d),
+                            summary="the adapter after --exit-layer shallow layers matches the full model's "
+                            "distribution")},
         shipped_recipe="kangaroo", shipped_options=HeadOptions(num_heads=4, exit_layer=2, threshold=0.3, seed=0),
         reads_exit_layer=True),
 )

@@ -25,13 +25,10 @@ def add_parser(sub) -> None:
                         help="training text: a .txt/.py file, a .jsonl file with a 'text' field, or a directory of "
                         "them; for --recipe self-distill these are prompts the model continues itself")
     parser.add_argument("--out", required=True, help="output directory: checkpoints, log.jsonl, plots, heads/")
-    parser.add_argument("--recipe", default=None, choices=sorted({r for entry in DRAFTERS.values() for r in entry.recipes}),
-                        help="medusa1: backbone frozen, hard targets; medusa2: backbone trained jointly "
-                        "(LM loss + head losses, heads warmed up first); self-distill: heads match the model's own "
-                        "distribution on text the model generates from --data prompts; hydra: Hydra heads on the data; "
-                        "hydra++: prefix layer, 4-block heads, teacher loss against the model's distribution; clover: "
-                        "augmenting block + attention decoder, soft cross-entropy to the model's distribution; kangaroo: "
-                        "the adapter after --exit-layer shallow layers matches the full model's distribution")
+    parser.add_argument("--recipe", default=None,
+                        choices=sorted({r for entry in DRAFTERS.values() for r in entry.recipes}),
+                        help="; ".join(f"{name}: {recipe.summary}" for entry in DRAFTERS.values()
+                                       for name, recipe in entry.recipes.items()))
     parser.add_argument("--num-heads", type=int, default=4, help="draft heads (tree depth they can fill)")
     parser.add_argument("--num-layers", type=int, default=1, help="ResBlocks per head")
     parser.add_argument("--exit-layer", type=int, default=2, help="kangaroo: shallow layers the adapter reads")
