@@ -129,7 +129,7 @@ class FastTreeVerifier:
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:
             return torch.empty(0, hidden_size(self.model), dtype=self.forward.dtype, device=device)
-        self._check_room(start + m - 1, start + m)
+        check_room(start + m - 1, self._max_length, start + m, self.cache.rows)
         offsets = torch.arange(m, device=device)
         positions = offsets + start
         # Prompts vary in length, so the prefill runs eagerly with SDPA; only the verify step is compiled.
@@ -149,7 +149,7 @@ class FastTreeVerifier:
         self._pending.check_free("verify")
         tree, start = draft.tree, self._cached
         n = tree.num_nodes
-        self._check_room(start + tree.max_depth, start + n)
+        check_room(start + tree.max_depth, self._max_length, start + n, self.cache.rows)
         buffers = self._buffers(tree)
         positions = buffers.depths + start
         rows = buffers.offsets + start
@@ -188,6 +188,3 @@ class FastTreeVerifier:
         ancestors = tree.ancestor_mask & in_window(depths[:, None], depths[None, :], self.forward.window)
         return TreeBuffers(ancestors=ancestors.to(device), depths=depths.to(device),
                            offsets=torch.arange(tree.num_nodes, device=device))
-
-    def _check_room(self, last_position: int, rows_needed: int) -> None:
-        check_room(last_position, self._max_length, rows_needed, self.cache.rows)

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from spec.errors import ShapeError, UnsupportedError
-from spec.models import cache_kwargs, context_length, hidden_size, model_dtype, output_vocab_size
+from spec.models import cache_kwargs, context_length, hidden_size, model_device, model_dtype, output_vocab_size
 from spec.protocols import Draft, Verification, VerifierTraits
 from spec.runtime.masks import additive_mask, in_window, model_windows
 from spec.runtime.paths import PendingTree, moves_rows
@@ -62,7 +62,7 @@ class TreeAttentionVerifier:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_output_embeddings().weight.device
+        return model_device(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -87,7 +87,7 @@ class TreeAttentionVerifier:
         m = tokens.shape[0]
         if m == 0:
             return torch.empty(0, hidden_size(self.model), dtype=self._dtype, device=self.device)
-        self._check_room(self._cached + m - 1)
+        check_room(self._cached + m - 1, self.max_length)
         positions = torch.arange(self._cached, self._cached + m, device=self.device)
         out = self.model(
             input_ids=tokens.to(self.device)[None],
@@ -104,7 +104,7 @@ class TreeAttentionVerifier:
     def verify(self, draft: Draft) -> Verification:
         self._pending.check_free("verify")
         tree = draft.tree
-        self._check_room(self._cached + tree.max_depth)
+        check_room(self._cached + tree.max_depth, self.max_length)
         ancestors, depths = self._tree_buffers(tree)
         mask = self._full_mask(ancestors, depths, self._window)
         if self._mixed:
@@ -145,9 +145,6 @@ class TreeAttentionVerifier:
             keys = torch.cat([torch.arange(cached, device=self.device), positions])
             visible &= in_window(positions[:, None], keys[None, :], window)
         return additive_mask(visible, self._dtype)
-
-    def _check_room(self, last_position: int) -> None:
-        check_room(last_position, self.max_length)
 
     def _check_cache_layers(self) -> None:
         for layer in self._cache.layers:
