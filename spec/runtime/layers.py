@@ -74,12 +74,12 @@ AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object, fl
 class LlamaFamilyForward:
     """Runs ``model`` over new tokens on top of a static cache; see the module docstring."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, user: str = "The fast verifier",
+                 instead: str = "Use TreeAttentionVerifier (make_verifier picks it automatically).") -> None:
         support.check_supported(model)  # refusals no verifier can avoid, with their own advice
         reason = unsupported_reason(model)
         if reason is not None:
-            raise UnsupportedError(f"The fast verifier cannot run this model: {reason}. "
-                                   "Use TreeAttentionVerifier (make_verifier picks it automatically).")
+            raise UnsupportedError(f"{user} cannot run this model: {reason}. {instead}")
         backbone = model.model
         config = model.config
         self.embed = backbone.embed_tokens

@@ -27,15 +27,14 @@ from typing import Optional
 
 import torch
 
-from spec.errors import ConfigurationError, ShapeError, UnsupportedError
+from spec.errors import ConfigurationError, ShapeError
 from spec.models import context_length, hidden_size, output_vocab_size
 from spec.protocols import Draft, Verification, VerifierTraits
 from spec.runtime.attention import sdpa_attention
-from spec.runtime.layers import LlamaFamilyForward, unsupported_reason
+from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import in_window
 from spec.runtime.paths import PendingTree, moves_rows
 from spec.runtime.room import check_room
-from spec.runtime.support import SUPPORTED_ARCHITECTURES, check_supported
 from spec.timing import forward_region
 
 
@@ -43,20 +42,13 @@ class SelfDraftState:
     """The shared static cache and the number of ``committed`` tokens it holds in every layer."""
 
     def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
-        check_supported(model)
-        reason = unsupported_reason(model)
-        if reason is not None:
-            raise UnsupportedError(
-                "Self-drafting runs the model's decoder layers one by one, supported for "
-                f"{', '.join(SUPPORTED_ARCHITECTURES)}; got {getattr(model.config, 'model_type', None)!r} ({reason}). "
-                "Use TreeAttentionVerifier with another drafter."
-            )
+        self.forward = LlamaFamilyForward(model, "Self-drafting (the model's decoder layers run one by one)",
+                                          "Use TreeAttentionVerifier with another drafter.")
         num_layers = len(model.model.layers)
         if not 1 <= exit_layer < num_layers:
             raise ConfigurationError(f"exit_layer must be in [1, {num_layers - 1}] for this {num_layers}-layer model, "
                                      f"got {exit_layer}.")
         self.backbone = model.model
-        self.forward = LlamaFamilyForward(model)
         self.exit_layer = exit_layer
         self.shallow = range(exit_layer)
         self.deep = range(exit_layer, num_layers)
@@ -126,7 +118,7 @@ class SelfDraftVerifier:
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Cache ``tokens`` ``[m]`` in every layer; returns their shallow hidden states ``[m, H]`` (``traits.features``)."""
+        """Cache ``tokens`` ``[m]`` in every layer; returns their shallow states ``[m, H]`` (``traits.features``)."""
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
