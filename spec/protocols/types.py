@@ -167,6 +167,7 @@ class Draft:
         ``kind``: the survivors' kind when the selection decides it; survivors handed on as
         deterministic lose ``draft_probs``, which no longer says how they were chosen.
         """
+        keep = sorted({int(node) for node in keep})  # the subtree's node order
         dropped_q = kind is CandidateKind.DETERMINISTIC
 
         def rows(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
