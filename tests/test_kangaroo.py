@@ -179,6 +179,7 @@ def test_a_pruned_draft_is_verified_at_its_kept_nodes():
     pruned = draft.select_nodes(keep)
     assert pruned.cache_rows.tolist() == [p.numel() - 1 + node for node in keep]
     assert torch.equal(pruned.node_states, draft.node_states[keep])
+    assert torch.equal(draft.select_nodes(keep[::-1]).cache_rows, pruned.cache_rows)  # fields follow the tree's order
     verification = drafter.verifier.verify(pruned)
     with torch.no_grad():
         for node in range(pruned.tree.num_nodes):
