@@ -99,7 +99,7 @@ class BlockVerificationAcceptor(WalkingAcceptor):
         bonus = randomness.categorical(bonus_from)
         return Acceptance(path=range(stop + 1), tokens=tokens[1:stop + 1], bonus_token=bonus)
 
-    # ---- the steps (overridden by the mutants in spec.testing.broken) ---------------------
+    # ---- the steps (overridden by the mutants in spec.testing.mutants) ---------------------
     def weight(self, previous: float, p: torch.Tensor, q: torch.Tensor, x: int) -> float:
         """``w_i = min(1, w_{i-1} * p(x) / q(x))``."""
         return capped_ratio(previous, p, q, x)

@@ -17,7 +17,7 @@ the bonus token is sampled from ``r``. Each emitted token is then distributed
 exactly as the target's sampler would have drawn it (docs/losslessness.md has the
 argument; tests/test_lossless_exact.py checks it exactly).
 
-The steps are small overridable methods so that ``spec.testing.broken`` can build
+The steps are small overridable methods so that ``spec.testing.mutants`` can build
 the classic bugs and the tests can show they are caught.
 """
 

@@ -32,7 +32,7 @@ docs/block_traversal.md derives the rule and proves it lossless for every candid
 kind (the conditions: each sibling's ``q`` is the law it was drawn from given the draft
 above and beside it, and the draft is independent of the acceptor's coins);
 tests/test_block_traversal.py checks it exactly. The steps are small overridable
-methods so ``spec.testing.broken`` can build the bugs the tests must catch.
+methods so ``spec.testing.mutants`` can build the bugs the tests must catch.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class TraversalVerificationAcceptor(WalkingAcceptor):
         """The law the child with token ``x`` was drawn from: the running ``q``, or ``delta(x)``."""
         return point_mass(x, state.residual) if kind is CandidateKind.DETERMINISTIC else state.q
 
-    # ---- the steps (overridden by the mutants in spec.testing.broken) ---------------------
+    # ---- the steps (overridden by the mutants in spec.testing.mutants) ---------------------
     def child_weight(self, alpha: float, residual: torch.Tensor, q: torch.Tensor, x: int) -> float:
         """``min(1, alpha * r(x) / q(x))``: the weight of the path extended by ``x``."""
         return capped_ratio(alpha, residual, q, x)

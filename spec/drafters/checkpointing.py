@@ -77,8 +77,6 @@ _HYPERPARAMETER_RULES: dict[str, tuple] = {
     "rms_norm_eps": ("float", "(0, 1]"),
     "threshold": ("float", "[0, 1]"),
 }
-#: Per drafter type, minimums stricter than the general rule.
-_MINIMUMS = {("hydra", "num_layers"): 1}
 
 
 def _check_hyperparameters(hyper: dict[str, Any], drafter_type: str, where: str) -> None:
@@ -88,7 +86,7 @@ def _check_hyperparameters(hyper: dict[str, Any], drafter_type: str, where: str)
         if rule is None:
             continue
         if rule[0] == "int":
-            low = _MINIMUMS.get((drafter_type, name), rule[1])
+            low = rule[1]  # stricter minimums are the heads' own (their builder refuses)
             if not is_int(value) or value < low:
                 raise CheckpointError(f"{where}: {name} must be an integer >= {low}, got {value!r}; "
                                       "the config is corrupt or hand-edited, save the heads again.")

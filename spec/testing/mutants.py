@@ -101,8 +101,7 @@ class SampledKindKeptAfterPruning(DynamicTreeBuilder):
         keep = self.kept_nodes(draft)
         if keep is None:
             return draft
-        return Draft(tree=draft.tree.subtree(keep), tokens=draft.tokens[keep], kind=draft.kind,
-                     draft_probs=draft.draft_probs[keep], log_confidence=draft.log_confidence[keep])
+        return draft.select_nodes(keep)  # the bug: no kind=DETERMINISTIC, so q and the sampled kind survive
 
 
 BROKEN_TREE_BUILDERS = (SampledKindKeptAfterPruning,)
