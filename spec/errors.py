@@ -77,3 +77,19 @@ class DataError(InputError):
 
 class UnsupportedError(SpecError, NotImplementedError):
     """A valid request this component does not support (say so, and what does)."""
+
+
+class TokenizerError(ConfigurationError):
+    """A tokenizer that cannot be used with the model or the request: its vocabulary holds ids the model has
+    no logits for, or chat messages were given to a tokenizer without a chat template."""
+
+
+class ConcurrentUseError(SpecError, RuntimeError):
+    """A second ``generate`` on a speculative decoder (or on stages another decoder is running) while the
+    first is still running: its stages hold one sequence's caches, so the second call is refused, not
+    interleaved."""
+
+
+class StreamerError(SpecError, RuntimeError):
+    """The streamer passed to ``generate`` raised; generation stopped cleanly (the decoder stays usable).
+    The streamer's own exception is the ``__cause__``."""

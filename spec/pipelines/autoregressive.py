@@ -7,19 +7,23 @@ the speculative decoder is tested against.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from transformers import DynamicCache
 
 from spec.models import cache_kwargs, model_device
 from spec.pipelines.inputs import normalise_request
+from spec.pipelines.outputs import ScoredGenerationOutput, Stream, token_logprobs
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
 from spec.timing import active_timer
 
 
 class AutoregressiveDecoder:
+    """One forward pass per token. It keeps no state between calls (each call has its own cache), so
+    concurrent calls on one decoder are safe, as concurrent forward passes of the model are."""
+
     def __init__(self, model):
         self.model = model.eval()
 
@@ -34,21 +38,35 @@ class AutoregressiveDecoder:
         top_p: float = 1.0,
         seed: Optional[int] = None,
         stop_sequences: Optional[Sequence[Sequence[int]]] = None,
+        streamer: Any = None,
+        output_logprobs: bool = False,
+        stop_when: Optional[Callable[[list[int]], bool]] = None,
     ) -> GenerationOutput:
+        """As ``SpeculativeDecoder.generate``: ``streamer`` gets the prompt then each token; ``output_logprobs``
+        returns each token's log-probability under the processed distribution it was drawn from."""
         request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
-                                    seed, stop_sequences)
+                                    seed, stop_sequences, stop_when=stop_when)
+        stream = Stream(streamer)
+        try:
+            return self._decode(request, stream, output_logprobs)
+        finally:
+            stream.end()
+
+    def _decode(self, request, stream: Stream, output_logprobs: bool) -> GenerationOutput:
         start = time.perf_counter()
         sampling = request.sampling
         device = model_device(self.model)
         generator = make_generator(sampling, device)
         generated: list[int] = []
+        logprobs: list[torch.Tensor] = []
         cache = DynamicCache()
         next_input = request.prompt.to(device)[None]
+        stream.put(request.prompt)
         steps: list[StepStats] = []
         prefill_s = 0.0
         finished = request.max_new_tokens == 0
         timer = active_timer()
-        while not finished:
+        while not finished and not stream.failed:
             forward_before = timer.seconds if timer else 0.0
             t0 = time.perf_counter()
             logits = self.model(input_ids=next_input, **cache_kwargs(self.model, cache), use_cache=True).logits[0, -1]
@@ -66,6 +84,14 @@ class AutoregressiveDecoder:
                                    forward_s=timer.seconds - forward_before if timer else None))
             kept, finished = request.take([token], generated)
             generated.extend(kept)
+            if output_logprobs:
+                logprobs.append(token_logprobs(logits[None], kept, sampling))
+            stream.put(kept)
             next_input = torch.tensor([[token]], device=device)
-        return GenerationOutput(sequences=torch.tensor([request.prompt.tolist() + generated]), prompt_length=request.prompt.numel(),
-                                steps=tuple(steps), prefill_s=prefill_s, total_s=time.perf_counter() - start)
+        fields = dict(sequences=torch.tensor([request.prompt.tolist() + generated]),
+                      prompt_length=request.prompt.numel(), steps=tuple(steps), prefill_s=prefill_s,
+                      total_s=time.perf_counter() - start)
+        if output_logprobs:
+            return ScoredGenerationOutput(**fields, logprobs=torch.cat(logprobs) if logprobs
+                                          else torch.zeros(0, dtype=torch.float64))
+        return GenerationOutput(**fields)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import attrs
 import numpy as np
@@ -28,12 +28,16 @@ class GenerateRequest:
     eos_token_ids: frozenset[int]
     sampling: SamplingParams
     stop_sequences: tuple[tuple[int, ...], ...] = ()
+    #: Called with the generated ids after each token; True ends generation after that token (kept). The text
+    #: pipeline matches stop strings on decoded text through it, which token-id stop sequences cannot express.
+    stop_when: Optional[Callable[[list[int]], bool]] = None
 
     def take(self, candidates: list[int], generated: list[int]) -> tuple[list[int], bool]:
         """The prefix of ``candidates`` to emit after ``generated``, and whether generation is over.
 
         Stops after the first EOS token, after the first completed stop sequence (it is
-        kept, as transformers keeps stop strings), or when ``max_new_tokens`` is reached.
+        kept, as transformers keeps stop strings), after the first token ``stop_when`` accepts,
+        or when ``max_new_tokens`` is reached.
         """
         room = self.max_new_tokens - len(generated)
         kept: list[int] = []
@@ -43,6 +47,8 @@ class GenerateRequest:
                 return kept, True
             tail = generated + kept
             if any(len(tail) >= len(s) and tuple(tail[-len(s):]) == s for s in self.stop_sequences):
+                return kept, True
+            if self.stop_when is not None and self.stop_when(tail):
                 return kept, True
         return kept, len(generated) + len(kept) >= self.max_new_tokens
 
@@ -140,6 +146,7 @@ def normalise_request(
     seed: Optional[int],
     stop_sequences: Optional[Sequence[Sequence[int]]] = None,
     context_limit: Optional[int] = None,
+    stop_when: Optional[Callable[[list[int]], bool]] = None,
 ) -> GenerateRequest:
     """Check every ``generate`` argument and put it in one canonical form, before any work.
 
@@ -194,4 +201,7 @@ def normalise_request(
             if not seq:
                 raise InputError("A stop sequence is empty; give at least one token id per stop sequence.")
             stops.append(seq)
-    return GenerateRequest(ids.to(torch.long).cpu(), max_new_tokens, eos, sampling, tuple(stops))
+    if stop_when is not None and not callable(stop_when):
+        raise InputError(f"stop_when must be a callable taking the generated token ids and returning a bool, got "
+                         f"{stop_when!r}.")
+    return GenerateRequest(ids.to(torch.long).cpu(), max_new_tokens, eos, sampling, tuple(stops), stop_when)
