@@ -10,6 +10,7 @@ from spec.bench.memory import PeakMemory
 from spec.bench.methods import Method, MethodRun
 from spec.bench.report import BenchReport, build_report
 from spec.errors import ConfigurationError
+from spec.models import model_device
 from spec.timing import ForwardTimer
 
 
@@ -102,5 +103,5 @@ def _device_of(methods: Sequence[Method]) -> torch.device:
     for method in methods:
         model = getattr(method, "model", None) or getattr(getattr(method, "decoder", None), "model", None)
         if model is not None:
-            return model.get_output_embeddings().weight.device
+            return model_device(model)
     return torch.device("cpu")

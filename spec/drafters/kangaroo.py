@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from spec.drafters.checkpointing import check_model_dims, load_drafter, load_state_strict, save_drafter
 from spec.drafters.tree_filling import check_tree_fits, path_log_confidence
 from spec.errors import ConfigurationError, InputError, ShapeError
-from spec.models import ModelFingerprint, cache_kwargs, hidden_size, output_vocab_size
+from spec.models import ModelFingerprint, cache_kwargs, hidden_size, model_placement, output_vocab_size
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 from spec.runtime import SelfDraftVerifier
 from spec.runtime.masks import additive_mask
@@ -90,8 +90,7 @@ class KangarooDrafter:
         verifier = SelfDraftVerifier(model, exit_layer)  # first: it refuses unsupported models and exit layers
         if seed is not None:
             torch.manual_seed(seed)
-        weight = model.get_output_embeddings().weight
-        adapter = KangarooAdapter(model).to(device=weight.device, dtype=weight.dtype)
+        adapter = KangarooAdapter(model).to(**model_placement(model))
         return cls(verifier, adapter, threshold, max_depth)
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -103,8 +102,7 @@ class KangarooDrafter:
     def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None) -> "KangarooDrafter":
         hyper, state = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"},
                                     build=lambda hyper: KangarooAdapter(model))
-        weight = model.get_output_embeddings().weight
-        adapter = KangarooAdapter(model).to(device=weight.device, dtype=weight.dtype)
+        adapter = KangarooAdapter(model).to(**model_placement(model))
         load_state_strict(adapter, state, directory)
         return cls(SelfDraftVerifier(model, hyper["exit_layer"]), adapter,
                    hyper["threshold"] if threshold is None else threshold, hyper["max_depth"])
