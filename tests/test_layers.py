@@ -22,7 +22,7 @@ RANKS = {
     "drafters": 3, "verifiers": 3, "acceptors": 3, "trees": 3,
     "pipelines": 4, "training": 4,
     "bench": 5, "registry": 5,
-    "testing": 6,
+    "testing": 6, "text": 6,  # text loads heads through the registry and verifiers through bench.pairing
     "apps": 7,
 }
 #: The package facade re-exports the library; it may import any rank below the applications.
