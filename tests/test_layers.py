@@ -21,7 +21,7 @@ RANKS = {
     "runtime": 2,
     "drafters": 3, "verifiers": 3, "acceptors": 3, "trees": 3,
     "pipelines": 4, "training": 4,
-    "bench": 5, "registry": 5,
+    "bench": 5, "registry": 5, "interop": 5,
     "testing": 6, "text": 6,  # text loads heads through the registry and verifiers through bench.pairing
     "apps": 7,
 }

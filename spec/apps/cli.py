@@ -14,9 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Compose decoders in Python (see README.md); this command runs demos and tools.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from spec.apps import bench_cli, demo, generate_cli, train_cli, trees_cli
+    from spec.apps import bench_cli, convert_cli, demo, generate_cli, train_cli, trees_cli
 
-    for command in (demo, generate_cli, train_cli, trees_cli, bench_cli):  # the order `spec --help` lists them in
+    for command in (demo, generate_cli, train_cli, trees_cli, bench_cli, convert_cli):  # `spec --help`'s order
         command.add_parser(sub)
     build = sub.add_parser("build-model", add_help=False,
                            help="rebuild the shipped model from scratch: corpus, tokenizer, training, heads "

@@ -1,0 +1,242 @@
+"""Published formats in and out: every fixture is written here, in the exact published layout, for tiny models."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from safetensors.torch import load_file, save_file
+
+from spec import GreedyAcceptor, MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder, TreeAttentionVerifier
+from spec.drafters.draft_vocab import DraftVocabulary
+from spec.errors import CheckpointError, IncompatibleDrafterError, InvalidTreeError
+from spec.interop import (
+    export_medusa,
+    import_medusa,
+    read_medusa,
+    tree_for_engine,
+    tree_from_token_tree,
+    tree_to_token_tree,
+)
+from spec.testing.assertions import assert_same_tokens
+from spec.testing.strategies import candidate_trees
+from spec.trees import tree_from_choices, tree_to_choices
+
+from drafter_checks import perturb
+from helpers import model, prompt, reference
+
+TREE = tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0]])
+H, V = 32, 96
+
+
+def trained_like(num_heads=3, num_layers=1, seed=0) -> MedusaDrafter:
+    drafter = MedusaDrafter.from_model(model("llama"), num_heads=num_heads, num_layers=num_layers, seed=seed)
+    perturb(drafter.heads, scale=0.05, seed=seed)
+    return drafter
+
+
+def medusa1_tensors(drafter: MedusaDrafter, shared_lm_head: bool = False) -> dict[str, torch.Tensor]:
+    """FasterDecoding/Medusa's medusa_lm_head names: {h}.{l}.linear.weight/bias and {h}.{L}.weight."""
+    out = {}
+    for h, head in enumerate(drafter.heads.heads):
+        for l, block in enumerate(head[:-1]):
+            out[f"{h}.{l}.linear.weight"] = block.linear.weight.detach().clone()
+            out[f"{h}.{l}.linear.bias"] = block.linear.bias.detach().clone()
+        if not shared_lm_head:
+            out[f"{h}.{len(head) - 1}.weight"] = head[-1].weight.detach().clone()
+    return out
+
+
+def write_medusa1(directory, drafter, pickled=False, declared_heads=2, shared_lm_head=False):
+    directory.mkdir(parents=True, exist_ok=True)
+    # The published config under-counts: it says 2 heads for a file holding more.
+    (directory / "config.json").write_text(json.dumps({
+        "medusa_num_heads": declared_heads, "medusa_num_layers": drafter.heads.num_layers,
+        "base_model_name_or_path": "tiny-llama"}))
+    tensors = medusa1_tensors(drafter, shared_lm_head)
+    if pickled:
+        torch.save(tensors, directory / "medusa_lm_head.pt")  # the published pickled variant, as a fixture
+    else:
+        save_file(tensors, str(directory / "medusa_lm_head.safetensors"))
+    return directory
+
+
+def greedy_equal(drafter):
+    m = model("llama")
+    p = prompt(8, seed=5)
+    out = SpeculativeDecoder(m, drafter, StaticTreeBuilder(TREE), TreeAttentionVerifier(m), GreedyAcceptor()).generate(
+        p, max_new_tokens=40)
+    assert_same_tokens(out.sequences, reference("llama", p, 40))
+    return out
+
+
+def heads_equal(a: MedusaDrafter, b: MedusaDrafter) -> bool:
+    sa, sb = a.heads.state_dict(), b.heads.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_medusa1_heads_import_count_from_tensors_and_decode_like_the_model(tmp_path, pickled):
+    original = trained_like(num_heads=3)
+    imported = import_medusa(write_medusa1(tmp_path / "heads", original, pickled=pickled), model("llama"))
+    assert imported.num_heads == 3  # from the tensor names, not the config's 2
+    assert heads_equal(imported, original)
+    greedy_equal(imported)
+
+
+def test_import_export_import_gives_identical_tensors(tmp_path):
+    first = import_medusa(write_medusa1(tmp_path / "in", trained_like(num_layers=2)), model("llama"))
+    export_medusa(first, tmp_path / "out", layout="medusa")
+    assert set(load_file(str(tmp_path / "out" / "medusa_lm_head.safetensors"))) == set(medusa1_tensors(first))
+    second = import_medusa(tmp_path / "out", model("llama"))
+    assert heads_equal(first, second)
+
+
+def test_shared_lm_head_variant_uses_the_models_lm_head(tmp_path):
+    original = trained_like(num_heads=3)
+    imported = import_medusa(write_medusa1(tmp_path / "heads", original, shared_lm_head=True), model("llama"))
+    for head in imported.heads.heads:
+        assert torch.equal(head[-1].weight, model("llama").get_output_embeddings().weight)
+    greedy_equal(imported)
+
+
+def vllm_head_logits(directory, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """An independent reader of vLLM's Medusa layout: its config and tensor names, its block arithmetic."""
+    config = json.loads((directory / "config.json").read_text())
+    tensors = load_file(str(directory / "model.safetensors"))
+    out = []
+    for h in range(config["num_heads"]):
+        x = hidden
+        for l in range(config["num_hidden_layers"]):
+            weight = tensors[f"blocks.{h}.layers.{l}.weight"]
+            bias = tensors[f"blocks.{h}.layers.{l}.bias"] if config.get("medusa_fc_bias") else None
+            x = x + torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))
+        logits = tensors[f"lm_heads.{h}.weight"] @ x
+        if config["truncated_vocab_size"] < config["vocab_size"]:
+            full = torch.full((config["vocab_size"],), float("-inf"), dtype=logits.dtype)
+            full[tensors["token_map"]] = logits
+            logits = full
+        out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("draft_vocab", [None, 40])
+def test_vllm_export_read_back_by_an_independent_reader_equals_the_original(tmp_path, draft_vocab):
+    drafter = trained_like(num_heads=3, num_layers=2)
+    if draft_vocab:
+        drafter.use_draft_vocab(DraftVocabulary(vocab_size=V, token_ids=torch.randperm(V)[:draft_vocab]))
+    export_medusa(drafter, tmp_path / "vllm", layout="vllm-medusa")
+    hidden = torch.randn(H, dtype=torch.float64)
+    theirs = vllm_head_logits(tmp_path / "vllm", hidden)
+    with torch.no_grad():
+        ours = drafter.heads(hidden)
+    for h, logits in enumerate(theirs):
+        if draft_vocab:
+            ids = drafter.draft_vocab.token_ids
+            torch.testing.assert_close(logits[ids], ours[h][ids])
+            assert torch.isinf(logits).sum() == V - draft_vocab
+        else:
+            torch.testing.assert_close(logits, ours[h])
+    again = import_medusa(tmp_path / "vllm", model("llama"))
+    assert (again.draft_vocab is None) == (draft_vocab is None)
+    if draft_vocab:
+        assert torch.equal(again.draft_vocab.token_ids, drafter.draft_vocab.token_ids)
+    greedy_equal(again)
+
+
+def test_vllm_drops_block_biases_without_medusa_fc_bias(tmp_path):
+    drafter = trained_like(num_heads=2)
+    export_medusa(drafter, tmp_path / "vllm", layout="vllm-medusa")
+    config = json.loads((tmp_path / "vllm" / "config.json").read_text())
+    config["medusa_fc_bias"] = False
+    (tmp_path / "vllm" / "config.json").write_text(json.dumps(config))
+    imported = import_medusa(tmp_path / "vllm", model("llama"))
+    assert all(torch.count_nonzero(block.linear.bias) == 0 for head in imported.heads.heads for block in head[:-1])
+
+
+def test_medusa2_full_checkpoint_heads_bind_to_their_own_base_model_only(tmp_path):
+    m = model("llama")
+    drafter = trained_like(num_heads=2)
+    state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    state.update({f"medusa_head.{k}": v for k, v in medusa1_tensors(drafter).items()})
+    directory = tmp_path / "medusa2"
+    directory.mkdir()
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama", "medusa_num_heads": 1,
+                                                       "medusa_num_layers": 1}))
+    assert heads_equal(import_medusa(directory, m), drafter)
+    with pytest.raises(IncompatibleDrafterError, match="lm_head differs"):
+        import_medusa(directory, model("llama", seed=1))
+
+
+def test_heads_for_another_model_are_refused(tmp_path):
+    directory = write_medusa1(tmp_path / "heads", trained_like())
+    with pytest.raises(IncompatibleDrafterError, match="hidden size"):
+        import_medusa(directory, model("llama", hidden_size=48))
+    with pytest.raises(IncompatibleDrafterError, match="tokens"):
+        import_medusa(directory, model("llama", vocab_size=128))
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "heads"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"medusa_num_heads": 1, "medusa_num_layers": 1}))
+    (directory / "medusa_lm_head.pt").write_bytes(pickle.dumps({"0.0.linear.weight": _Payload(str(marker))}))
+    with pytest.raises(CheckpointError, match="restricted loader refuses"):
+        import_medusa(directory, model("llama"))
+    assert not marker.exists()
+    (directory / "medusa_lm_head.pt").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError, match="restricted loader refuses"):
+        read_medusa(directory)
+    assert not marker.exists()
+
+
+def test_incomplete_or_foreign_files_are_refused(tmp_path):
+    tensors = medusa1_tensors(trained_like(num_heads=2))
+    del tensors["1.0.linear.weight"]
+    directory = tmp_path / "broken"
+    directory.mkdir()
+    save_file(tensors, str(directory / "medusa_lm_head.safetensors"))
+    with pytest.raises(CheckpointError, match="head 1"):
+        read_medusa(directory)
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, str(directory / "medusa_lm_head.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Medusa head tensor"):
+        read_medusa(directory)
+
+
+@settings(max_examples=25)
+@given(tree=candidate_trees(max_nodes=20, max_depth=5, max_width=4))
+def test_trees_round_trip_through_every_engines_settings(tree):
+    assert tree_from_token_tree(tree_to_token_tree(tree)) == tree
+    assert tree_from_choices(tree_for_engine(tree, "medusa")["config"]["medusa_choices"]) == tree
+    vllm = tree_for_engine(tree, "vllm", method="eagle3")["config"]
+    assert vllm["num_speculative_tokens"] == tree.num_nodes - 1 and vllm["method"] == "eagle3"
+    assert tree_from_token_tree(vllm["speculative_token_tree"]) == tree
+    chain = tree_for_engine(tree, "vllm", method="medusa")["config"]
+    assert chain["num_speculative_tokens"] == tree.max_depth and "speculative_token_tree" not in chain
+    for engine in ("trtllm-medusa", "trtllm-eagle"):
+        config = tree_for_engine(tree, engine)["config"]["speculative_config"]
+        choices = config["medusa_choices" if engine == "trtllm-medusa" else "eagle_choices"]
+        assert tree_from_choices(choices) == tree and config["max_draft_len"] == tree.num_nodes - 1
+    sglang = tree_for_engine(tree, "sglang")["config"]
+    assert sglang["--speculative-num-steps"] == tree.max_depth
+    assert sglang["--speculative-num-draft-tokens"] == tree.num_nodes
+    assert sglang["--speculative-eagle-topk"] == max(len(c) for c in tree.children)
+
+
+def test_a_token_tree_that_is_not_a_literal_is_refused():
+    with pytest.raises(InvalidTreeError, match="literal"):
+        tree_from_token_tree("__import__('os').system('true')")
+    assert tree_to_choices(tree_from_token_tree("[(0,), (0, 0)]")) == [[0], [0, 0]]
