@@ -45,11 +45,10 @@ class TextOutput:
         return len(self.token_ids) / self.total_s if self.total_s > 0 else float("inf")
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def _eos_ids(model: Any) -> list[int]:
+    """The EOS ids transformers' generate stops at: the model's generation config's (none: never stop early)."""
     config = getattr(model, "generation_config", None)
     eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         return []
     return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
@@ -127,8 +126,8 @@ class TextGenerator:
                  skip_special_tokens: bool = True) -> TextOutput:
         """Continue ``prompt`` (a string, or chat messages rendered with the chat template) and decode.
 
-        Stops at the model's EOS (``eos_token_id``: ``"default"`` = its generation config's, else the
-        tokenizer's; None = never), after the token that completes a ``stop_strings`` entry (matched on
+        Stops at the model's EOS (``eos_token_id``: ``"default"`` = its generation config's, as transformers'
+        generate stops; None = never), after the token that completes a ``stop_strings`` entry (matched on
         decoded text across token boundaries; kept in ``text``, as transformers keeps it), or after
         ``max_new_tokens``. ``streamer`` (transformers' ``put``/``end``: ``TextStreamer``,
         ``TextIteratorStreamer``) receives the prompt ids, then each step's accepted tokens as they are accepted.
@@ -137,7 +136,7 @@ class TextGenerator:
         """
         ids = self.encode(prompt, add_generation_prompt)
         stops = StopStrings(self.tokenizer, check_stop_strings(stop_strings)) if stop_strings is not None else None
-        eos = _eos_ids(self.model, self.tokenizer) if isinstance(eos_token_id, str) and eos_token_id == DEFAULT \
+        eos = _eos_ids(self.model) if isinstance(eos_token_id, str) and eos_token_id == DEFAULT \
             else eos_token_id
         out = self.decoder.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, eos_token_id=eos,
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,

@@ -46,7 +46,7 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
     transformers reads them; ``streamer`` receives tokens as they are accepted; ``seed`` seeds sampling.
     """
     from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
-    from spec.text.generator import _eos_ids, _tree_builder
+    from spec.text.generator import _tree_builder
     from spec.text.tokens import StopStrings, check_stop_strings
 
     input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
@@ -92,8 +92,6 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
         if tokenizer is None:
             raise InputError("stop_strings are matched on decoded text: pass tokenizer= too, as transformers asks.")
         stops = StopStrings(tokenizer, check_stop_strings(stop_strings))
-    if eos is None and tokenizer is not None:
-        eos = _eos_ids(model, tokenizer) or None
     if drafter is None:
         decoder = AutoregressiveDecoder(model)
     else:
