@@ -240,3 +240,22 @@ def test_a_token_tree_that_is_not_a_literal_is_refused():
     with pytest.raises(InvalidTreeError, match="literal"):
         tree_from_token_tree("__import__('os').system('true')")
     assert tree_to_choices(tree_from_token_tree("[(0,), (0, 0)]")) == [[0], [0, 0]]
+
+
+def test_spec_convert_round_trips_the_shipped_heads_and_prints_engine_settings(tmp_path, capsys):
+    from spec.apps.cli import main
+    from spec.apps.shipped import load_shipped, load_shipped_drafter, shipped_path
+
+    m, _ = load_shipped()
+    load_shipped_drafter("medusa", m).save_pretrained(tmp_path / "spec")
+    assert main(["convert", "heads", str(tmp_path / "spec"), str(tmp_path / "vllm"), "--from", "spec",
+                 "--to", "vllm-medusa"]) == 0
+    assert main(["convert", "heads", str(tmp_path / "vllm"), str(tmp_path / "back")]) == 0
+    assert heads_equal(MedusaDrafter.from_pretrained(tmp_path / "back", m),
+                       MedusaDrafter.from_pretrained(tmp_path / "spec", m))
+    capsys.readouterr()
+    tree_file = shipped_path() / "trees" / "medusa.json"
+    assert main(["convert", "tree", str(tree_file), "--to", "trtllm-medusa", "--heads", "h"]) == 0
+    printed = capsys.readouterr().out
+    assert '"decoding_type": "Medusa"' in printed and "trtllm-serve" in printed
+    assert main(["convert", "heads", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2  # a typed refusal
