@@ -19,10 +19,13 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument("--drafters", default="medusa", help="comma-separated shipped drafters to benchmark")
-    bench.add_argument("--prompts", default=None, help="JSONL of prompts (field 'prompt' or 'text'); default: the "
-                       "shipped held-out snippets")
-    bench.add_argument("--num-prompts", type=int, default=None, help="how many prompts to use (the first ones); "
-                       "default: 8, or all if there are fewer")
+    bench.add_argument("--prompts", default=None, help="JSONL of prompts: {\"prompt\": text} lines (optional "
+                       "\"category\"), or Spec-Bench questions {\"question_id\", \"category\", \"turns\": [...]}, "
+                       "each turn a prompt rendered with the chat template after the earlier turns and their greedy "
+                       "answers (the model's tokenizer needs a chat template); a per-category table follows the "
+                       "main one. Default: the shipped held-out snippets")
+    bench.add_argument("--num-prompts", type=int, default=None, help="how many prompts (questions, with all their "
+                       "turns) to use, the first ones; default: 8, or all if there are fewer")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (medians are reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds")
@@ -56,23 +59,10 @@ def make_acceptor(name: str, temperature: float):
 
 
 def read_prompts(path) -> list[str]:
-    """Prompt texts from a JSONL file: one object per line with a non-empty string 'prompt' (or 'text')."""
-    from spec.errors import DataError, PathError
-    from spec.io import parse_json, read_text
+    """The first turn of each prompt in a --prompts file (spec's or Spec-Bench's format; see ``read_bench_prompts``)."""
+    from spec.bench.prompts import read_bench_prompts
 
-    texts = []
-    for number, line in enumerate(read_text(path, "--prompts file", PathError, DataError).splitlines(), 1):
-        if not line.strip():
-            continue
-        record = parse_json(line, f"{path}:{number}", DataError)
-        text = record.get("prompt", record.get("text")) if isinstance(record, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{number} has no non-empty string field 'prompt' (or 'text'); each line must be "
-                            'an object such as {"prompt": "def add(a, b):"}.')
-        texts.append(text)
-    if not texts:
-        raise DataError(f"The --prompts file {path} holds no prompts; add lines such as {{\"prompt\": \"...\"}}.")
-    return texts
+    return [question.turns[0] for question in read_bench_prompts(path)]
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -106,11 +96,14 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise OptionError("--assistant adds a transformers baseline, which --no-transformers turns off; "
                               "drop one of them.")
         check_model_directory(args.assistant, "--assistant model directory")
-    texts = read_prompts(args.prompts) if args.prompts else heldout_prompts()
-    if args.num_prompts is not None and args.num_prompts > len(texts):
-        raise OptionError(f"--num-prompts {args.num_prompts} asks for more prompts than there are ({len(texts)}); "
-                          f"pass at most {len(texts)}.")
-    args.texts = texts[: args.num_prompts or DEFAULT_PROMPTS]
+    from spec.bench.prompts import BenchQuestion, read_bench_prompts
+
+    questions = read_bench_prompts(args.prompts) if args.prompts else [
+        BenchQuestion(index, "heldout", [text]) for index, text in enumerate(heldout_prompts())]
+    if args.num_prompts is not None and args.num_prompts > len(questions):
+        raise OptionError(f"--num-prompts {args.num_prompts} asks for more prompts than there are ({len(questions)}); "
+                          f"pass at most {len(questions)}.")
+    args.questions = questions[: args.num_prompts or DEFAULT_PROMPTS]
     check_writable_directory(args.out, "--out directory")
 
 
@@ -132,8 +125,13 @@ def run(args: argparse.Namespace) -> int:
     from spec.trees import StaticTreeBuilder, chain_tree
     from spec.bench.costs import measure_verify_costs
 
+    from spec.bench.prompts import CategoryRecorder, category_table, expand_turns, first_answer, prompt_categories
+
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
-    prompts = [tokenizer(t, return_tensors="pt").input_ids for t in args.texts]
+    # Later turns of a Spec-Bench question include the reference (autoregressive, greedy) answers to earlier ones.
+    turns = expand_turns(args.questions, tokenizer, first_answer(AutoregressiveDecoder(model), args.max_new_tokens,
+                                                                 model.generation_config.eos_token_id))
+    prompts = [turn.ids for turn in turns]
     context = context_length(model)
     for index, prompt in enumerate(prompts):
         if prompt.shape[1] == 0:
@@ -171,10 +169,18 @@ def run(args: argparse.Namespace) -> int:
     verifier = verifier_from_options(model, None, kinds[0], args.compile)
     curve = measure_verify_costs(verifier, sizes, prompts[0][0], repeats=3)
     sampling = {} if args.temperature == 0 else {"temperature": args.temperature, "seed": 0}
-    report = run_benchmark(methods, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
+    recorders = [CategoryRecorder(method, prompt_categories(turns), args.warmup) for method in methods]
+    report = run_benchmark(recorders, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
                            warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,
                            profile_overhead=not args.no_profile)
     write_report(report, args.out)
+    by_category = category_table(recorders, methods[0].name)
+    from pathlib import Path
+
+    from spec.io import atomic_write_bytes
+
+    atomic_write_bytes(Path(args.out) / "categories.md", by_category.encode())
     print(markdown_table(report))
-    print(f"written to {args.out}/ (report.json, report.md, speedup.png, accepted.png, stages.png)")
+    print(by_category)
+    print(f"written to {args.out}/ (report.json, report.md, categories.md, speedup.png, accepted.png, stages.png)")
     return 0
