@@ -48,8 +48,8 @@ def test_shipped_greedy_text_is_transformers_generate(shipped, capsys, monkeypat
     # A stop string inside the text: the same cut as transformers' stop_strings, through another drafter.
     stop = expected[len(expected) // 2: len(expected) // 2 + 3]
     cut = hf_text(model, tokenizer, tokenizer(prompt).input_ids, 32, stop_strings=[stop], tokenizer=tokenizer)
-    status, out, err = run_cli([prompt, "--max-new-tokens", "32", "--drafter", "medusa", "--stop", stop], capsys,
-                               monkeypatch)
+    status, out, err = run_cli(["--prompt", prompt, "--max-new-tokens", "32", "--drafter", "medusa", "--stop", stop],
+                               capsys, monkeypatch)
     assert status == 0 and out == cut + "\n" and stop in cut and len(cut) < len(expected)
     assert "stopped: stop_string" in err
 
@@ -115,6 +115,7 @@ def test_chat_session_is_transformers_generate_turn_by_turn(chat_model_dir, caps
     (["x", "--system", "be brief"], "add --chat"),
     (["x", "--chat"], "stdin"),
     (["x", "--prompt-index", "0"], "give one of them"),
+    (["x", "--prompt", "y"], "given twice"),
     (["   "], "prompt is empty"),
     (["x", "--drafter", "eagle-x"], "--drafter"),
     (["x", "--model", "/nonexistent/model"], "does not exist"),

@@ -322,3 +322,38 @@ def test_one_decoder_per_thread_sharing_the_weights_is_correct(model, tokenizer)
     for t in threads:
         t.join(120)
     assert not errors and results == expected
+
+
+def test_from_pretrained_loads_the_model_directory_and_heads_by_path_or_name(model, tmp_path):
+    from spec.errors import CheckpointError
+    from spec.trees import save_tree
+
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    drafter = MedusaDrafter.from_model(model, num_heads=3, seed=0)
+    drafter.save_pretrained(model_dir / "heads" / "medusa")
+    save_tree(model_dir / "trees" / "medusa.json", tree_from_choices(TREE))
+    expected = medusa_generator(model, make_tokenizer()).generate("hello world", max_new_tokens=12, eos_token_id=None)
+    by_name = TextGenerator.from_pretrained(model_dir, drafter="medusa", dtype="float64")
+    assert by_name.decoder.tree_builder.tree().num_nodes == len(TREE) + 1  # the tree saved beside the heads
+    by_path = TextGenerator.from_pretrained(model_dir, drafter=model_dir / "heads" / "medusa", dtype="float64")
+    assert by_path.decoder.tree_builder.tree().max_depth == 3  # no tree given: a chain as deep as the heads
+    for generator in (by_name, by_path):
+        assert generator.generate("hello world", max_new_tokens=12, eos_token_id=None).token_ids == expected.token_ids
+    with pytest.raises(CheckpointError, match="heads/.*medusa"):
+        TextGenerator.from_pretrained(model_dir, drafter="eagle")
+
+
+def test_the_autoregressive_decoder_is_safe_to_share_between_threads(model, tokenizer):
+    generator = TextGenerator.from_pretrained(model, tokenizer=tokenizer)  # no drafter: autoregressive
+    prompts = ["hello world", "the answer is", "what is the"]
+    expected = {p: generator.generate(p, max_new_tokens=16, eos_token_id=None).token_ids for p in prompts}
+    results = {}
+    threads = [threading.Thread(target=lambda p=p: results.setdefault(p, generator.generate(
+        p, max_new_tokens=16, eos_token_id=None).token_ids)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == expected

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     )
     gen.add_argument("prompt", nargs="?", default=None,
                      help="the text to continue; omit it (or give -) to read the prompt from stdin")
+    gen.add_argument("--prompt", dest="prompt_option", default=None, metavar="TEXT",
+                     help="the text to continue, as `spec demo --prompt` takes it (same as the positional argument)")
     gen.add_argument("--prompt-index", type=int, default=None,
                      help="continue a held-out snippet of the shipped model instead (0 to the number shipped - 1)")
     gen.add_argument("--chat", action="store_true",
@@ -64,6 +66,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     from spec.io import check_model_directory
     from spec.models.placement import resolve_placement
 
+    if args.prompt_option is not None:
+        if args.prompt is not None:
+            raise OptionError("The prompt is given twice (as an argument and with --prompt); give it once.")
+        args.prompt = args.prompt_option
     check_int(args.max_new_tokens, "--max-new-tokens", 1)
     check_seed(args.seed)
     resolve_placement(args.device, args.dtype)
@@ -108,6 +114,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                   hint=f" ({len(prompts)} held-out snippets are shipped)")
         args.text = prompts[args.prompt_index]
     elif not args.chat:
+        if args.prompt in (None, "-") and sys.stdin.isatty():
+            print("Reading the prompt from stdin; end it with Ctrl-D.", file=sys.stderr)
         args.text = sys.stdin.read() if args.prompt in (None, "-") else args.prompt
         if not args.text.strip():
             raise OptionError("The prompt is empty; give the text to continue as an argument or on stdin.")
