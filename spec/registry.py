@@ -12,12 +12,17 @@ import math
 from typing import Any, Callable, Optional
 
 import attrs
+import torch
 
 from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
+from spec.drafters.draft_vocab import DraftVocabulary
+from spec.drafters.eagle import EagleDrafter
+from spec.drafters.eagle3 import Eagle3Drafter
 from spec.errors import ConfigurationError
 from spec.io.files import is_int, is_real
 from spec.training import Medusa2Objective, MedusaObjective
 from spec.training.clover import CloverObjective
+from spec.training.eagle import Eagle3Objective, EagleObjective
 from spec.training.hydra import HydraObjective
 from spec.training.kangaroo import KangarooObjective
 
@@ -79,6 +84,9 @@ class Recipe:
     # The fewest blocks per head that work, and why (shown when --num-layers asks for fewer).
     min_num_layers: int = 0
     min_num_layers_why: str = ""
+    # (drafter, train_blocks [N, T + 1]) -> None: what a fresh drafter learns from the training data before
+    # training starts (EAGLE-3: its draft vocabulary, by token frequency). None: nothing.
+    prepare: Optional[Callable[[Any, Any], None]] = None
 
 
 def _named_class(instance, attribute, value):
@@ -134,6 +142,26 @@ def _hydra(prefix_layer: bool):
     return fresh
 
 
+def _eagle3_vocabulary(drafter, train_blocks) -> None:
+    """EAGLE-3's draft vocabulary: the quarter of the target's tokens most frequent in the training data (the
+    paper keeps 32k of Llama-3's 128k), the head restarted from the target's lm_head rows for them."""
+    from spec.models import lm_head
+
+    vocab = drafter.heads.vocab
+    chosen = DraftVocabulary.from_corpus(train_blocks, vocab, drafter.heads.lm_head.out_features)
+    drafter.heads.set_vocabulary(chosen, lm_head(drafter.model))
+    drafter.draft_vocab = DraftVocabulary.from_maps(drafter.heads.d2t, drafter.heads.t2d)
+
+
+def _eagle3(model, o: HeadOptions):
+    from spec.models import output_vocab_size
+
+    vocab = output_vocab_size(model)
+    # A placeholder of the right size until `prepare` picks the tokens from the training data.
+    placeholder = DraftVocabulary(vocab, torch.arange(max(vocab // 4, 1)))
+    return Eagle3Drafter.from_model(model, max_depth=o.num_heads, draft_vocab=placeholder, seed=o.seed)
+
+
 _ENTRIES = (
     DrafterEntry(
         MedusaDrafter,
@@ -173,6 +201,20 @@ _ENTRIES = (
                             "distribution")},
         shipped_recipe="kangaroo", shipped_options=HeadOptions(num_heads=4, exit_layer=2, threshold=0.3, seed=0),
         reads_exit_layer=True),
+    DrafterEntry(
+        EagleDrafter,
+        {"eagle": Recipe(lambda m, o: EagleDrafter.from_model(m, max_depth=o.num_heads, seed=o.seed),
+                         lambda m, d, o: EagleObjective(m, d),
+                         summary="one decoder layer over (token, feature) pairs: SmoothL1 feature regression + "
+                         "0.1 x cross-entropy to the model's distribution, noisy input features")},
+        shipped_recipe="eagle", shipped_options=HeadOptions(num_heads=4, seed=0)),
+    DrafterEntry(
+        Eagle3Drafter,
+        {"eagle3": Recipe(_eagle3, lambda m, d, o: Eagle3Objective(m, d, decay=o.decay),
+                          summary="fused low/middle/high features, training-time test (unrolled on its own "
+                          "predictions), cross-entropy on a frequency-chosen draft vocabulary (a quarter of the "
+                          "tokens)", prepare=_eagle3_vocabulary)},
+        shipped_recipe="eagle3", shipped_options=HeadOptions(num_heads=4, seed=0)),
 )
 
 #: drafter_type -> entry.

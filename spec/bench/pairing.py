@@ -7,10 +7,12 @@ from typing import Optional
 
 def verifier_for(model, drafter, kind: str = "auto", compile: Optional[bool] = None):
     """The drafter's own verifier where it brings one (Kangaroo's shares the shallow layers' work with it),
-    else ``make_verifier(model, kind, compile=compile)``; ``drafter`` None asks for the latter."""
+    else ``make_verifier(model, kind, compile=compile)`` reporting the hidden states the drafter reads
+    (``traits.features``: EAGLE-3's intermediate layers); ``drafter`` None asks for the final ones."""
     from spec.verifiers import make_verifier
 
     own = None if drafter is None else drafter.traits.verifier
     if own is not None:
         return own
-    return make_verifier(model, kind, compile=compile)
+    features = "final" if drafter is None else drafter.traits.features
+    return make_verifier(model, kind, compile=compile, features=features)

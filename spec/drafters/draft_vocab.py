@@ -7,6 +7,10 @@ and EAGLE-3 do) cuts that cost by ``V / K`` and rarely loses a candidate the tar
 would accept. Verification stays on the full vocabulary: greedy output is unchanged,
 and a sampled draft's ``q`` is simply zero outside the subset, which rejection sampling
 handles exactly. Plug-and-play: the heads' weights are sliced, not retrained.
+
+EAGLE-3 trains its head on such a vocabulary from the start; its checkpoint keeps the two maps
+(``d2t``: draft index -> target id; ``t2d``: target id -> in the draft vocabulary), checked to be
+one injection by :meth:`DraftVocabulary.from_maps`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ def _check_ids(instance, attribute, value) -> None:
             f"DraftVocabulary.token_ids must lie in [0, {instance.vocab_size}); got ids from {int(value.min())} "
             f"to {int(value.max())}. Build it from token counts of this model's tokenizer.")
     if torch.unique(value).numel() != value.numel():
-        raise ConfigurationError("DraftVocabulary.token_ids must not repeat a token.")
+        raise ConfigurationError("DraftVocabulary.token_ids (the draft-to-target map) must not repeat a token: two "
+                                 "draft indices for one target token is not an injection. Rebuild it with "
+                                 "DraftVocabulary.from_counts.")
 
 
 @attrs.frozen(eq=False)
@@ -56,6 +62,38 @@ class DraftVocabulary:
             ids = torch.as_tensor(seq, dtype=torch.long).flatten()
             counts += torch.bincount(ids, minlength=vocab_size)[:vocab_size].double()
         return cls.from_counts(counts, size)
+
+    @classmethod
+    def from_maps(cls, d2t: torch.Tensor, t2d: torch.Tensor) -> "DraftVocabulary":
+        """EAGLE-3's two maps: ``d2t`` ``[K]`` int64, draft index -> target token id, and ``t2d`` ``[V]`` bool,
+        whether a target token is in the draft vocabulary. They must describe one injection: ``d2t``'s ids
+        distinct and in range, and ``t2d`` true exactly at them."""
+        if not isinstance(t2d, torch.Tensor) or t2d.dim() != 1 or t2d.dtype != torch.bool:
+            raise ConfigurationError("The target-to-draft map t2d must be a 1-D bool tensor with one entry per target "
+                                     f"token, got {getattr(t2d, 'dtype', type(t2d))} of shape "
+                                     f"{tuple(getattr(t2d, 'shape', ()))}; rebuild the maps with "
+                                     "DraftVocabulary.from_counts(...).t2d.")
+        vocab = cls(t2d.numel(), d2t)  # checks d2t is an injection into [0, V)
+        if not torch.equal(vocab.t2d.to(t2d.device), t2d):
+            stray = int((vocab.t2d.to(t2d.device) != t2d).sum())
+            raise ConfigurationError(
+                f"The draft-to-target map d2t ({vocab.size} tokens) and the target-to-draft map t2d "
+                f"({int(t2d.sum())} tokens marked) disagree on {stray} tokens, so they are not one injection of the "
+                "draft vocabulary into the target's; rebuild both from the same token counts "
+                "(DraftVocabulary.from_counts(...), then .token_ids and .t2d).")
+        return vocab
+
+    @property
+    def d2t(self) -> torch.Tensor:
+        """``[K]`` int64: draft index -> target token id (EAGLE-3's name for ``token_ids``)."""
+        return self.token_ids
+
+    @property
+    def t2d(self) -> torch.Tensor:
+        """``[V]`` bool: whether each target token is a draft token."""
+        member = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.token_ids.device)
+        member[self.token_ids] = True
+        return member
 
     @property
     def size(self) -> int:

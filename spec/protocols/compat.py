@@ -29,13 +29,28 @@ def _kinds(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None
         )
 
 
+def feature_layers(value: str) -> Optional[tuple[int, ...]]:
+    """The layer counts named by a features value: ``"layer:<k>"`` -> ``(k,)``, ``"layers:<a>,<b>,.."`` ->
+    ``(a, b, ..)``; None for ``"final"`` or anything malformed (:func:`_features` refuses those)."""
+    name, _, ks = value.partition(":") if isinstance(value, str) else ("", "", "")
+    parts = ks.split(",")
+    if name == "layer" and ks.isdigit():
+        return (int(ks),)
+    if name == "layers" and parts and all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return None
+
+
 def _features(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """Hidden states are named ``"final"`` (the last layer after the final norm, as transformers reports
-    them) or ``"layer:<k>"`` (the residual stream after the first ``k`` decoder layers)."""
-    name, _, k = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if not (value == "final" or (name == "layer" and k.isdigit())):
+    them), ``"layer:<k>"`` (the residual stream after the first ``k`` decoder layers, before any norm: what
+    transformers reports as ``hidden_states[k]`` for ``k`` below the layer count) or ``"layers:<a>,<b>,.."``
+    (several such streams concatenated in that order, ``[n, count * H]``: EAGLE-3's low, middle and high
+    layers)."""
+    if not (value == "final" or feature_layers(value) is not None):
         raise IncompatibleStagesError(
-            f"{type(instance).__name__}.{attribute.name} must be 'final' or 'layer:<k>', got {value!r}."
+            f"{type(instance).__name__}.{attribute.name} must be 'final', 'layer:<k>' or 'layers:<a>,<b>,..', "
+            f"got {value!r}."
         )
 
 

@@ -105,17 +105,30 @@ class LlamaFamilyForward:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, keys: list[torch.Tensor],
                  values: list[torch.Tensor], attend: int, mask,
-                 attention: AttentionKernel) -> tuple[torch.Tensor, torch.Tensor]:
+                 attention: AttentionKernel, capture: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``tokens`` ``[n]`` at ``positions`` ``[n]``, writing their keys and values at cache ``rows`` ``[n]``.
 
         ``keys``, ``values``: the cache's per-layer ``[kv_heads, rows, d]`` tensors, updated in place;
         attention reads their first ``attend`` rows under ``mask``. Returns final hidden states ``[n, H]``
         (after the last norm, as transformers reports them) and logits ``[n, V]``.
+
+        ``capture``: layer counts ``k`` (each below the layer count); when given, the first result is
+        instead the residual streams after the first ``k`` layers, concatenated in that order
+        ``[n, len(capture) * H]`` (``"layers:<a>,<b>,.."`` features). The layers then run in segments
+        between the captured counts; with nothing to capture the loop is the plain one.
         """
         x = self.embed(tokens)[None]
-        x = self.run_layers(x, range(len(self.layers)), positions, rows, keys, values, attend, mask, attention)
-        hidden = self.norm(x)[0]
-        return hidden, self.lm_head(hidden)
+        if not capture:
+            x = self.run_layers(x, range(len(self.layers)), positions, rows, keys, values, attend, mask, attention)
+            hidden = self.norm(x)[0]
+            return hidden, self.lm_head(hidden)
+        captured: dict[int, torch.Tensor] = {}
+        done = 0
+        for k in sorted(set(capture)):
+            x = self.run_layers(x, range(done, k), positions, rows, keys, values, attend, mask, attention)
+            captured[k], done = x[0], k
+        x = self.run_layers(x, range(done, len(self.layers)), positions, rows, keys, values, attend, mask, attention)
+        return torch.cat([captured[k] for k in capture], dim=-1), self.lm_head(self.norm(x)[0])
 
     def run_layers(self, x: torch.Tensor, layers: range, positions: torch.Tensor, rows: torch.Tensor,
                    keys: list[torch.Tensor], values: list[torch.Tensor], attend: int, mask,

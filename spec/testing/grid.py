@@ -35,6 +35,7 @@ import torch
 
 from spec.errors import IncompatibleStagesError
 from spec.protocols import DraftContext, SamplingParams
+from spec.protocols.compat import feature_layers
 from spec.sampling import target_probs
 from spec.testing.models import tiny_model
 
@@ -45,7 +46,7 @@ VOCAB = 3
 NEW = 3
 PROMPT = (1, 2, 0, 2)
 
-DRAFTERS = ("medusa", "hydra++", "clover", "kangaroo")
+DRAFTERS = ("medusa", "hydra++", "clover", "kangaroo", "eagle", "eagle3")
 BUILDERS = ("static", "optimal", "dynamic")
 CANDIDATES = ("top_k", "sample_with_replacement", "sample_without_replacement")
 SAMPLINGS: dict[str, dict[str, Any]] = {
@@ -118,7 +119,11 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
 def build_stages(case: GridCase, acceptor=None, builder_class=None):
     """(drafter, tree builder, verifier, acceptor) for ``case`` on :func:`target_model`; fresh every call."""
     from spec.acceptors import RejectionSamplingAcceptor
+    from spec.bench.pairing import verifier_for
     from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
+    from spec.drafters.draft_vocab import DraftVocabulary
+    from spec.drafters.eagle import EagleDrafter
+    from spec.drafters.eagle3 import Eagle3Drafter
     from spec.trees import AcceptanceStats, DynamicTreeBuilder, StaticTreeBuilder, optimal_tree, tree_from_choices
     from spec.verifiers import make_verifier
 
@@ -132,10 +137,16 @@ def build_stages(case: GridCase, acceptor=None, builder_class=None):
             drafter = MedusaDrafter.from_model(m, num_heads=2, seed=0, candidates=case.candidates)
         elif case.drafter == "hydra++":
             drafter = HydraDrafter.hydra_plus_plus(m, num_heads=2, num_layers=1, seed=0, candidates=case.candidates)
-        else:
+        elif case.drafter == "clover":
             drafter = CloverDrafter.from_model(m, num_heads=2, seed=0, candidates=case.candidates)
+        elif case.drafter == "eagle":
+            drafter = EagleDrafter.from_model(m, max_depth=2, seed=0, candidates=case.candidates)
+        else:  # a 2-token draft vocabulary: q is zero on the third token, which the target may still want
+            drafter = Eagle3Drafter.from_model(m, max_depth=2, seed=0, candidates=case.candidates,
+                                               draft_vocab=DraftVocabulary(VOCAB, torch.tensor([2, 0])))
         _perturb(drafter.heads, 1)
-        verifier = make_verifier(m)
+        # EAGLE-3 reads intermediate layers: the verifier reports what the drafter declares.
+        verifier = verifier_for(m, drafter) if case.drafter == "eagle3" else make_verifier(m)
     if case.builder == "static":
         builder = StaticTreeBuilder(tree_from_choices([[0], [1], [0, 0]]))
     elif case.builder == "optimal":  # the DP's best 3-candidate tree for a measured-looking table
@@ -187,7 +198,9 @@ def exact_gap(case: GridCase, acceptor=None, builder_class=None, configure=None)
         raise IncompatibleStagesError("Kangaroo's drafts are only defined with its verifier; checked end to end.")
     prompt = torch.tensor(PROMPT)
     with torch.no_grad():
-        hidden = target_model()(prompt[None, :-1], output_hidden_states=True).hidden_states[-1][0]
+        states = target_model()(prompt[None, :-1], output_hidden_states=True).hidden_states
+    layers = feature_layers(drafter.traits.features)  # the features the drafter reads (EAGLE-3: several layers)
+    hidden = states[-1][0] if layers is None else torch.cat([states[k][0] for k in layers], dim=-1)
     drafter.reset()
     drafter.commit(prompt[:-1], hidden)
     context = DraftContext(tokens=prompt)

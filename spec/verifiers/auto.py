@@ -13,16 +13,18 @@ VERIFIER_KINDS = ("auto", "fast", "generic")
 
 
 def make_verifier(model, kind: str = "auto", *, compile: Optional[bool] = None, attention: str = "auto",
-                  max_length: Optional[int] = None, spare_rows: int = 256):
+                  max_length: Optional[int] = None, spare_rows: int = 256, features: str = "final"):
     """``kind``: ``"auto"`` (fast for Llama-family models, generic otherwise), ``"fast"`` or ``"generic"``.
 
     The other arguments go to :class:`FastTreeVerifier`: its static cache holds ``max_length``
     (default: the model's whole context) plus ``spare_rows`` positions, allocated up front, so
     pass a ``max_length`` for long-context models. Asking for ``"fast"`` on a model it cannot run
-    raises ``UnsupportedError`` naming the reason.
+    raises ``UnsupportedError`` naming the reason. ``features``: the hidden states the verifier reports
+    (``"final"``, or the intermediate layers a drafter declares in ``traits.features``, e.g. EAGLE-3's).
     """
     if kind not in VERIFIER_KINDS:
         raise ConfigurationError(f"verifier kind must be one of {VERIFIER_KINDS}, got {kind!r}.")
     if kind == "generic" or (kind == "auto" and unsupported_reason(model) is not None):
-        return TreeAttentionVerifier(model)
-    return FastTreeVerifier(model, compile=compile, attention=attention, max_length=max_length, spare_rows=spare_rows)
+        return TreeAttentionVerifier(model, features=features)
+    return FastTreeVerifier(model, compile=compile, attention=attention, max_length=max_length, spare_rows=spare_rows,
+                            features=features)

@@ -31,6 +31,7 @@ from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
 from spec.runtime.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
 from spec.runtime.compiled import CompiledStep
+from spec.runtime.features import check_features
 from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import causal, in_window
 from spec.runtime.paths import PendingTree, moves_rows
@@ -57,16 +58,19 @@ class FastTreeVerifier:
     ``attention``: ``"auto"`` (FlexAttention when compiling on CUDA, else SDPA), ``"sdpa"`` or ``"flex"``.
     ``spare_rows``: cache rows past the context for a tree's scratch entries near the context's end.
     ``max_length``: cap the cache (and usable context) below the model's, to save memory.
+    ``features``: the hidden states it reports (``"final"``, or ``"layers:<a>,<b>,.."`` for a drafter that
+    reads intermediate layers, e.g. EAGLE-3); only what is asked for is computed.
     """
-
-    traits = VerifierTraits()  # verifies any drafter's drafts
 
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
 
     def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
-                 max_length: Optional[int] = None) -> None:
+                 max_length: Optional[int] = None, features: str = "final") -> None:
         self.model = model.eval()
         self.forward = LlamaFamilyForward(model)
+        # Verifies any drafter's drafts; reports the hidden states the drafter reads.
+        self._capture = check_features(model, features, "FastTreeVerifier")
+        self.traits = VerifierTraits(features=features)
         device = self.forward.device
         if attention not in ("auto",) + ATTENTION_KINDS:
             raise ConfigurationError(f"attention must be 'auto' or one of {ATTENTION_KINDS}, got {attention!r}.")
@@ -122,13 +126,14 @@ class FastTreeVerifier:
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Cache ``tokens`` ``[m]``; returns last-layer hidden states ``[m, H]``."""
+        """Cache ``tokens`` ``[m]``; returns their hidden states ``[m, H]`` (``[m, k * H]`` for ``k`` captured layers)."""
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:
-            return torch.empty(0, hidden_size(self.model), dtype=self.forward.dtype, device=device)
+            width = hidden_size(self.model) * max(len(self._capture), 1)
+            return torch.empty(0, width, dtype=self.forward.dtype, device=device)
         check_room(start + m - 1, self._max_length, start + m, self.cache.rows)
         offsets = torch.arange(m, device=device)
         positions = offsets + start
@@ -140,7 +145,7 @@ class FastTreeVerifier:
             mask, kernel = MASKS["sdpa"](chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
-                                     self.cache.values, start + m, mask, kernel)
+                                     self.cache.values, start + m, mask, kernel, self._capture)
         self._cached += m
         return hidden
 
@@ -181,7 +186,8 @@ class FastTreeVerifier:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _verify_pass(self, tokens, positions, rows, keys, values, attend, mask):
-        return self.forward(tokens, positions, rows, keys, values, attend, mask, KERNELS[self.attention])
+        return self.forward(tokens, positions, rows, keys, values, attend, mask, KERNELS[self.attention],
+                            self._capture)
 
     def _tree_buffers(self, tree: CandidateTree) -> TreeBuffers:
         device, depths = self.forward.device, tree.depths.to(torch.int64)

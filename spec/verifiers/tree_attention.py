@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from spec.errors import ShapeError, UnsupportedError
 from spec.models import cache_kwargs, context_length, hidden_size, model_device, model_dtype, output_vocab_size
 from spec.protocols import Draft, Verification, VerifierTraits
+from spec.runtime.features import check_features, select_features
 from spec.runtime.masks import additive_mask, in_window, model_windows
 from spec.runtime.paths import PendingTree, moves_rows
 from spec.runtime.room import check_room
@@ -40,12 +41,15 @@ class TreeAttentionVerifier:
     models whose layers mix sliding and full attention get one mask per attention type.
     Models whose attention a tree's positions cannot express (ALiBi, row-indexed local
     windows, length-dependent rotary scaling: ``spec.runtime.support``) are refused here.
+    ``features``: the hidden states it reports (``"final"``, or ``"layers:<a>,<b>,.."``: transformers'
+    ``hidden_states[a], hidden_states[b], ..`` concatenated).
     """
 
-    traits = VerifierTraits()  # verifies any drafter's drafts
-
-    def __init__(self, model) -> None:
+    def __init__(self, model, features: str = "final") -> None:
         check_supported(model)
+        # Verifies any drafter's drafts; reports the hidden states the drafter reads.
+        self._layers = check_features(model, features, "TreeAttentionVerifier")
+        self.traits = VerifierTraits(features=features)
         self.model = model.eval()
         self._dtype = model_dtype(model)
         windows = model_windows(model.config)
@@ -80,13 +84,14 @@ class TreeAttentionVerifier:
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Cache ``tokens`` ``[m]``; returns last-layer hidden states ``[m, H]``."""
+        """Cache ``tokens`` ``[m]``; returns their hidden states ``[m, H]`` (``[m, k * H]`` for ``k`` layers)."""
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
         m = tokens.shape[0]
         if m == 0:
-            return torch.empty(0, hidden_size(self.model), dtype=self._dtype, device=self.device)
+            width = hidden_size(self.model) * max(len(self._layers), 1)
+            return torch.empty(0, width, dtype=self._dtype, device=self.device)
         check_room(self._cached + m - 1, self.max_length)
         positions = torch.arange(self._cached, self._cached + m, device=self.device)
         out = self.model(
@@ -98,7 +103,7 @@ class TreeAttentionVerifier:
         )
         self._check_cache_layers()
         self._cached += m
-        return out.hidden_states[-1][0]
+        return self._features(out.hidden_states)
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:
@@ -119,7 +124,7 @@ class TreeAttentionVerifier:
         )
         self._check_cache_layers()
         self._pending.hold(tree)
-        return Verification(tree=tree, logits=out.logits[0], hidden_states=out.hidden_states[-1][0])
+        return Verification(tree=tree, logits=out.logits[0], hidden_states=self._features(out.hidden_states))
 
     def commit(self, path: tuple[int, ...]) -> None:
         path = self._pending.release(path)
@@ -135,6 +140,9 @@ class TreeAttentionVerifier:
         self._cached += keep
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return hidden_states[-1][0] if not self._layers else select_features(hidden_states, self._layers)
+
     def _full_mask(self, ancestors: torch.Tensor, depths: torch.Tensor, window: Optional[int]) -> torch.Tensor:
         """``[1, 1, n, cached + n]``: the whole prefix visible (or its last ``window`` positions), the tree by ancestry."""
         n, cached = ancestors.shape[0], self._cached

@@ -88,6 +88,9 @@ def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, s
 
     entry = DRAFTERS[name]
     drafter, objective = entry.build(model, entry.shipped_recipe, entry.shipped_options)
+    prepare = entry.recipes[entry.shipped_recipe].prepare
+    if prepare is not None:  # e.g. EAGLE-3's draft vocabulary, by token frequency on the training split
+        prepare(drafter, blocks["train"])
     print(f"[heads] training {name}: {drafter.num_parameters / 1e6:.2f}M parameters, {steps} steps", flush=True)
     config = TrainConfig(out_dir=str(work / f"heads-{name}"), steps=steps, batch_size=batch_size, lr=lr,
                          warmup_steps=20, checkpoint_every=25, eval_every=100, log_every=10)
