@@ -93,3 +93,7 @@ class ConcurrentUseError(SpecError, RuntimeError):
 class StreamerError(SpecError, RuntimeError):
     """The streamer passed to ``generate`` raised; generation stopped cleanly (the decoder stays usable).
     The streamer's own exception is the ``__cause__``."""
+
+
+class TrainingDivergedError(SpecError, FloatingPointError):
+    """Training produced a non-finite loss or gradient: the run stops before saving the broken weights."""

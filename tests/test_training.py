@@ -270,8 +270,8 @@ def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tm
     from spec.apps.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--drafter", "eagle", "--model", str(model_dir), "--data", "x", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and "invalid choice: 'eagle'" in capsys.readouterr().err
+        main(["train", "--drafter", "no-such-drafter", "--model", str(model_dir), "--data", "x", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "invalid choice: 'no-such-drafter'" in capsys.readouterr().err
     assert main(["train", "--drafter", "medusa", "--model", str(model_dir), "--data", str(model_dir / "data.txt"),
                  "--out", str(tmp_path), "--block-size", "4096"]) == 2
     assert "over the model's context" in capsys.readouterr().err

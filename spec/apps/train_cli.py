@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--block-size", type=int, default=256, help="tokens per training block")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (heads get 4x under medusa2)")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="autocast mode")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                        help="autocast mode (fp16 needs a CUDA GPU; bf16 also runs on the CPU)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--heldout-fraction", type=float, default=0.05, help="share of blocks held out")
@@ -102,6 +103,12 @@ def check_arguments(args: argparse.Namespace) -> Path:
     elif data.suffix not in DATA_SUFFIXES:
         raise OptionError(f"--data {data} is a {data.suffix or 'suffix-less'} file; give a .txt or .py file (read as "
                           "text), a .jsonl file (a 'text' field per line), or a directory of them.")
+    if args.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OptionError("--mixed-precision fp16 needs a CUDA GPU (on the CPU it would silently train in "
+                              "float32); use bf16 or no.")
     check_writable_directory(args.out, "--out directory", replaced=False)
     return model_dir
 
@@ -144,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                          grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,
                          checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
     start_metrics = objective.evaluate(objective.trainable(), heldout)
-    result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume)
+    result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume,
+                   run={"drafter": args.drafter, "recipe": args.recipe, "model": str(model_dir), **options})
     model.eval()
     drafter.save_pretrained(out / "heads")
     if recipe.trains_model:

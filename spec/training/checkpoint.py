@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,6 +61,18 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, weights: dic
     run_dir = Path(run_dir)
     final = run_dir / f"step-{step:08d}"
     tmp = run_dir / f"step-{step:08d}.tmp"
+    try:
+        return _write_checkpoint(run_dir, tmp, final, step, weights, optimizer, scheduler, state, keep)
+    except OSError as error:  # a full disk, a read-only folder: the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"Could not write the training checkpoint {final.name} in {run_dir}: {error.strerror or error}. "
+            "Free disk space (or fix the folder's permissions) and resume; the previous checkpoint is intact."
+        ) from error
+
+
+def _write_checkpoint(run_dir: Path, tmp: Path, final: Path, step: int, weights: dict[str, torch.Tensor],
+                      optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, tmp / "weights.safetensors")
@@ -99,7 +112,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
 def load_training_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, dict, dict]:
     """Restore optimizer, scheduler and RNG; returns ``(step, weights, state)``.
 
-    Checkpoints written with a manifest are checked against it first (older ones load as before)."""
+    Everything is read and checked before anything is restored, so a refused checkpoint leaves the optimizer
+    as it was. Checkpoints written with a manifest are checked against it first (older ones load as before)."""
     verify_manifest(path)
     try:
         meta = json.loads((path / "state.json").read_text())
@@ -107,8 +121,49 @@ def load_training_checkpoint(path: Path, optimizer: torch.optim.Optimizer, sched
         opt_tensors = load_file(path / "optimizer.safetensors")
     except Exception as exc:  # any unreadable part means the checkpoint cannot be trusted
         raise CheckpointError(f"Training checkpoint {path} is unreadable ({exc}).") from exc
+    missing = [k for k in ("step", "optimizer", "scheduler", "state") if not isinstance(meta, dict) or k not in meta]
+    if missing or not isinstance(meta["step"], int) or "rng.torch" not in opt_tensors:
+        raise CheckpointError(f"Training checkpoint {path} is incomplete (state.json lacks {missing or ['a step']}).")
+    saved_optimizer = optimizer.state_dict()
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], opt_tensors))
+        if scheduler is not None and meta["scheduler"] is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        optimizer.load_state_dict(saved_optimizer)
+        raise CheckpointError(f"Training checkpoint {path} does not fit this run's optimizer ({exc}); resume with "
+                              "the options the run was started with, or use a new --out.") from exc
     torch.set_rng_state(opt_tensors.pop("rng.torch"))
-    optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], opt_tensors))
-    if scheduler is not None and meta["scheduler"] is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    return meta["step"], weights, meta["state"]
+    return meta["step"], weights, meta["state"] or {}
+
+
+def load_latest_intact(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
+                       scheduler) -> Optional[tuple[int, dict, dict]]:
+    """The newest checkpoint of ``run_dir`` that loads, restored into ``optimizer`` and ``scheduler``.
+
+    A corrupt or incomplete latest checkpoint (a kill, a flipped byte) is skipped with a warning and the
+    previous one is used; None when the run has no checkpoint; a CheckpointError when none is intact.
+    """
+    run_dir = Path(run_dir)
+    candidates = []
+    try:
+        latest = latest_checkpoint(run_dir)
+        if latest is not None:
+            candidates.append(latest)
+    except CheckpointError as error:
+        warnings.warn(f"{error} Falling back to an earlier checkpoint.", stacklevel=2)
+    candidates += sorted((p for p in run_dir.glob("step-*") if p.is_dir() and p.suffix != ".tmp"
+                          and p not in candidates), reverse=True)
+    problems = []
+    for path in candidates:
+        try:
+            loaded = load_training_checkpoint(path, optimizer, scheduler)
+        except CheckpointError as error:
+            problems.append(str(error))
+            warnings.warn(f"Skipping the training checkpoint {path.name}: {error}", stacklevel=2)
+            continue
+        return loaded
+    if problems:
+        raise CheckpointError(f"No intact training checkpoint in {run_dir}: {' | '.join(problems)}. "
+                              "Start over with --no-resume (or a new --out).")
+    return None

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Union
 import torch
 
 from spec.errors import DataError
+from spec.io.files import read_text
 
 TextSource = Union[str, os.PathLike, Iterable[str]]
 
@@ -24,7 +25,7 @@ def iter_texts(source: TextSource, text_field: str = "text") -> Iterator[str]:
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".py")) if path.is_dir() else [path]
         for file in files:
             if file.suffix == ".jsonl":
-                for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+                for number, line in enumerate(_read(file).splitlines(), 1):
                     if not line.strip():
                         continue
                     try:
@@ -35,12 +36,17 @@ def iter_texts(source: TextSource, text_field: str = "text") -> Iterator[str]:
                         raise DataError(f"{file}:{number} has no string field {text_field!r}.")
                     yield record[text_field]
             else:
-                yield file.read_text(errors="replace")
+                yield _read(file)
     else:
         for item in source:
             if not isinstance(item, str):
                 raise DataError(f"Training texts must be strings, got {type(item).__name__}.")
             yield item
+
+
+def _read(file: Path) -> str:
+    """The file as UTF-8 text; bytes that are not UTF-8 are refused, not silently replaced in the training text."""
+    return read_text(file, "training data file", DataError, DataError)
 
 
 def pack_blocks(texts: Iterable[str], tokenizer, block_size: int, context: int | None = None) -> torch.Tensor:

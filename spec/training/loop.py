@@ -10,6 +10,7 @@ run resumes to exactly the weights an uninterrupted run would have reached.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -20,8 +21,9 @@ import attrs
 import torch
 from torch import nn
 
-from spec.errors import ConfigurationError
-from spec.training.checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+from spec.errors import CheckpointError, ConfigurationError, TrainingDivergedError
+from spec.io import atomic_write_bytes
+from spec.training.checkpoint import latest_checkpoint, load_latest_intact, save_training_checkpoint
 
 
 class Objective(Protocol):
@@ -38,9 +40,23 @@ class Objective(Protocol):
         """Held-out metrics on ``blocks``."""
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(instance, attribute, value):
-    if value <= 0:
-        raise ConfigurationError(f"TrainConfig.{attribute.name} must be > 0, got {value!r}.")
+    if not _number(value) or value <= 0:
+        raise ConfigurationError(f"TrainConfig.{attribute.name} must be a finite number > 0, got {value!r}.")
+
+
+def _non_negative(instance, attribute, value):
+    if not _number(value) or value < 0:
+        raise ConfigurationError(f"TrainConfig.{attribute.name} must be a finite number >= 0, got {value!r}.")
+
+
+def _ratio(instance, attribute, value):
+    if not _number(value) or not 0 <= value <= 1:
+        raise ConfigurationError(f"TrainConfig.{attribute.name} must be a number in [0, 1], got {value!r}.")
 
 
 def _precision(instance, attribute, value):
@@ -55,16 +71,22 @@ class TrainConfig:
     batch_size: int = attrs.field(default=8, validator=_positive)
     grad_accumulation: int = attrs.field(default=1, validator=_positive)
     lr: float = attrs.field(default=1e-3, validator=_positive)
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    warmup_steps: int = attrs.field(default=50, validator=_non_negative)
+    min_lr_ratio: float = attrs.field(default=0.1, validator=_ratio)
+    weight_decay: float = attrs.field(default=0.0, validator=_non_negative)
+    grad_clip: float = attrs.field(default=1.0, validator=_non_negative)
     mixed_precision: str = attrs.field(default="no", validator=_precision)
     checkpoint_every: int = attrs.field(default=100, validator=_positive)
     eval_every: int = attrs.field(default=100, validator=_positive)
     log_every: int = attrs.field(default=10, validator=_positive)
     seed: int = 0
     progress: bool = True
+
+
+#: The settings a resumed run must share with the run it resumes (the others only change logging).
+RUN_SETTINGS = ("steps", "batch_size", "grad_accumulation", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
+                "grad_clip", "mixed_precision", "seed")
+RUN_FILE = "run.json"
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -101,12 +123,19 @@ class TrainResult:
 
 def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
           eval_blocks: Optional[torch.Tensor] = None, resume: bool = True,
-          on_checkpoint: Optional[Callable[[int], None]] = None) -> TrainResult:
-    """Train ``objective`` on ``train_blocks`` ``[N, T + 1]``; resumes from ``config.out_dir`` when it can."""
+          on_checkpoint: Optional[Callable[[int], None]] = None, run: Optional[dict[str, Any]] = None) -> TrainResult:
+    """Train ``objective`` on ``train_blocks`` ``[N, T + 1]``; resumes from ``config.out_dir`` when it can.
+
+    ``run``: what else defines the run (drafter, recipe, head options...), recorded in ``run.json`` with the
+    settings and a digest of the data; resuming with any of them changed is refused, not mixed in.
+    """
     from accelerate import Accelerator  # heavy import, only when training
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigurationError("mixed_precision 'fp16' needs a CUDA GPU (on the CPU it would silently train in "
+                                 "float32); use 'bf16' or 'no' on the CPU.")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1)
     torch.manual_seed(config.seed)
     module = objective.trainable()
@@ -114,11 +143,20 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
 
+    identity = _run_identity(config, train_blocks, run)
     start_step, state = 0, {}
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        start_step, weights, state = load_training_checkpoint(checkpoint, optimizer, scheduler)
-        module.load_state_dict(weights)
+    if resume:
+        _check_same_run(out, identity)
+        loaded = load_latest_intact(out, optimizer, scheduler)
+        if loaded is not None:
+            start_step, weights, state = loaded
+            try:
+                module.load_state_dict(weights)
+            except RuntimeError as error:
+                raise CheckpointError(f"The checkpoint in {out} does not fit this run's module ({str(error).splitlines()[0]}); "
+                                      "resume with the options it was started with, or use a new --out.") from error
+    if accelerator.is_main_process:
+        atomic_write_bytes(out / RUN_FILE, json.dumps(identity, indent=2).encode())
     module, optimizer = accelerator.prepare(module, optimizer)
     log_path = out / "log.jsonl"
     _truncate_log(log_path, start_step)
@@ -128,7 +166,8 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
         from tqdm.auto import tqdm
 
         progress = tqdm(total=config.steps, initial=start_step, desc="training", dynamic_ncols=True)
-    metrics: dict[str, float] = {}
+    # A finished run started again reports the metrics of its last evaluation, not nothing.
+    metrics: dict[str, float] = dict(state.get("metrics") or {})
     rank, world = accelerator.process_index, accelerator.num_processes
     step_time = time.perf_counter()
     for step in range(start_step, config.steps):
@@ -139,11 +178,14 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
             batch = train_blocks[rows].to(accelerator.device)
             with accelerator.autocast():
                 loss, parts = objective.loss(module, batch, step)
+            if not torch.isfinite(loss.detach()).all():
+                _diverged(out, step, f"the loss is {float(loss.detach())}")
             accelerator.backward(loss / config.grad_accumulation)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value / config.grad_accumulation
-        if config.grad_clip:
-            accelerator.clip_grad_norm_(module.parameters(), config.grad_clip)
+        norm = accelerator.clip_grad_norm_(module.parameters(), config.grad_clip or math.inf)
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            _diverged(out, step, f"the gradient norm is {float(norm)}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -177,8 +219,51 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines a killed run wrote after its last checkpoint, so a resumed log has no repeats."""
+    """Drop log lines a killed run wrote after its last checkpoint, so a resumed log has no repeats; a line
+    torn by the kill (not JSON, or without a step) goes too."""
     if not log_path.exists():
         return
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    log_path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
+
+
+def _run_identity(config: TrainConfig, blocks: torch.Tensor, run: Optional[dict[str, Any]]) -> dict[str, Any]:
+    settings = {name: getattr(config, name) for name in RUN_SETTINGS}
+    digest = hashlib.sha256(blocks.to(torch.long).contiguous().numpy().tobytes()).hexdigest()
+    return {"settings": settings, "data_sha256": digest, "data_blocks": list(blocks.shape), "run": run or {}}
+
+
+def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run whose settings, data or options differ from the ones it was started with."""
+    path = out / RUN_FILE
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); start the run over with --no-resume.") from error
+    changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
+               if k != "steps" and before.get("settings", {}).get(k) != v]
+    changed += [f"{k}: {before['run'].get(k)!r} -> {v!r}" for k, v in identity["run"].items()
+                if before.get("run", {}).get(k) != v]
+    if before.get("data_sha256") != identity["data_sha256"]:
+        changed.append("the training data (its token blocks differ)")
+    if changed:
+        raise ConfigurationError(
+            f"{out} holds a run started with other options ({'; '.join(changed)}); resuming would mix them. "
+            "Resume with the same options and data, or use a new --out (or --no-resume to start over there).")
+
+
+def _diverged(out: Path, step: int, what: str) -> None:
+    latest = latest_checkpoint(out) if (out / "latest").exists() else None
+    kept = f"the last good checkpoint is {latest.name}" if latest is not None else "no checkpoint was written yet"
+    raise TrainingDivergedError(
+        f"Training diverged at step {step}: {what}. Nothing from this step was applied or saved; {kept}. "
+        "Lower --lr (or check the data), then resume.")
