@@ -25,6 +25,10 @@ from spec import (
     StaticTreeBuilder,
     make_verifier,
 )
+from spec.bench.pairing import verifier_for
+from spec.drafters.draft_vocab import DraftVocabulary
+from spec.drafters.eagle import EagleDrafter
+from spec.drafters.eagle3 import Eagle3Drafter
 from spec.errors import CheckpointError, IncompatibleDrafterError, InputError, TreeTooDeepError
 from spec.pipelines.step import DecodeState, Stages, prefill, speculative_step
 from spec.testing.assertions import assert_same_tokens
@@ -45,6 +49,14 @@ def _heads(cls, **options):
     return make
 
 
+def _eagle3(m, seed=0):
+    # A reduced draft vocabulary, so its maps travel through checkpoints too.
+    vocab = DraftVocabulary.from_counts(torch.arange(m.config.vocab_size).flip(0).double(), 64)
+    drafter = Eagle3Drafter.from_model(m, max_depth=4, draft_vocab=vocab, seed=seed)
+    perturb(drafter.heads, seed=seed)
+    return drafter
+
+
 def _kangaroo(m, seed=0):
     drafter = KangarooDrafter.from_model(m, exit_layer=1, threshold=0.0, max_depth=4, seed=seed)
     perturb(drafter.adapter, seed=seed)
@@ -57,6 +69,8 @@ HEAD_DRAFTERS = {
     "hydra": _heads(HydraDrafter, num_heads=4),
     "hydra++": _heads(HydraDrafter, num_heads=4, prefix_layer=True, num_layers=2),
     "clover": _heads(CloverDrafter, num_heads=4),
+    "eagle": _heads(EagleDrafter, max_depth=4),
+    "eagle3": _eagle3,
 }
 CHECKPOINTED = HEAD_DRAFTERS | {"kangaroo": _kangaroo}
 ALL = CHECKPOINTED | {
@@ -66,7 +80,7 @@ ALL = CHECKPOINTED | {
 
 
 def stages_for(m, drafter) -> Stages:
-    verifier = drafter.traits.verifier or make_verifier(m)
+    verifier = verifier_for(m, drafter)  # its own (Kangaroo), or one reporting the features it reads (EAGLE-3)
     return Stages(drafter, StaticTreeBuilder(TREE), verifier, GreedyAcceptor())
 
 
@@ -131,7 +145,7 @@ def test_save_load_round_trip_is_bit_identical(name, tmp_path):
         assert config["hyperparameters"] == drafter.hyperparameters()
     drafts = []
     for d in (drafter, loaded):
-        verifier = d.traits.verifier or make_verifier(m)
+        verifier = verifier_for(m, d)
         tokens = prompt(9, seed=4)[0]
         prefill(d, verifier, tokens)
         drafts.append(d.propose(TREE, DraftContext(tokens=tokens), SamplingParams()))

@@ -57,15 +57,18 @@ class Eagle3Heads(nn.Module):
     """The trainable part of an EAGLE-3 drafter: ``fc`` (len(layers) * H -> H), one decoder layer whose
     attention reads ``2H``, a norm before its own ``lm_head`` ``[K, H]``, and the vocabulary maps."""
 
-    def __init__(self, layer: nn.Module, hidden: int, vocab: int, draft_vocab_size: int, max_depth: int,
+    def __init__(self, layer: nn.Module, hidden: int, vocab: int, draft_tokens: Sequence[int], max_depth: int,
                  layers: Sequence[int], eps: float) -> None:
         super().__init__()
         if max_depth < 1:
             raise ValueError(f"EAGLE-3 needs max_depth >= 1, got {max_depth}.")
         if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(k, int) and k >= 0 for k in layers):
             raise ValueError(f"layers must be a non-empty list of layer counts >= 0, got {layers!r}.")
-        if not 1 <= draft_vocab_size <= vocab:
-            raise ValueError(f"draft_vocab_size must be in [1, {vocab}], got {draft_vocab_size}.")
+        if not isinstance(draft_tokens, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in draft_tokens):
+            raise ValueError(f"draft_tokens must be a list of token ids, got {type(draft_tokens).__name__}.")
+        # On the CPU even when the module is built on the meta device: the maps are checked now.
+        vocabulary = DraftVocabulary(vocab, torch.tensor(draft_tokens, dtype=torch.long, device="cpu"))
         self.hidden, self.vocab, self.max_depth, self.layers = hidden, vocab, max_depth, tuple(layers)
         self.fc = nn.Linear(len(layers) * hidden, hidden, bias=False)
         attn = layer.self_attn
@@ -77,10 +80,11 @@ class Eagle3Heads(nn.Module):
         self.layer = layer
         self.hidden_norm = nn.RMSNorm(hidden, eps=eps)
         self.norm = nn.RMSNorm(hidden, eps=eps)
-        self.lm_head = nn.Linear(hidden, draft_vocab_size, bias=False)
-        # The maps travel with the weights: a checkpoint's vocabulary is part of what was trained.
-        self.register_buffer("d2t", torch.arange(draft_vocab_size, dtype=torch.long))
-        self.register_buffer("t2d", torch.arange(vocab) < draft_vocab_size)
+        self.lm_head = nn.Linear(hidden, vocabulary.size, bias=False)
+        # The maps are part of what was trained; a checkpoint keeps d2t in its config (draft_tokens, JSON),
+        # not in the weights file, which holds floating-point tensors only. t2d follows from it.
+        self.register_buffer("d2t", vocabulary.d2t, persistent=False)
+        self.register_buffer("t2d", vocabulary.t2d, persistent=False)
 
     def read(self, features: torch.Tensor) -> torch.Tensor:
         """The target's fused features ``[..., len(layers) * H]`` -> ``g`` ``[..., H]``."""
@@ -114,7 +118,7 @@ class Eagle3Drafter(EagleDrafter):
     """Drafts a tree with EAGLE-3: fused low/middle/high features, a 2H-input layer, its own draft-vocabulary head."""
 
     drafter_type = "eagle3"
-    hyperparameter_names = frozenset({"hidden_size", "vocab_size", "draft_vocab_size", "max_depth", "layers",
+    hyperparameter_names = frozenset({"hidden_size", "vocab_size", "draft_tokens", "max_depth", "layers",
                                       "rms_norm_eps"})
 
     def __init__(self, model, heads: Eagle3Heads, candidates: str = "top_k") -> None:
@@ -142,18 +146,19 @@ class Eagle3Drafter(EagleDrafter):
         if draft_vocab.vocab_size != vocab:
             raise ConfigurationError(f"This draft vocabulary indexes {draft_vocab.vocab_size} target tokens but the "
                                      f"model has {vocab}; build it from this model's token counts.")
-        hyper = {"hidden_size": hidden_size(model), "vocab_size": vocab, "draft_vocab_size": draft_vocab.size,
+        hyper = {"hidden_size": hidden_size(model), "vocab_size": vocab, "draft_tokens": draft_vocab.d2t.tolist(),
                  "max_depth": max_depth, "layers": list(layers),
                  "rms_norm_eps": float(getattr(model.config, "rms_norm_eps", 1e-6))}
         if seed is not None:
             torch.manual_seed(seed)
         heads = cls.build_heads(model, hyper)
-        heads.set_vocabulary(draft_vocab, lm_head(model))
+        with torch.no_grad():  # the head starts from the target's lm_head rows for the draft tokens
+            heads.lm_head.weight.copy_(lm_head(model).weight[draft_vocab.d2t.to(lm_head(model).weight.device)])
         return cls(model, heads.to(device=lm_head(model).weight.device, dtype=lm_head(model).weight.dtype), candidates)
 
     def hyperparameters(self) -> dict:
         return {"hidden_size": self.heads.hidden, "vocab_size": self.heads.vocab,
-                "draft_vocab_size": self.heads.lm_head.out_features, "max_depth": self.heads.max_depth,
+                "draft_tokens": self.heads.d2t.tolist(), "max_depth": self.heads.max_depth,
                 "layers": list(self.heads.layers), "rms_norm_eps": float(self.heads.norm.eps)}
 
     @classmethod
@@ -162,7 +167,7 @@ class Eagle3Drafter(EagleDrafter):
         layers = hyper["layers"]
         if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
             raise ValueError(f"layers must be a list of whole numbers, got {layers!r}.")
-        return Eagle3Heads(layer, hyper["hidden_size"], hyper["vocab_size"], hyper["draft_vocab_size"],
+        return Eagle3Heads(layer, hyper["hidden_size"], hyper["vocab_size"], hyper["draft_tokens"],
                            hyper["max_depth"], layers, hyper["rms_norm_eps"])
 
     @property
