@@ -66,6 +66,16 @@ def test_shipped_text_pipeline_is_transformers_generate(shipped):
     assert out.text == hf_text(model, tokenizer, tokenizer(prompt).input_ids, 24, stop_strings=["\n\n\n"],
                                tokenizer=tokenizer)
     assert out.mean_accepted_length > 1  # trained heads: several tokens per step
+    # The same through transformers' own generate, handing the loop to spec.
+    from spec.text import CUSTOM_GENERATE
+
+    ids = torch.tensor([tokenizer(prompt).input_ids])
+    for kwargs in ({}, {"stop_strings": [out.text[10:13]], "tokenizer": tokenizer}):
+        expected = model.generate(ids, max_new_tokens=24, do_sample=False, **kwargs)
+        got = model.generate(ids, custom_generate=CUSTOM_GENERATE, trust_remote_code=True,
+                             drafter=generator.decoder.drafter, tree=generator.decoder.tree_builder,
+                             max_new_tokens=24, **kwargs)
+        assert torch.equal(got, expected)
 
 
 @needs_shipped
@@ -105,6 +115,14 @@ def test_chat_session_is_transformers_generate_turn_by_turn(chat_model_dir, caps
         expected.append(answer)
     assert out == "".join(a + "\n" for a in expected)
     assert err.count("mean accepted length") == 2
+    # One prompt with a stop string, through the same model directory.
+    full = hf_text(model, tokenizer, tokenizer("the answer is").input_ids, 16, eos_token_id=None)
+    stop = full[4:7]
+    cut = hf_text(model, tokenizer, tokenizer("the answer is").input_ids, 16, stop_strings=[stop],
+                  tokenizer=tokenizer)
+    status, out, err = run_cli(["--model", str(path), "the answer is", "--max-new-tokens", "16", "--stop", stop],
+                               capsys, monkeypatch)
+    assert status == 0 and out == cut + "\n" and stop in cut
 
 
 @pytest.mark.parametrize("args, message", [

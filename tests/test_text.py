@@ -202,6 +202,12 @@ def test_custom_generate_is_model_generate(model, tokenizer):
                          max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer, streamer=recorder)
     assert torch.equal(out, expected) and out.shape[1] < ids.shape[1] + 20
     assert sum(recorder.puts[1:], []) == out[0, ids.shape[1]:].tolist() and recorder.ended == 1
+    # Chat messages: the ids the template renders, decoded the same way.
+    chat = tokenizer(tokenizer.apply_chat_template(PROMPTS[2], add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False, return_tensors="pt").input_ids
+    assert torch.equal(model.generate(chat, custom_generate=CUSTOM_GENERATE, trust_remote_code=True,
+                                      drafter=drafter, tree=TREE, max_new_tokens=16),
+                       model.generate(chat, max_new_tokens=16, do_sample=False))
     # No drafter: spec's autoregressive decoder, still transformers' output.
     assert torch.equal(model.generate(ids, custom_generate=CUSTOM_GENERATE, trust_remote_code=True,
                                       max_new_tokens=5), model.generate(ids, max_new_tokens=5, do_sample=False))
