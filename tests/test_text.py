@@ -363,3 +363,16 @@ def test_the_autoregressive_decoder_is_safe_to_share_between_threads(model, toke
     for t in threads:
         t.join(60)
     assert results == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_beams=2), "beam"), (dict(return_dict_in_generate=True), "ids tensor"),
+    (dict(attention_mask=torch.tensor([[0, 1, 1, 1]])), "unpadded"), (dict(max_length=10), "max_new_tokens"),
+    (dict(repetition_penalty=1.2), "repetition_penalty"), (dict(stop_strings=["x"]), "tokenizer"),
+])
+def test_custom_generate_refuses_what_it_cannot_honour(model, kwargs, message):
+    from spec.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        model.generate(torch.tensor([[1, 5, 9, 2]]), custom_generate=CUSTOM_GENERATE, trust_remote_code=True,
+                       max_new_tokens=4, **kwargs)

@@ -99,7 +99,7 @@ def test_per_category_table_pools_steps_as_spec_bench_does(model, tmp_path):
     pooled = sum(s.accepted + 1 for o in outputs for s in o.steps) / sum(len(o.steps) for o in outputs)
     assert mean_accepted_tokens(outputs) == pytest.approx(pooled)
     table = category_table(recorders, "autoregressive")
-    assert f"| writing | medusa |" in table and f"| {pooled:.2f} |" in table.split("| writing | medusa |")[1].split("\n")[0]
+    assert "| writing | medusa |" in table and f"| {pooled:.2f} |" in table.split("| writing | medusa |")[1].split("\n")[0]
     assert "| math | autoregressive |" in table and "1.00x | 1.00 |" in table
     assert MEAN_ACCEPTED_DEFINITION in table
 

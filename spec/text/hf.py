@@ -17,11 +17,10 @@ from spec.errors import InputError, UnsupportedError
 #: The directory to pass as ``custom_generate`` (it holds ``custom_generate/generate.py``).
 CUSTOM_GENERATE = os.path.dirname(os.path.abspath(__file__))
 
-# Arguments transformers always forwards; spec reads those it supports and refuses the others when set.
-_IGNORED_WHEN_NONE = ("logits_processor", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
-                      "negative_prompt_ids", "negative_prompt_attention_mask", "use_model_defaults")
-_GENERATION_CONFIG_FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-                             "stop_strings")
+# Arguments transformers always forwards (None unless the caller set them); spec cannot honour them, so a set
+# one is refused rather than ignored.
+_REFUSED_WHEN_SET = ("logits_processor", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
+                     "negative_prompt_ids", "negative_prompt_attention_mask")
 
 
 def _setting(name: str, kwargs: dict, config: Any, default: Any = None) -> Any:
@@ -61,6 +60,7 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
     do_sample = _setting("do_sample", kwargs, config, False)
     temperature = float(_setting("temperature", kwargs, config, 1.0)) if do_sample else 0.0
     top_k = _setting("top_k", kwargs, config, None) if do_sample else None
+    top_k = None if top_k == 0 else top_k  # transformers' 0 means no top-k filtering
     top_p = float(_setting("top_p", kwargs, config, 1.0)) if do_sample else 1.0
     for name in ("temperature", "top_k", "top_p"):
         kwargs.pop(name, None)
@@ -71,11 +71,10 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
     if stopping_criteria:
         raise UnsupportedError("spec's custom_generate does not run transformers StoppingCriteria; use "
                                "eos_token_id or stop_strings (with tokenizer=).")
-    for name in _IGNORED_WHEN_NONE:
-        value = kwargs.pop(name, None)
-        if value and name != "use_model_defaults":
+    for name in _REFUSED_WHEN_SET:
+        if kwargs.pop(name, None):
             raise UnsupportedError(f"spec's custom_generate does not support {name}; drop it.")
-    kwargs.pop("logits_processor", None)
+    kwargs.pop("use_model_defaults", None)  # the generation config is read as transformers reads it, below
     for name in ("pad_token_id", "bos_token_id", "return_dict_in_generate", "output_scores", "num_beams"):
         value = kwargs.pop(name, None)
         if name == "num_beams" and value not in (None, 1):
