@@ -160,20 +160,25 @@ def test_logprobs_equal_an_autoregressive_pass_in_float64(model, tokenizer):
     for settings in (dict(), dict(temperature=0.7, top_k=20, top_p=0.9, seed=3), dict(temperature=1.3, seed=5)):
         out = generator.generate(prompt, max_new_tokens=16, eos_token_id=None, return_logprobs=True, **settings)
         assert out.logprobs.dtype == torch.float64 and out.logprobs.shape == (len(out.token_ids),)
-        # The reference: one plain forward pass over prompt + emitted tokens, spec.sampling's processed
-        # distribution at each position (the raw softmax when greedy).
-        sequence = torch.tensor([ids + list(out.token_ids)])
-        logits = model(sequence).logits[0, len(ids) - 1: -1]
-        params = SamplingParams(**{k: v for k, v in settings.items()})
-        scores = logits if params.is_greedy else processed_logits(logits, params)
-        expected = scores.double().log_softmax(-1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
-        torch.testing.assert_close(out.logprobs, expected, rtol=0, atol=1e-10)
+        params = SamplingParams(**settings)
+        torch.testing.assert_close(out.logprobs, forward_pass_logprobs(model, ids, out.token_ids, params),
+                                   rtol=0, atol=1e-10)
         assert bool(torch.isfinite(out.logprobs).all())  # an emitted token was never filtered out
-        ar = AutoregressiveDecoder(model).generate(sequence[:, : len(ids)], max_new_tokens=16, output_logprobs=True,
+        ar = AutoregressiveDecoder(model).generate(torch.tensor([ids]), max_new_tokens=16, output_logprobs=True,
                                                    **settings)
+        torch.testing.assert_close(ar.logprobs, forward_pass_logprobs(model, ids, ar.new_tokens.tolist(), params),
+                                   rtol=0, atol=1e-10)
         if params.is_greedy:  # the same tokens: the baseline reports the same numbers
             assert ar.new_tokens.tolist() == list(out.token_ids)
             torch.testing.assert_close(ar.logprobs, out.logprobs, rtol=0, atol=1e-10)
+
+
+def forward_pass_logprobs(model, ids, tokens, params):
+    """One plain forward pass over prompt + ``tokens``; spec.sampling's processed distribution at each position
+    (the raw softmax when greedy), in float64."""
+    logits = model(torch.tensor([ids + list(tokens)])).logits[0, len(ids) - 1: -1]
+    scores = logits if params.is_greedy else processed_logits(logits, params)
+    return scores.double().log_softmax(-1).gather(-1, torch.tensor(list(tokens))[:, None])[:, 0]
 
 
 def test_greedy_logprobs_are_transformers_transition_scores(model, tokenizer):
