@@ -239,6 +239,14 @@ def test_a_tokenizer_for_another_vocabulary_is_refused(tokenizer):
         TextGenerator(AutoregressiveDecoder(small), tokenizer)
 
 
+def test_flags_must_be_bools(model, tokenizer):
+    generator = medusa_generator(model, tokenizer)
+    with pytest.raises(InputError, match="return_logprobs must be True or False"):
+        generator.generate("hello", max_new_tokens=2, return_logprobs="yes")
+    with pytest.raises(InputError, match="output_logprobs"):
+        AutoregressiveDecoder(model).generate(torch.tensor([[1, 2]]), max_new_tokens=2, output_logprobs=1)
+
+
 @pytest.mark.parametrize("stops", [[""], ["ok", ""], [5], "", [None]])
 def test_bad_stop_strings_are_refused(model, tokenizer, stops):
     with pytest.raises(InputError, match="stop string"):

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from spec.models import cache_kwargs, model_device
 from spec.pipelines.inputs import normalise_request
-from spec.pipelines.outputs import ScoredGenerationOutput, Stream, token_logprobs
+from spec.pipelines.outputs import ScoredGenerationOutput, Stream, check_flag, token_logprobs
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
 from spec.timing import active_timer
@@ -46,6 +46,7 @@ class AutoregressiveDecoder:
         returns each token's log-probability under the processed distribution it was drawn from."""
         request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
                                     seed, stop_sequences, stop_when=stop_when)
+        check_flag(output_logprobs, "output_logprobs")
         stream = Stream(streamer)
         try:
             return self._decode(request, stream, output_logprobs)

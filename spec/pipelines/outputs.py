@@ -50,6 +50,13 @@ def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], sampling: Sampli
     return log_p.gather(-1, index)[:, 0].cpu()
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """A yes/no argument must be a bool: ``"no"`` or ``1`` are not silently taken as true."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    return value
+
+
 class Stream:
     """A transformers streamer (anything with ``put(tensor)`` and ``end()``), or none.
 

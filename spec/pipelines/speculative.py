@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 
 from spec.pipelines.inputs import normalise_request
-from spec.pipelines.outputs import ScoredGenerationOutput, Stream, exclusive, token_logprobs
+from spec.pipelines.outputs import ScoredGenerationOutput, Stream, check_flag, exclusive, token_logprobs
 from spec.pipelines.step import DecodeState, Stages, prefill, speculative_step
 from spec.protocols import Acceptor, Drafter, GenerationOutput, StepStats, TreeBuilder, Verifier
 from spec.sampling import make_generator
@@ -66,6 +66,7 @@ class SpeculativeDecoder:
         """
         request = normalise_request(self.model, input_ids, max_new_tokens, eos_token_id, temperature, top_k, top_p,
                                     seed, stop_sequences, context_limit=self.verifier.max_length, stop_when=stop_when)
+        check_flag(output_logprobs, "output_logprobs")
         stream = Stream(streamer)
         with exclusive(f"This {type(self).__name__}", (self.drafter, self.verifier)):
             try:

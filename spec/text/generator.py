@@ -11,6 +11,7 @@ import torch
 
 from spec.errors import CheckpointError, ConfigurationError
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
+from spec.pipelines.outputs import check_flag
 from spec.protocols import StepStats
 from spec.text.tokens import StopStrings, check_stop_strings, check_tokenizer, encode_prompt
 
@@ -133,6 +134,9 @@ class TextGenerator:
         ``return_logprobs``: ``TextOutput.logprobs``, each new token's log-probability under the target's
         processed distribution (temperature/top-k/top-p; the raw softmax when greedy), in float64.
         """
+        for flag, name in ((return_logprobs, "return_logprobs"), (add_generation_prompt, "add_generation_prompt"),
+                           (skip_special_tokens, "skip_special_tokens")):
+            check_flag(flag, name)
         ids = self.encode(prompt, add_generation_prompt)
         stops = StopStrings(self.tokenizer, check_stop_strings(stop_strings)) if stop_strings is not None else None
         eos = _eos_ids(self.model) if isinstance(eos_token_id, str) and eos_token_id == DEFAULT \
