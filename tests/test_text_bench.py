@@ -120,3 +120,27 @@ def test_spec_bench_cli_writes_the_category_table(tmp_path, capsys):
     spec_bench = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
     assert main(["bench", "--prompts", str(spec_bench), "--no-transformers", "--out", str(out)]) == 2
     assert "chat template" in capsys.readouterr().err
+
+
+def test_spec_bench_runs_multi_turn_questions_on_a_chat_model_directory(tmp_path, capsys):
+    from spec.apps.cli import main
+
+    model_dir = tmp_path / "model"
+    model = tiny_model("llama", vocab_size=90, dtype=torch.float32)
+    model.save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    MedusaDrafter.from_model(model, num_heads=2, seed=0).save_pretrained(model_dir / "heads" / "medusa")
+    questions = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", str(model_dir), "--prompts", str(questions), "--drafters", "medusa",
+                 "--max-new-tokens", "8", "--repeats", "1", "--warmup", "0", "--no-transformers", "--no-profile",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    table = (out / "categories.md").read_text()
+    for row in ("| writing | autoregressive |", "| writing | medusa |", "| math | medusa |"):
+        assert row in table
+    assert "DIFFERS" not in (out / "report.md").read_text()  # the second turn too: greedy output is the model's
+    assert main(["bench", "--model", str(model_dir), "--out", str(out)]) == 2
+    assert "--model needs --prompts" in capsys.readouterr().err
+    assert main(["bench", "--model", str(model_dir), "--prompts", str(questions), "--drafters", "hydra",
+                 "--out", str(out)]) == 2
+    assert "choose from medusa" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
 
 from spec.apps.options import add_runtime_arguments, verifier_from_options
 
@@ -18,7 +19,12 @@ def add_parser(sub) -> None:
         "differ from the baseline's are flagged.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--drafters", default="medusa", help="comma-separated shipped drafters to benchmark")
+    bench.add_argument("--drafters", default="medusa", help="comma-separated drafters to benchmark: shipped heads, or "
+                       "with --model the heads under its heads/ directory")
+    bench.add_argument("--model", default=None, help="a local transformers model directory to benchmark instead of "
+                       "the shipped model: its tokenizer (with a chat template for Spec-Bench questions), heads under "
+                       "heads/<name>/ and optional trees/<name>.json (the layout spec build-model writes); needs "
+                       "--prompts")
     bench.add_argument("--prompts", default=None, help="JSONL of prompts: {\"prompt\": text} lines (optional "
                        "\"category\"), or Spec-Bench questions {\"question_id\", \"category\", \"turns\": [...]}, "
                        "each turn a prompt rendered with the chat template after the earlier turns and their greedy "
@@ -86,11 +92,20 @@ def check_arguments(args: argparse.Namespace) -> None:
                                       list(ACCEPTORS), "acceptor")
     if args.temperature > 0 and "greedy" in args.acceptor_names:
         raise OptionError("--acceptors greedy decodes greedily only; drop it or use --temperature 0.")
-    if not shipped_names():
+    if args.model is not None:
+        from spec.text.generator import heads_names
+
+        check_model_directory(args.model, "--model directory", need_tokenizer=True)
+        if not args.prompts:
+            raise OptionError("--model needs --prompts: the held-out snippets belong to the shipped model.")
+        available = heads_names(args.model)
+    elif not shipped_names():
         raise CheckpointError("spec bench measures the shipped model, which is not installed; build it with "
-                              "`spec build-model --export --heads medusa`.")
+                              "`spec build-model --export --heads medusa`, or give --model.")
+    else:
+        available = shipped_drafters()
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
-                                     shipped_drafters(), "drafter")
+                                     available, "drafter")
     if args.assistant:
         if args.no_transformers:
             raise OptionError("--assistant adds a transformers baseline, which --no-transformers turns off; "
@@ -127,7 +142,21 @@ def run(args: argparse.Namespace) -> int:
 
     from spec.bench.prompts import CategoryRecorder, category_table, expand_turns, first_answer, prompt_categories
 
-    model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
+    if args.model is None:
+        model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
+
+        def load_heads(name):
+            return load_shipped_drafter(name, model), load_shipped_tree(name)
+    else:
+        from spec.text import TextGenerator
+        from spec.text.generator import load_drafter, tree_builder
+
+        plain = TextGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = plain.model, plain.tokenizer
+
+        def load_heads(name):
+            drafter, tree = load_drafter(name, model, Path(args.model))
+            return drafter, tree_builder(tree, drafter).tree()
     # Later turns of a Spec-Bench question include the reference (autoregressive, greedy) answers to earlier ones.
     turns = expand_turns(args.questions, tokenizer, first_answer(AutoregressiveDecoder(model), args.max_new_tokens,
                                                                  model.generation_config.eos_token_id))
@@ -153,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
     kinds = args.verifier_kinds
     for name, acceptor_name in itertools.product(args.drafter_names, args.acceptor_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
-        drafter = load_shipped_drafter(name, model)
-        tree = load_shipped_tree(name)
+        drafter, tree = load_heads(name)
         # Block verification is defined on chains: the same depth, one candidate per depth.
         builder = StaticTreeBuilder(chain_tree(tree.max_depth) if acceptor_name == "block" else tree)
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
@@ -175,8 +203,6 @@ def run(args: argparse.Namespace) -> int:
                            profile_overhead=not args.no_profile)
     write_report(report, args.out)
     by_category = category_table(recorders, methods[0].name)
-    from pathlib import Path
-
     from spec.io import atomic_write_bytes
 
     atomic_write_bytes(Path(args.out) / "categories.md", by_category.encode())

@@ -106,8 +106,8 @@ class TextGenerator:
             if tree is not None:
                 raise ConfigurationError("tree= shapes a speculative decoder's drafts; give a drafter too, or drop it.")
             return cls(AutoregressiveDecoder(model), tokenizer)
-        drafter, default_tree = _load_drafter(drafter, model, directory)
-        builder = _tree_builder(tree if tree is not None else default_tree, drafter)
+        drafter, default_tree = load_drafter(drafter, model, directory)
+        builder = tree_builder(tree if tree is not None else default_tree, drafter)
         from spec.acceptors import RejectionSamplingAcceptor
         from spec.bench.pairing import verifier_for
 
@@ -159,8 +159,15 @@ class TextGenerator:
                           logprobs=getattr(out, "logprobs", None))
 
 
-def _load_drafter(drafter: Any, model: Any, directory: Optional[Path]) -> tuple[Any, Any]:
-    """A drafter object and the tree that goes with it (None: no default): an object is taken as it is."""
+def heads_names(directory: str | os.PathLike) -> list[str]:
+    """The heads saved under ``<directory>/heads/<name>/`` (the layout spec build-model writes)."""
+    heads = Path(directory) / "heads"
+    return sorted(p.name for p in heads.iterdir() if (p / "config.json").is_file()) if heads.is_dir() else []
+
+
+def load_drafter(drafter: Any, model: Any, directory: Optional[Path]) -> tuple[Any, Any]:
+    """A drafter and the tree saved with it (None: none saved). ``drafter``: an object (taken as it is), a
+    heads directory, or the name of one under ``<directory>/heads/`` (its tree: ``<directory>/trees/<name>.json``)."""
     if not isinstance(drafter, (str, os.PathLike)):
         return drafter, None
     from spec.io import read_json
@@ -187,7 +194,9 @@ def _load_drafter(drafter: Any, model: Any, directory: Optional[Path]) -> tuple[
     return loaded, (tree_path if tree_path is not None and tree_path.is_file() else None)
 
 
-def _tree_builder(tree: Any, drafter: Any) -> Any:
+def tree_builder(tree: Any, drafter: Any) -> Any:
+    """A tree builder from a tree, Medusa choices, a tree JSON path or a builder; None: a chain as deep as
+    ``drafter`` drafts."""
     from spec.trees import CandidateTree, StaticTreeBuilder, chain_tree, load_tree, tree_from_choices
 
     if tree is None:

@@ -45,7 +45,7 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
     transformers reads them; ``streamer`` receives tokens as they are accepted; ``seed`` seeds sampling.
     """
     from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
-    from spec.text.generator import _tree_builder
+    from spec.text.generator import tree_builder
     from spec.text.tokens import StopStrings, check_stop_strings
 
     input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
@@ -97,7 +97,7 @@ def generate(model, inputs: Optional[torch.Tensor] = None, *, drafter: Any = Non
         from spec.acceptors import GreedyAcceptor, RejectionSamplingAcceptor
         from spec.bench.pairing import verifier_for
 
-        decoder = SpeculativeDecoder(model, drafter, _tree_builder(tree, drafter), verifier_for(model, drafter, verifier),
+        decoder = SpeculativeDecoder(model, drafter, tree_builder(tree, drafter), verifier_for(model, drafter, verifier),
                                      acceptor or (GreedyAcceptor() if temperature == 0 else RejectionSamplingAcceptor()))
     out = decoder.generate(input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=seed, streamer=streamer,
