@@ -389,3 +389,29 @@ def test_custom_generate_refuses_what_it_cannot_honour(model, kwargs, message):
     with pytest.raises(SpecError, match=message):
         model.generate(torch.tensor([[1, 5, 9, 2]]), custom_generate=CUSTOM_GENERATE, trust_remote_code=True,
                        max_new_tokens=4, **kwargs)
+
+
+def test_stop_strings_decode_a_window_that_sees_every_match():
+    """StopStrings decodes only the last 4 * longest + 4 ids; on a byte-level tokenizer (multi-byte characters
+    split across tokens) it must stop exactly where searching the whole decoded text would."""
+    from spec.apps.shipped import shipped_names, shipped_path
+    from spec.text import StopStrings
+    from transformers import AutoTokenizer
+
+    if not shipped_names():
+        pytest.skip("the shipped (byte-level) tokenizer is not installed")
+    byte_level = AutoTokenizer.from_pretrained(shipped_path(), local_files_only=True)
+    rng = torch.Generator().manual_seed(0)
+    texts = ["def f(x):\n    return x  # \u00e9t\u00e9 \u4e2d\u6587 \U0001F600 ok\n\n", "a" * 40 + " b\u00e9b\u00e9 c"]
+    checked = 0
+    for text in texts:
+        ids = byte_level(text).input_ids
+        for _ in range(20):
+            start = int(torch.randint(0, len(text) - 3, (1,), generator=rng))
+            stop = text[start: start + int(torch.randint(1, 4, (1,), generator=rng))]
+            matcher = StopStrings(byte_level, [stop])
+            first = next((n for n in range(1, len(ids) + 1) if stop in byte_level.decode(ids[:n])), None)
+            windowed = next((n for n in range(1, len(ids) + 1) if matcher(ids[:n])), None)
+            assert windowed == first, (stop, windowed, first)
+            checked += first is not None
+    assert checked >= 30

@@ -15,7 +15,7 @@ def check_tokenizer(tokenizer: Any, model: Any) -> None:
     """Refuse a tokenizer that can produce ids the model has no logits for (it belongs to another model).
 
     A model with more logits than the tokenizer has tokens is fine (vocabularies are often padded)."""
-    if not callable(getattr(tokenizer, "decode", None)) or not callable(getattr(tokenizer, "__call__", None)):
+    if not callable(getattr(tokenizer, "decode", None)) or not callable(tokenizer):
         raise TokenizerError(f"tokenizer must be a transformers tokenizer (callable, with decode), got "
                              f"{type(tokenizer).__name__}.")
     size, vocab = len(tokenizer), output_vocab_size(model)
