@@ -153,3 +153,13 @@ def test_help_explains_the_command(capsys):
     for option in ("--chat", "--stop", "--drafter", "--tree", "--temperature", "--verifier", "--compile", "stdin",
                    "mean accepted length"):
         assert option in text
+
+
+def test_sampling_options_reach_the_decoder_and_a_seed_repeats(chat_model_dir, capsys, monkeypatch):
+    path, model = chat_model_dir
+    args = ["--model", str(path), "the answer is", "--max-new-tokens", "12", "--temperature", "1.5", "--top-k", "40",
+            "--top-p", "0.95"]
+    runs = [run_cli(args + ["--seed", str(seed)], capsys, monkeypatch)[1] for seed in (1, 1, 2, 3)]
+    assert runs[0] == runs[1]  # same seed, same text
+    greedy = run_cli(["--model", str(path), "the answer is", "--max-new-tokens", "12"], capsys, monkeypatch)[1]
+    assert len(set(runs[1:] + [greedy])) > 1  # sampling is on: seeds (or greedy) give different texts
