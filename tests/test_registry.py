@@ -33,7 +33,7 @@ def test_every_drafter_choice_of_the_commands_comes_from_the_registry(capsys):
     train = {a.dest: a for a in _subcommand(build_parser(), "train")._actions}
     assert list(train["drafter"].choices) == sorted(DRAFTERS)
     assert set(train["recipe"].choices) == {r for entry in DRAFTERS.values() for r in entry.recipes}
-    assert main(["build-model", "--heads", "eagle"]) == 2
+    assert main(["build-model", "--heads", "no-such-drafter"]) == 2  # a name no entry has
     assert f"choose from {', '.join(sorted(DRAFTERS))}" in capsys.readouterr().err
 
 
