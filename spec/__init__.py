@@ -7,7 +7,16 @@ from spec.acceptors import (
     TraversalVerificationAcceptor,
     TypicalAcceptor,
 )
-from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter, MergedDrafter, NGramDrafter
+from spec.drafters import (
+    CloverDrafter,
+    Eagle3Drafter,
+    EagleDrafter,
+    HydraDrafter,
+    KangarooDrafter,
+    MedusaDrafter,
+    MergedDrafter,
+    NGramDrafter,
+)
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.pipelines import AutoregressiveDecoder, SpeculativeDecoder
 from spec.protocols import (
@@ -38,6 +47,8 @@ __all__ = [
     "CandidateKind",
     "CandidateTree",
     "CloverDrafter",
+    "Eagle3Drafter",
+    "EagleDrafter",
     "Draft",
     "DraftVocabulary",
     "DraftContext",

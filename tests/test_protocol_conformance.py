@@ -12,6 +12,8 @@ from typing import Any
 from spec import (
     BlockVerificationAcceptor,
     CloverDrafter,
+    Eagle3Drafter,
+    EagleDrafter,
     FastTreeVerifier,
     GreedyAcceptor,
     HydraDrafter,
@@ -37,7 +39,8 @@ def drafters(target: Any) -> list[Drafter]:
     medusa = MedusaDrafter.from_model(target, num_heads=2)
     return [medusa, HydraDrafter.from_model(target, num_heads=2), HydraDrafter.hydra_plus_plus(target, num_heads=2),
             CloverDrafter.from_model(target, num_heads=2), KangarooDrafter.from_model(target, exit_layer=1),
-            NGramDrafter(), MergedDrafter([NGramDrafter(), medusa])]
+            NGramDrafter(), MergedDrafter([NGramDrafter(), medusa]), EagleDrafter.from_model(target, max_depth=2),
+            Eagle3Drafter.from_model(target, max_depth=2)]
 
 
 def tree_builders() -> list[TreeBuilder]:
@@ -45,7 +48,8 @@ def tree_builders() -> list[TreeBuilder]:
 
 
 def verifiers(target: Any) -> list[Verifier]:
-    return [TreeAttentionVerifier(target), FastTreeVerifier(target), SelfDraftVerifier(target, exit_layer=1)]
+    return [TreeAttentionVerifier(target), FastTreeVerifier(target), SelfDraftVerifier(target, exit_layer=1),
+            FastTreeVerifier(target, features="layers:0,1,1"), TreeAttentionVerifier(target, features="layers:0,1")]
 
 
 def acceptors() -> list[Acceptor]:

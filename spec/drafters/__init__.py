@@ -8,11 +8,16 @@ shallow layers and must be paired with its ``SelfDraftVerifier`` (``drafter.veri
 the one deliberate coupling between stages: they share the shallow layers' work.
 ``NGramDrafter`` proposes continuations of earlier occurrences of the context's last
 tokens (prompt lookup, as a tree); ``MergedDrafter`` fills one tree from several
-drafters by their measured acceptance. See docs/drafters.md.
+drafters by their measured acceptance. ``EagleDrafter`` (EAGLE-1) and ``Eagle3Drafter`` (EAGLE-3)
+draft with one decoder layer over (token, feature) pairs and a KV cache of their own; EAGLE-3 reads
+three of the target's layers (its verifier reports them: ``traits.features``). See docs/drafters.md.
 """
 
 from spec.drafters.blocks import ProjectedResBlock, ResBlock
 from spec.drafters.clover import AttentionDecoder, CloverDrafter, CloverHeads
+from spec.drafters.draft_vocab import DraftVocabulary
+from spec.drafters.eagle import EagleDrafter, EagleHeads
+from spec.drafters.eagle3 import Eagle3Drafter, Eagle3Heads
 from spec.drafters.hydra import HydraDrafter, HydraHeads
 from spec.drafters.kangaroo import KangarooAdapter, KangarooDrafter
 from spec.drafters.medusa import MedusaDrafter, MedusaHeads
@@ -26,6 +31,11 @@ __all__ = [
     "CloverDrafter",
     "CloverHeads",
     "ContextLayerCache",
+    "DraftVocabulary",
+    "Eagle3Drafter",
+    "Eagle3Heads",
+    "EagleDrafter",
+    "EagleHeads",
     "HydraDrafter",
     "HydraHeads",
     "KangarooAdapter",
