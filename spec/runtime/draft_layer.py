@@ -72,6 +72,9 @@ class DraftLayerCache:
         self.keys = torch.zeros(kv_heads, rows, attn.head_dim, dtype=weight.dtype, device=weight.device)
         self.values = torch.zeros_like(self.keys)
         self.row_positions = torch.zeros(rows, dtype=torch.long, device=weight.device)
+        # The rotary angles of every position, once (each position's are computed independently, so the
+        # table's rows equal what the rotary module gives on the fly, as in LlamaFamilyForward).
+        self.cos, self.sin = rotary_table(model, torch.arange(rows, device=weight.device), weight.dtype, what)
         self.reset()
 
     @property
@@ -91,8 +94,7 @@ class DraftLayerCache:
             raise ContextLengthError(
                 f"The {self.what}'s cache has {self.rows} rows but this pass needs {max(attend_rows, int(rows.max()) + 1)}; "
                 "generate fewer tokens or use a smaller tree.")
-        cos, sin = rotary_table(self.model, positions[None], self.keys.dtype, self.what)
-        q, k, v = qkv(attn, h[None].to(self.keys.dtype), cos, sin)
+        q, k, v = qkv(attn, h[None].to(self.keys.dtype), self.cos[positions][None], self.sin[positions][None])
         self.keys.index_copy_(1, rows, k[0])
         self.values.index_copy_(1, rows, v[0])
         self.row_positions[rows] = positions
