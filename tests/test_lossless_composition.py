@@ -136,7 +136,7 @@ def test_a_pruned_sampled_draft_is_handed_on_as_deterministic():
 
 
 # ---- the grid of real drafters ---------------------------------------------------------------------------
-# The ci profile checks every drafter x builder x kind once (sampling rotated); thorough checks all 90.
+# The ci profile checks every drafter x builder x kind once (sampling rotated); thorough checks all 144.
 THOROUGH = os.environ.get("SPEC_HYPOTHESIS_PROFILE") == "thorough"
 EXACT_CASES = [c for c in (grid.all_cases() if THOROUGH else grid.rotated_cases())
                if c.drafter != "kangaroo"]
@@ -147,14 +147,26 @@ def test_grid_composition_is_exactly_lossless(case):
     assert grid.exact_gap(case) < TOLERANCE
 
 
-@pytest.mark.parametrize("drafter", ["medusa", "hydra++", "clover"])
+@pytest.mark.parametrize("drafter", ["medusa", "hydra++", "clover", "eagle3"])
 def test_grid_exact_check_catches_the_old_dynamic_selection(drafter):
     case = grid.GridCase(drafter, "dynamic", "sample_with_replacement", "temperature")
     assert grid.exact_gap(case, builder_class=SampledKindKeptAfterPruning) > 1e-3
 
 
-@pytest.mark.parametrize("case", grid.all_cases() if THOROUGH
-                         else grid.covering_cases(), ids=lambda c: c.name)
+#: End to end, the ci profile runs one case per EAGLE drafter (a pruned sampled draft; a sampled draft on the
+#: reduced vocabulary); their other covering cases are marked slow to keep the suite's time budget (their exact
+#: one-step checks above cover every builder x kind).
+EAGLE_CI = {"eagle/dynamic/sample_without_replacement/top_p", "eagle3/optimal/sample_with_replacement/top_k"}
+
+
+def _end_to_end_cases() -> list:
+    if THOROUGH:
+        return grid.all_cases()
+    return [pytest.param(c, marks=pytest.mark.slow) if c.drafter.startswith("eagle") and c.name not in EAGLE_CI
+            else c for c in grid.covering_cases()]
+
+
+@pytest.mark.parametrize("case", _end_to_end_cases(), ids=lambda c: c.name)
 def test_grid_composition_samples_the_models_distribution(case):
     p_value, mean_accepted = grid.chi_square(case)
     assert p_value > grid.ALPHA, p_value
