@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     block_size = args.block_size
     if recipe.own_text:
         prompts = pack_blocks(iter_texts(args.data), tokenizer, 15, context=context_length(model))
-        blocks = generate_own_blocks(model.eval(), prompts, args.distill_tokens, seed=args.seed)
+        blocks = generate_own_blocks(model.eval(), prompts, args.distill_tokens, seed=args.seed,
+                                     work_dir=Path(args.out) / "distill", progress=True)
     else:
         blocks = pack_blocks(iter_texts(args.data), tokenizer, block_size, context=context_length(model))
     heldout_count = max(1, int(blocks.shape[0] * args.heldout_fraction))
