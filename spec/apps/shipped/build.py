@@ -110,14 +110,16 @@ def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_
     ship the tree with the most expected tokens per second (with its statistics and cost curve)."""
     from spec.io import atomic_write_bytes
     from spec.bench import measure_acceptance, measure_draft_costs, measure_verify_costs
+    from spec.bench.pairing import verifier_for
     from spec.trees import choose_tree_for_hardware, save_tree
     from spec.verifiers import make_verifier
 
     texts = [s["prompt"] for s in heldout_snippets()][:prompts]
     ids = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
     verifier = make_verifier(model)  # the verifier the demo and bench use by default
-    # A self-drafter (Kangaroo) only works with its own verifier; verify costs are measured on the full pass.
-    paired = drafter.traits.verifier or verifier
+    # A self-drafter (Kangaroo) only works with its own verifier, EAGLE-3 with one reporting the layers it reads
+    # (verifier_for gives either); verify costs are measured on the plain pass.
+    paired = verifier_for(model, drafter)
     stats = measure_acceptance(model, drafter, paired, ids, depth=min(4, drafter.max_depth), width=4,
                                max_new_tokens=new_tokens, name=name)
     costs = measure_verify_costs(verifier, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64], ids[0][0], repeats=5)
