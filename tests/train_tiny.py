@@ -1,5 +1,6 @@
 """A tiny Medusa-1 training run, as a script, so tests can kill it mid-run and resume it."""
 
+import os
 import sys
 
 import torch
@@ -30,4 +31,5 @@ if __name__ == "__main__":
     heads = run(sys.argv[1], int(sys.argv[2]))
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, sys.argv[1] + "/final.safetensors")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process holds the same weights
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, sys.argv[1] + "/final.safetensors")

@@ -2,8 +2,9 @@
 
 A recipe is an :class:`Objective`: which module is trained and how a batch of token
 blocks becomes a loss. The loop owns everything else: batching in a seeded order,
-gradient accumulation, mixed precision and multi-GPU (through accelerate, so
-``accelerate launch`` needs no code change), a warm-up + cosine learning rate,
+gradient accumulation, mixed precision and several processes (through accelerate: under
+``accelerate launch`` or ``torchrun`` each process trains on its share of every batch and the gradients
+are averaged, so the weights are those of one process with the same global batch), a warm-up + cosine learning rate,
 evaluation, a JSONL log, a progress bar, and atomic checkpoints from which a killed
 run resumes to exactly the weights an uninterrupted run would have reached.
 """
@@ -136,7 +137,10 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigurationError("mixed_precision 'fp16' needs a CUDA GPU (on the CPU it would silently train in "
                                  "float32); use 'bf16' or 'no' on the CPU.")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1)
+    # cpu=True without a GPU: under `torchrun` / `accelerate launch --multi_gpu` that is what makes accelerate
+    # run several CPU processes (gloo) instead of silently one copy of the run per process.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1,
+                              cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     module = objective.trainable()
     optimizer = torch.optim.AdamW(objective.param_groups(module, config.lr), lr=config.lr,
@@ -157,7 +161,10 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
                                       "resume with the options it was started with, or use a new --out.") from error
     if accelerator.is_main_process:
         atomic_write_bytes(out / RUN_FILE, json.dumps(identity, indent=2).encode())
-    module, optimizer = accelerator.prepare(module, optimizer)
+    # The module is not wrapped for DDP: objectives call its parts (heads, layers) directly, which a wrapper
+    # would hide and whose forward would bypass its gradient hooks. Gradients are averaged explicitly instead.
+    module = module.to(accelerator.device)
+    optimizer = accelerator.prepare(optimizer)
     log_path = out / "log.jsonl"
     _truncate_log(log_path, start_step)
 
@@ -183,6 +190,8 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
             accelerator.backward(loss / config.grad_accumulation)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value / config.grad_accumulation
+        if world > 1:
+            _average_gradients(accelerator, module)
         norm = accelerator.clip_grad_norm_(module.parameters(), config.grad_clip or math.inf)
         if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
             _diverged(out, step, f"the gradient norm is {float(norm)}")
@@ -232,6 +241,18 @@ def _truncate_log(log_path: Path, step: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(line)
     atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
+
+
+def _average_gradients(accelerator, module: nn.Module) -> None:
+    """Every process's gradients replaced by their mean over the processes: one all-reduce of one flat buffer."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 def _run_identity(config: TrainConfig, blocks: torch.Tensor, run: Optional[dict[str, Any]]) -> dict[str, Any]:
