@@ -184,7 +184,11 @@ class Verification:
     """The target's outputs at every tree node, from one forward pass.
 
     ``logits``: ``[n, V]`` next-token logits at each node.
-    ``hidden_states``: ``[n, H]`` last-layer hidden states at each node.
+    ``hidden_states``: ``[n, F]`` at each node, the features the verifier reports (``VerifierTraits.features``):
+    last-layer states after the final norm (``"final"``, ``F = H``), the residual stream after some layers
+    (``"layer:<k>"``, ``F = H``), or several such streams concatenated in the order named
+    (``"layers:<a>,<b>,.."``, ``F = count * H``: EAGLE-3's low, middle and high layers). They reach the
+    drafter through ``Drafter.commit``.
     """
 
     tree: CandidateTree
