@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from spec.runtime import causal_pass
-from spec.training.objectives import PerHeadObjective
+from spec.training.objectives import PerHeadObjective, head_loss
 
 
 class CloverObjective(PerHeadObjective):
@@ -40,7 +40,6 @@ class CloverObjective(PerHeadObjective):
             state = module.attention_decoder(query.flatten(0, 1), above.flatten(0, 1)).view_as(query)
             states.append(state)
             logits = lm_head(module.heads[d - 1](state)).float()
-            teacher = out.logits[:, d : d + valid].float().softmax(-1)
-            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
-            results.append((loss, logits, batch[:, d + 1 : d + 1 + valid]))
+            targets = batch[:, d + 1 : d + 1 + valid]
+            results.append((head_loss(logits, targets, out.logits[:, d : d + valid]), logits, targets))
         return results

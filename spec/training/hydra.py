@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from spec.runtime import causal_pass
-from spec.training.objectives import PerHeadObjective
+from spec.training.objectives import PerHeadObjective, head_loss
 
 
 class HydraObjective(PerHeadObjective):
@@ -40,10 +39,6 @@ class HydraObjective(PerHeadObjective):
             path = [embeddings[:, 1 + j : 1 + j + valid] for j in range(k + 1)]  # root .. x_k
             logits = head(torch.cat([hidden[:, :valid]] + path, dim=-1)).float()  # [B, valid, V]
             targets = batch[:, k + 2 : k + 2 + valid]
-            if self.teacher:
-                teacher = out.logits[:, k + 1 : k + 1 + valid].float().softmax(-1)
-                loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
-            else:
-                loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            results.append((loss, logits, targets))
+            teacher = out.logits[:, k + 1 : k + 1 + valid] if self.teacher else None
+            results.append((head_loss(logits, targets, teacher), logits, targets))
         return results

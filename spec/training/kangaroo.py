@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spec.runtime.masks import additive_mask
-from spec.training.objectives import PerHeadObjective
+from spec.training.objectives import PerHeadObjective, head_loss
 
 
 class KangarooObjective(PerHeadObjective):
@@ -26,7 +26,5 @@ class KangarooObjective(PerHeadObjective):
         rotary = self.drafter.state.backbone.rotary_emb(shallow, positions)
         adapted = module(shallow, additive_mask(causal, shallow.dtype), positions, rotary, None)
         logits = self.model.lm_head(adapted).float()
-        teacher = out.logits.float().softmax(-1)
-        loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
         # The target's own greedy choice is what a greedy step must guess.
-        return [(loss, logits, out.logits.argmax(-1))]
+        return [(head_loss(logits, out.logits.argmax(-1), out.logits), logits, out.logits.argmax(-1))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -122,6 +123,14 @@ def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int 
     return metrics
 
 
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean loss of ``logits`` ``[..., V]``: cross-entropy against the model's own distribution
+    (``teacher_logits``, soft targets) when given, else against the data's tokens ``targets`` ``[...]``."""
+    if teacher_logits is not None:
+        return -(teacher_logits.float().softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+
+
 def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: torch.Tensor, batch: torch.Tensor,
                         soft_targets: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per Medusa head k: (loss, logits ``[B, valid, V]``, targets ``[B, valid]``).
@@ -138,12 +147,8 @@ def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: tor
             break
         logits = head(hidden[:, :valid]).float()
         targets = batch[:, k + 2: k + 2 + valid]
-        if soft_targets:
-            teacher = base_logits[:, k + 1: k + 1 + valid].float().softmax(-1)
-            loss = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
-        else:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        results.append((loss, logits, targets))
+        teacher = base_logits[:, k + 1: k + 1 + valid] if soft_targets else None
+        results.append((head_loss(logits, targets, teacher), logits, targets))
     return results
 
 
