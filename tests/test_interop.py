@@ -259,3 +259,69 @@ def test_spec_convert_round_trips_the_shipped_heads_and_prints_engine_settings(t
     printed = capsys.readouterr().out
     assert '"decoding_type": "Medusa"' in printed and "trtllm-serve" in printed
     assert main(["convert", "heads", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2  # a typed refusal
+
+
+# ---- EAGLE-1 -----------------------------------------------------------------------------------------------
+def trained_eagle(seed=0, fc_bias=True):
+    from spec import EagleDrafter
+
+    drafter = EagleDrafter.from_model(model("llama"), max_depth=3, fc_bias=fc_bias, seed=seed)
+    perturb(drafter.heads, scale=0.05, seed=seed)
+    return drafter
+
+
+def write_eagle1(directory, drafter, pickled=False, with_embedding=True):
+    """SafeAILab/EAGLE's names: fc.*, layers.0.* (no input norm), embed_tokens.weight; a one-layer LlamaConfig."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {("layers.0." + k[len("layer."):] if k.startswith("layer.") else k): v.detach().clone()
+               for k, v in drafter.heads.state_dict().items()}
+    if with_embedding:
+        tensors["embed_tokens.weight"] = model("llama").get_input_embeddings().weight.detach().clone()
+    config = model("llama").config.to_dict() | {"num_hidden_layers": 1, "bias": drafter.heads.fc.bias is not None}
+    (directory / "config.json").write_text(json.dumps(config, default=str))
+    if pickled:
+        torch.save(tensors, directory / "pytorch_model.bin")
+    else:
+        save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+@pytest.mark.parametrize("pickled, fc_bias", [(False, True), (True, False)])
+def test_eagle1_heads_import_and_decode_like_the_model(tmp_path, pickled, fc_bias):
+    from spec.interop.eagle import import_eagle
+
+    original = trained_eagle(fc_bias=fc_bias)
+    imported = import_eagle(write_eagle1(tmp_path / "eagle", original, pickled=pickled), model("llama"), max_depth=3)
+    assert (imported.heads.fc.bias is not None) == fc_bias
+    saved, loaded = original.heads.state_dict(), imported.heads.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    greedy_equal(imported)
+
+
+def test_eagle1_export_import_round_trip_and_refusals(tmp_path):
+    from spec.interop.eagle import export_eagle, import_eagle
+
+    original = trained_eagle()
+    export_eagle(original, tmp_path / "out")
+    assert "layers.0.post_attention_layernorm.weight" in load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 1
+    again = import_eagle(tmp_path / "out", model("llama"), max_depth=3)
+    assert all(torch.equal(a, b) for a, b in zip(original.heads.state_dict().values(), again.heads.state_dict().values()))
+    write_eagle1(tmp_path / "theirs", original)
+    with pytest.raises(IncompatibleDrafterError, match="embed_tokens differ"):
+        import_eagle(tmp_path / "theirs", model("llama", seed=1))
+    with pytest.raises(IncompatibleDrafterError, match="trained for another model"):
+        import_eagle(write_eagle1(tmp_path / "no-embed", original, with_embedding=False), model("llama", hidden_size=48))
+
+
+def test_spec_convert_moves_eagle_heads_both_ways(tmp_path):
+    from spec.apps.cli import main
+    from spec.apps.shipped import load_shipped, load_shipped_drafter
+
+    m, _ = load_shipped()
+    load_shipped_drafter("eagle", m).save_pretrained(tmp_path / "spec")
+    assert main(["convert", "heads", str(tmp_path / "spec"), str(tmp_path / "eagle"), "--from", "spec",
+                 "--to", "eagle"]) == 0
+    assert main(["convert", "heads", str(tmp_path / "eagle"), str(tmp_path / "back"), "--from", "eagle"]) == 0
+    assert main(["convert", "heads", str(tmp_path / "spec"), str(tmp_path / "x"), "--from", "spec",
+                 "--to", "vllm-medusa"]) == 2  # EAGLE heads are not Medusa heads: a typed refusal

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-HEAD_FORMATS = ("spec", "medusa", "medusa2", "vllm-medusa")
+HEAD_FORMATS = ("spec", "medusa", "medusa2", "vllm-medusa", "eagle")
 
 
 def add_parser(sub) -> None:
     convert = sub.add_parser(
         "convert", help="convert draft heads between spec and published layouts; trees to engine settings",
         description="Convert Medusa heads between spec's checkpoints and the published layouts (Medusa-1, "
-        "Medusa-2 full checkpoints, vLLM's Medusa), bound to the base model given; or print a tree as the "
+        "Medusa-2 full checkpoints, vLLM's Medusa) and EAGLE-1 heads, bound to the base model given; or print a tree as the "
         "settings of Medusa, vLLM, SGLang or TensorRT-LLM. See docs/interop.md.")
     actions = convert.add_subparsers(dest="action", required=True)
     heads = actions.add_parser(
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     heads.add_argument("out", help="the directory to write (replaced as a whole)")
     heads.add_argument("--from", dest="source_format", choices=("auto",) + HEAD_FORMATS, default="auto",
                        help="the source layout (auto: told from its files)")
-    heads.add_argument("--to", dest="target_format", choices=("spec", "medusa", "vllm-medusa"), default="spec",
+    heads.add_argument("--to", dest="target_format", choices=("spec", "medusa", "vllm-medusa", "eagle"), default="spec",
                        help="the layout to write (spec: a spec checkpoint recording the model's fingerprint)")
     heads.add_argument("--model", default="spec-py-tiny", help="the base model: a shipped model's name or a "
                        "Hugging Face model directory")
@@ -54,22 +54,36 @@ def _load_model(name_or_path: str):
 
 
 def _heads(args: argparse.Namespace) -> int:
-    from spec.drafters import MedusaDrafter
+    from spec.drafters import EagleDrafter, MedusaDrafter
+    from spec.errors import CheckpointError, OptionError
     from spec.interop import export_medusa, import_medusa
-    from spec.io import check_writable_directory
+    from spec.interop.eagle import export_eagle, import_eagle
+    from spec.io import check_writable_directory, read_json
+    from spec.registry import DRAFTERS
 
     check_writable_directory(args.out, "output directory")
     model = _load_model(args.model)
     if args.source_format == "spec":
-        drafter = MedusaDrafter.from_pretrained(args.source, model)
+        kind = read_json(f"{args.source}/config.json", "heads config", CheckpointError, CheckpointError).get("drafter_type")
+        if kind not in DRAFTERS:
+            raise CheckpointError(f"{args.source} holds no spec drafter checkpoint (drafter_type {kind!r}).")
+        drafter = DRAFTERS[kind].drafter.from_pretrained(args.source, model)
+    elif args.source_format == "eagle":
+        drafter = import_eagle(args.source, model)
     else:
         drafter = import_medusa(args.source, model, layout=args.source_format)
     if args.target_format == "spec":
         drafter.save_pretrained(args.out)
+    elif args.target_format == "eagle":
+        if not isinstance(drafter, EagleDrafter):
+            raise OptionError(f"--to eagle writes EAGLE-1 heads; {args.source} holds {drafter.drafter_type} heads.")
+        export_eagle(drafter, args.out)
     else:
+        if not isinstance(drafter, MedusaDrafter):
+            raise OptionError(f"--to {args.target_format} writes Medusa heads; {args.source} holds "
+                              f"{drafter.drafter_type} heads.")
         export_medusa(drafter, args.out, layout=args.target_format)
-    print(f"wrote {drafter.num_heads} Medusa heads ({drafter.heads.num_layers} blocks each) as {args.target_format} "
-          f"to {args.out}")
+    print(f"wrote {drafter.drafter_type} heads as {args.target_format} to {args.out}")
     return 0
 
 

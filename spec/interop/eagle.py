@@ -1,0 +1,78 @@
+"""EAGLE-1 heads in their published layout, to and from ``EagleDrafter``.
+
+The layout (SafeAILab/EAGLE): ``config.json``, a ``LlamaConfig`` of one layer with a ``bias`` flag for
+``fc``; the tensors ``fc.weight`` ``[H, 2H]`` (and ``fc.bias`` ``[H]`` when ``bias``), ``layers.0.self_attn.*``,
+``layers.0.mlp.*``, ``layers.0.post_attention_layernorm.weight`` (the layer has no input norm) and,
+optionally, ``embed_tokens.weight`` ``[V, H]``, a copy of the base model's embedding; in
+``model.safetensors`` or the pickled ``pytorch_model.bin`` (read through the restricted loader only).
+
+Import binds the heads to the model given: every tensor must have the shape that model's layer has, and
+an ``embed_tokens.weight`` in the file must equal the model's own embedding (else the heads were trained
+for another model). EAGLE-3 and the speculators format are not read yet (docs/interop.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from spec.drafters import EagleDrafter
+from spec.errors import CheckpointError, IncompatibleDrafterError
+from spec.interop.medusa import _config, _first
+from spec.interop.tensors import read_tensors, write_safetensors
+from spec.io.atomic import replace_directory
+
+
+def _ours(name: str) -> str:
+    return "layer." + name[len("layers.0."):] if name.startswith("layers.0.") else name
+
+
+def _theirs(name: str) -> str:
+    return "layers.0." + name[len("layer."):] if name.startswith("layer.") else name
+
+
+def import_eagle(directory: str | os.PathLike, model, max_depth: int = 5, candidates: str = "top_k") -> EagleDrafter:
+    """An :class:`EagleDrafter` for ``model`` from published EAGLE-1 heads; mismatches are refused, naming them."""
+    directory = Path(directory)
+    path = _first(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE weights file")
+    tensors = read_tensors(path)
+    config = _config(directory)
+    embedding = tensors.pop("embed_tokens.weight", None)
+    if embedding is not None and not torch.equal(embedding.to(model.get_input_embeddings().weight),
+                                                 model.get_input_embeddings().weight):
+        raise IncompatibleDrafterError(f"{path}: its embed_tokens differ from the model's embedding; these EAGLE heads "
+                                       "were trained for another model.")
+    fc_bias = "fc.bias" in tensors
+    if "bias" in config and bool(config["bias"]) != fc_bias:
+        raise CheckpointError(f"{directory}/config.json says bias={config['bias']} but {path} "
+                              f"{'holds' if fc_bias else 'lacks'} fc.bias; the files come from different saves.")
+    drafter = EagleDrafter.from_model(model, max_depth=max_depth, fc_bias=fc_bias, candidates=candidates)
+    expected = drafter.heads.state_dict()
+    found = {_ours(k): v for k, v in tensors.items()}
+    unknown = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    if unknown or missing:
+        raise CheckpointError(f"{path} is not EAGLE-1's layout: unexpected {[_theirs(k) for k in unknown][:5]}, "
+                              f"missing {[_theirs(k) for k in missing][:5]}.")
+    for name, tensor in found.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise IncompatibleDrafterError(
+                f"{path}: {_theirs(name)} is {tuple(tensor.shape)} but this model's layer needs "
+                f"{tuple(expected[name].shape)}; these EAGLE heads were trained for another model.")
+    drafter.heads.load_state_dict({k: v.to(expected[k]) for k, v in found.items()})
+    return drafter
+
+
+def export_eagle(drafter: EagleDrafter, directory: str | os.PathLike) -> Path:
+    """Write ``drafter``'s heads in EAGLE-1's layout (``config.json`` + ``model.safetensors``)."""
+    config = drafter.model.config.to_dict()
+    config.update(num_hidden_layers=1, bias=drafter.heads.fc.bias is not None,
+                  architectures=["LlamaForCausalLM"], torch_dtype=str(drafter.heads.fc.weight.dtype).split(".")[-1])
+    tensors = {_theirs(k): v for k, v in drafter.heads.state_dict().items()}
+    with replace_directory(directory, ("config.json", "model.safetensors"), "exported heads directory") as staging:
+        write_safetensors(staging / "model.safetensors", tensors)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return Path(directory)
