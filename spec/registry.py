@@ -12,7 +12,6 @@ import math
 from typing import Any, Callable, Optional
 
 import attrs
-import torch
 
 from spec.drafters import CloverDrafter, HydraDrafter, KangarooDrafter, MedusaDrafter
 from spec.drafters.draft_vocab import DraftVocabulary
@@ -148,18 +147,15 @@ def _eagle3_vocabulary(drafter, train_blocks) -> None:
     from spec.models import lm_head
 
     vocab = drafter.heads.vocab
-    chosen = DraftVocabulary.from_corpus(train_blocks, vocab, drafter.heads.lm_head.out_features)
+    chosen = DraftVocabulary.from_corpus(train_blocks, vocab, max(vocab // 4, 1))
     drafter.heads.set_vocabulary(chosen, lm_head(drafter.model))
     drafter.draft_vocab = DraftVocabulary.from_maps(drafter.heads.d2t, drafter.heads.t2d)
 
 
 def _eagle3(model, o: HeadOptions):
-    from spec.models import output_vocab_size
-
-    vocab = output_vocab_size(model)
-    # A placeholder of the right size until `prepare` picks the tokens from the training data.
-    placeholder = DraftVocabulary(vocab, torch.arange(max(vocab // 4, 1)))
-    return Eagle3Drafter.from_model(model, max_depth=o.num_heads, draft_vocab=placeholder, seed=o.seed)
+    # Every token until `prepare` chooses the draft vocabulary from the training data (a caller that does not
+    # call it trains a valid, unreduced head).
+    return Eagle3Drafter.from_model(model, max_depth=o.num_heads, seed=o.seed)
 
 
 _ENTRIES = (

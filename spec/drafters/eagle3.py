@@ -100,18 +100,19 @@ class Eagle3Heads(nn.Module):
         """``[..., H]`` -> logits over the draft vocabulary ``[..., K]``."""
         return self.lm_head(self.norm(x))
 
-    def set_vocabulary(self, vocab: DraftVocabulary, target_lm_head: Optional[nn.Linear] = None) -> None:
-        """Use ``vocab``'s tokens (its size must be the head's ``K``); ``target_lm_head``: start the head from its
-        rows for those tokens (a fresh drafter)."""
-        if vocab.size != self.lm_head.out_features or vocab.vocab_size != self.vocab:
-            raise ConfigurationError(f"This draft vocabulary has {vocab.size} of {vocab.vocab_size} tokens but the "
-                                     f"EAGLE-3 head predicts {self.lm_head.out_features} of {self.vocab}; build the "
-                                     "drafter with draft_vocab_size equal to the vocabulary's size.")
+    def set_vocabulary(self, vocab: DraftVocabulary, target_lm_head: nn.Linear) -> None:
+        """Use ``vocab``'s tokens, the head restarted from ``target_lm_head``'s rows for them (a fresh drafter
+        choosing its vocabulary from the training data before training; the head is rebuilt if the size differs)."""
+        if vocab.vocab_size != self.vocab:
+            raise ConfigurationError(f"This draft vocabulary indexes {vocab.vocab_size} target tokens but the EAGLE-3 "
+                                     f"head's target has {self.vocab}; build it from this model's token counts.")
+        weight = self.lm_head.weight
+        head = nn.Linear(self.hidden, vocab.size, bias=False, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
-            self.d2t.copy_(vocab.d2t.to(self.d2t.device))
-            self.t2d.copy_(vocab.t2d.to(self.t2d.device))
-            if target_lm_head is not None:
-                self.lm_head.weight.copy_(target_lm_head.weight[vocab.d2t.to(target_lm_head.weight.device)])
+            head.weight.copy_(target_lm_head.weight[vocab.d2t.to(target_lm_head.weight.device)])
+        self.lm_head = head
+        self.register_buffer("d2t", vocab.d2t.to(self.d2t.device), persistent=False)
+        self.register_buffer("t2d", vocab.t2d.to(self.t2d.device), persistent=False)
 
 
 class Eagle3Drafter(EagleDrafter):
