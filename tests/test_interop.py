@@ -325,3 +325,64 @@ def test_spec_convert_moves_eagle_heads_both_ways(tmp_path):
     assert main(["convert", "heads", str(tmp_path / "eagle"), str(tmp_path / "back"), "--from", "eagle"]) == 0
     assert main(["convert", "heads", str(tmp_path / "spec"), str(tmp_path / "x"), "--from", "spec",
                  "--to", "vllm-medusa"]) == 2  # EAGLE heads are not Medusa heads: a typed refusal
+
+
+# ---- EAGLE-3 -----------------------------------------------------------------------------------------------
+def trained_eagle3(seed=0):
+    from spec import Eagle3Drafter
+
+    vocab = DraftVocabulary(vocab_size=V, token_ids=torch.randperm(V, generator=torch.Generator().manual_seed(seed))[:48])
+    drafter = Eagle3Drafter.from_model(model("llama", num_layers=4), max_depth=3, draft_vocab=vocab, seed=seed)
+    perturb(drafter.heads, scale=0.05, seed=seed)
+    return drafter
+
+
+def write_eagle3(directory, drafter):
+    """SafeAILab's EAGLE-3 names: fc, midlayer.* (with hidden_norm), norm, lm_head [K, H], d2t offsets, t2d mask."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, v in drafter.heads.state_dict().items():
+        name = "midlayer.hidden_norm.weight" if k == "hidden_norm.weight" else (
+            "midlayer." + k[len("layer."):] if k.startswith("layer.") else k)
+        tensors[name] = v.detach().clone()
+    ids = drafter.heads.d2t.to(torch.long)
+    tensors["d2t"] = ids - torch.arange(ids.numel())
+    tensors["t2d"] = torch.zeros(V, dtype=torch.bool).index_fill_(0, ids, True)
+    (directory / "config.json").write_text(json.dumps({"draft_vocab_size": int(ids.numel()), "target_hidden_size": H,
+                                                       "num_hidden_layers": 1}))
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_eagle3_heads_import_decode_like_the_model_and_round_trip(tmp_path):
+    from spec import AutoregressiveDecoder, Eagle3Drafter
+    from spec.bench.pairing import verifier_for
+    from spec.interop.eagle import export_eagle3, import_eagle3
+
+    m = model("llama", num_layers=4)
+    original = trained_eagle3()
+    imported = import_eagle3(write_eagle3(tmp_path / "theirs", original), m, max_depth=3,
+                             layers=list(original.heads.layers))
+    assert torch.equal(imported.heads.d2t, original.heads.d2t)
+    assert all(torch.equal(a, b) for a, b in zip(original.heads.state_dict().values(), imported.heads.state_dict().values()))
+    p = prompt(8, seed=5)
+    tree = tree_from_choices([[0], [1], [0, 0]])
+    decoder = SpeculativeDecoder(m, imported, StaticTreeBuilder(tree), verifier_for(m, imported), GreedyAcceptor())
+    ref = AutoregressiveDecoder(m).generate(p, max_new_tokens=30).sequences
+    assert_same_tokens(decoder.generate(p, max_new_tokens=30).sequences, ref)
+    export_eagle3(imported, tmp_path / "ours")
+    again = import_eagle3(tmp_path / "ours", m, max_depth=3)  # layers from the exported config
+    assert isinstance(again, Eagle3Drafter) and list(again.heads.layers) == list(original.heads.layers)
+
+
+def test_eagle3_maps_that_are_not_an_injection_are_refused(tmp_path):
+    from spec.interop.eagle import import_eagle3
+
+    directory = write_eagle3(tmp_path / "bad", trained_eagle3())
+    tensors = load_file(str(directory / "model.safetensors"))
+    tensors["d2t"][1] = tensors["d2t"][0] - 1  # two draft tokens onto the same target token
+    save_file(tensors, str(directory / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not a valid injection"):
+        import_eagle3(directory, model("llama", num_layers=4))
+    with pytest.raises(IncompatibleDrafterError, match="another model"):
+        import_eagle3(write_eagle3(tmp_path / "ok", trained_eagle3()), model("llama", num_layers=4, vocab_size=128))
