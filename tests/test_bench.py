@@ -162,3 +162,17 @@ def test_assisted_generation_baseline_runs_and_matches():
     report = run_benchmark([TransformersMethod.greedy(m), TransformersMethod.assisted(m, assistant)],
                            [prompt(5, seed=1)], max_new_tokens=12, repeats=1, warmup=0)
     assert report.method("transformers_assisted").matches_baseline is True
+
+
+def test_ablation_builds_verifiers_reporting_what_each_drafter_reads():
+    """EAGLE-3 reads intermediate layers: its row gets a verifier reporting them instead of being skipped."""
+    from spec.apps.shipped import load_shipped, load_shipped_drafter
+
+    m, _ = load_shipped()
+    eagle3 = load_shipped_drafter("eagle3", m)
+    ablation = Ablation(model=m, drafters={"eagle3": eagle3, "medusa": load_shipped_drafter("medusa", m)},
+                        tree_builders={"chain2": StaticTreeBuilder(chain_tree(2))}, acceptors={"g": GreedyAcceptor()},
+                        transformers_baselines=False)
+    rows = ablation.pipelines({})
+    assert [label["drafter"] for label, _ in rows] == ["eagle3", "medusa"]
+    assert rows[0][1].decoder.verifier.traits.features == eagle3.traits.features != "final"

@@ -22,7 +22,6 @@ from spec.training import DataError, MedusaObjective, TrainConfig, iter_texts, p
 from spec.training import checkpoint as ckpt
 from spec.trees import tree_from_choices
 
-from train_tiny import cyclic_blocks
 
 HERE = Path(__file__).parent
 
@@ -228,7 +227,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("drafter, recipe", [("medusa", "medusa1"), ("medusa", "medusa2"),
                                              ("medusa", "self-distill"), ("hydra", "hydra++"),
-                                             ("clover", "clover"), ("kangaroo", "kangaroo")])
+                                             ("clover", "clover"), ("kangaroo", "kangaroo"),
+                                             ("eagle", "eagle"), ("eagle3", "eagle3")])
 def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, recipe):
     from spec.apps.cli import main
     from transformers import AutoModelForCausalLM
@@ -258,12 +258,19 @@ def test_spec_train_cli_writes_heads_log_and_plot(model_dir, tmp_path, drafter, 
         from spec import CloverDrafter
 
         CloverDrafter.from_pretrained(out / "heads", base)
+    elif drafter == "eagle3":  # its draft vocabulary was chosen from the training data, not every token
+        from spec import Eagle3Drafter
+
+        loaded = Eagle3Drafter.from_pretrained(out / "heads", base)
+        assert loaded.heads.d2t.numel() < loaded.heads.vocab
     elif drafter == "kangaroo":
         from spec import KangarooDrafter
 
         assert KangarooDrafter.from_pretrained(out / "heads", base).state.exit_layer == 1
     else:
-        MedusaDrafter.from_pretrained(out / "heads", base)
+        from spec.registry import DRAFTERS
+
+        DRAFTERS[drafter].drafter.from_pretrained(out / "heads", base)
 
 
 def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tmp_path, capsys):

@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if entry.reads_exit_layer:  # the other drafters ignore --exit-layer, whatever its value
         options["exit_layer"] = args.exit_layer
     drafter, objective = entry.build(model, args.recipe, HeadOptions(**options))
+    if recipe.prepare is not None:  # e.g. EAGLE-3's draft vocabulary, by token frequency on the training split
+        recipe.prepare(drafter, train_blocks)
     out = Path(args.out)
     config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,
                          grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,

@@ -16,10 +16,10 @@ from spec.bench.runner import run_benchmark
 from spec.errors import IncompatibleStagesError, TreeTooDeepError
 
 
-def _auto_verifier(model):
+def _auto_verifier(model, features: str = "final"):
     from spec.verifiers import make_verifier
 
-    return make_verifier(model)
+    return make_verifier(model, features=features)
 
 
 @attrs.define
@@ -27,8 +27,9 @@ class Ablation:
     """Every combination of the named stages, with the autoregressive and transformers baselines.
 
     ``drafters``, ``tree_builders``, ``acceptors``: name -> stage. ``verifiers``: name -> a
-    function of the model that builds a verifier (default: ``make_verifier``); a drafter that
-    brings its own verifier (Kangaroo) uses it instead. ``sampling``: name -> ``generate``
+    function ``(model, features=...)`` that builds a verifier reporting the hidden states the drafter
+    reads (``drafter.traits.features``; default: ``make_verifier``); a drafter that brings its own
+    verifier (Kangaroo) uses it instead. ``sampling``: name -> ``generate``
     keyword arguments (temperature, top_k, top_p, seed). The greedy acceptor is only paired
     with greedy settings. Each sampling setting is one
     interleaved benchmark run; the result is a list of flat records.
@@ -40,7 +41,7 @@ class Ablation:
     acceptors: dict[str, Any]
     sampling: dict[str, dict[str, Any]] = attrs.field(factory=lambda: {"greedy": {}})
     transformers_baselines: bool = True
-    verifiers: dict[str, Callable[[Any], Any]] = attrs.field(factory=lambda: {"auto": _auto_verifier})
+    verifiers: dict[str, Callable[[Any, str], Any]] = attrs.field(factory=lambda: {"auto": _auto_verifier})
 
     def pipelines(self, sampling: dict[str, Any]) -> list[tuple[dict[str, str], DecoderMethod]]:
         from spec.pipelines import SpeculativeDecoder
@@ -56,7 +57,8 @@ class Ablation:
             if own is not None and v != next(iter(self.verifiers)):
                 continue  # a self-drafter's verifier is fixed: one row, not one per verifier
             try:
-                decoder = SpeculativeDecoder(self.model, drafter, builder, own or make(self.model), acceptor)
+                verifier = own or make(self.model, features=drafter.traits.features)
+                decoder = SpeculativeDecoder(self.model, drafter, builder, verifier, acceptor)
             except (IncompatibleStagesError, TreeTooDeepError):
                 continue  # the stages refuse this combination (e.g. a pruning builder on a self-drafter)
             label = {"drafter": d, "tree": t, "verifier": "own" if own is not None else v, "acceptor": a}
