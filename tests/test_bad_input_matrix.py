@@ -12,7 +12,6 @@ model: every command refuses before it would.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import os

@@ -23,7 +23,6 @@ from spec import (
     NGramDrafter,
     SamplingParams,
     StaticTreeBuilder,
-    make_verifier,
 )
 from spec.bench.pairing import verifier_for
 from spec.drafters.draft_vocab import DraftVocabulary

@@ -1,6 +1,5 @@
 """N-gram lookup and merged drafters: what they propose, greedy equality, losslessness when sampling."""
 
-from collections import Counter
 
 import pytest
 import torch

@@ -29,7 +29,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from spec.runtime.draft_layer import attend, qkv, rotary_table
-from spec.runtime.features import select_features
 from spec.training.objectives import PerHeadObjective
 
 
@@ -52,7 +51,7 @@ def unroll(drafter, heads: nn.Module, batch: torch.Tensor, features: torch.Tenso
     added to them (training only). Tokens past the block are clamped to its last one; their predictions are
     never scored.
     """
-    b, length = batch.shape[0], batch.shape[1] - 1
+    length = batch.shape[1] - 1
     device = batch.device
     index = torch.arange(length, device=device)
     attn = heads.layer.self_attn
