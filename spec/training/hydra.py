@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from spec.runtime import causal_pass
-from spec.training.objectives import PerHeadObjective, head_loss
+from spec.training.objectives import PerHeadObjective, head_loss, head_windows
 
 
 class HydraObjective(PerHeadObjective):
@@ -30,12 +30,8 @@ class HydraObjective(PerHeadObjective):
         hidden = out.hidden_states[-1]
         if module.prefix_layer is not None:
             hidden = causal_pass(self.model, module.prefix_layer, hidden, "Hydra++ prefix layer")
-        length = hidden.shape[1]
         results = []
-        for k, head in enumerate(module.heads):
-            valid = length - k - 1  # positions t with t + k + 2 <= T
-            if valid <= 0:
-                break
+        for k, head, valid in head_windows(module.heads, hidden.shape[1]):
             path = [embeddings[:, 1 + j : 1 + j + valid] for j in range(k + 1)]  # root .. x_k
             logits = head(torch.cat([hidden[:, :valid]] + path, dim=-1)).float()  # [B, valid, V]
             targets = batch[:, k + 2 : k + 2 + valid]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -131,6 +131,16 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optio
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
 
 
+def head_windows(heads, length: int) -> Iterator[tuple[int, nn.Module, int]]:
+    """``(k, head, valid)`` for each head ``k`` that has positions left in a block of ``length`` inputs: head k
+    at position t guesses token t + k + 2, so positions ``0 .. valid - 1`` have a target."""
+    for k, head in enumerate(heads):
+        valid = length - k - 1
+        if valid <= 0:
+            return
+        yield k, head, valid
+
+
 def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: torch.Tensor, batch: torch.Tensor,
                         soft_targets: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per Medusa head k: (loss, logits ``[B, valid, V]``, targets ``[B, valid]``).
@@ -139,12 +149,8 @@ def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: tor
     (``batch`` is ``[B, T + 1]``). Head k at position t guesses token t + k + 2; with soft targets it
     matches the model's own distribution for that token, which sits at position t + k + 1.
     """
-    length = hidden.shape[1]
     results = []
-    for k, head in enumerate(heads.heads):
-        valid = length - k - 1  # positions t with t + k + 2 <= T
-        if valid <= 0:
-            break
+    for k, head, valid in head_windows(heads.heads, hidden.shape[1]):
         logits = head(hidden[:, :valid]).float()
         targets = batch[:, k + 2: k + 2 + valid]
         teacher = base_logits[:, k + 1: k + 1 + valid] if soft_targets else None
