@@ -145,11 +145,10 @@ def run(args: argparse.Namespace) -> int:
 def _random_model_demo(args: argparse.Namespace) -> int:
     from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
     from spec.models.placement import resolve_placement
-    # A random model accepts nothing a real drafter proposes; the testing helpers' oracle drafter (and the
-    # tiny model the tests use) show the mechanics without any shipped files. They are test fixtures, not
-    # library features, so the demo borrows them rather than the library growing them.
-    from spec.testing.drafters import OracleDrafter
-    from spec.testing.models import tiny_model
+    # A random model accepts nothing a real drafter proposes; the oracle drafter shows the mechanics
+    # without any shipped files.
+    from spec.drafters.oracle import OracleDrafter
+    from spec.models.tiny import tiny_model
     from spec.trees import tree_from_choices
 
     device, dtype = resolve_placement(args.device, args.dtype)

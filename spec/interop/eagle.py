@@ -21,8 +21,7 @@ import torch
 
 from spec.drafters import EagleDrafter
 from spec.errors import CheckpointError, IncompatibleDrafterError
-from spec.interop.medusa import _config, _first
-from spec.interop.tensors import read_tensors, write_safetensors
+from spec.interop.tensors import first_file, read_config, read_tensors, write_safetensors
 from spec.io.atomic import replace_directory
 
 
@@ -37,9 +36,9 @@ def _theirs(name: str) -> str:
 def import_eagle(directory: str | os.PathLike, model, max_depth: int = 5, candidates: str = "top_k") -> EagleDrafter:
     """An :class:`EagleDrafter` for ``model`` from published EAGLE-1 heads; mismatches are refused, naming them."""
     directory = Path(directory)
-    path = _first(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE weights file")
+    path = first_file(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE weights file")
     tensors = read_tensors(path)
-    config = _config(directory)
+    config = read_config(directory)
     embedding = tensors.pop("embed_tokens.weight", None)
     if embedding is not None and not torch.equal(embedding.to(model.get_input_embeddings().weight),
                                                  model.get_input_embeddings().weight):
@@ -103,9 +102,9 @@ def import_eagle3(directory: str | os.PathLike, model, max_depth: int = 5, layer
     from spec.errors import ConfigurationError
 
     directory = Path(directory)
-    path = _first(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE-3 weights file")
+    path = first_file(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE-3 weights file")
     tensors = read_tensors(path)
-    config = _config(directory)
+    config = read_config(directory)
     if "d2t" not in tensors or "t2d" not in tensors:
         raise CheckpointError(f"{path} has no d2t/t2d vocabulary maps; it is not EAGLE-3's layout.")
     d2t, t2d = tensors.pop("d2t").to(torch.long), tensors.pop("t2d").to(torch.bool)

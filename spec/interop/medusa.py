@@ -38,7 +38,7 @@ from spec.drafters import MedusaDrafter
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.medusa import MedusaHeads
 from spec.errors import CheckpointError, ConfigurationError, IncompatibleDrafterError
-from spec.interop.tensors import read_tensors, write_safetensors
+from spec.interop.tensors import first_file, read_config, read_tensors, write_safetensors
 from spec.io.atomic import replace_directory
 from spec.io.files import read_json
 from spec.models import hidden_size, lm_head, model_placement, output_vocab_size
@@ -115,23 +115,6 @@ def _assemble(blocks: dict, projections: dict, where: str, token_map: Optional[t
     return MedusaFile(blocks=out_blocks, projections=out_projections, token_map=token_map, lm_head=lm)
 
 
-def _config(directory: Path) -> dict:
-    path = directory / "config.json"
-    if not path.exists():
-        return {}
-    data = read_json(path, "heads config", CheckpointError, CheckpointError)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object.")
-    return data
-
-
-def _first(directory: Path, names: tuple[str, ...], what: str) -> Path:
-    for name in names:
-        if (directory / name).exists():
-            return directory / name
-    raise CheckpointError(f"{directory} has no {what} (looked for {', '.join(names)}).")
-
-
 def _model_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a (possibly sharded) Hugging Face model checkpoint."""
     index = directory / "model.safetensors.index.json"
@@ -144,7 +127,7 @@ def _model_weights(directory: Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             tensors.update(read_tensors(directory / Path(shard).name))
         return tensors
-    return read_tensors(_first(directory, ("model.safetensors", "pytorch_model.bin"), "model weights"))
+    return read_tensors(first_file(directory, ("model.safetensors", "pytorch_model.bin"), "model weights"))
 
 
 def detect_layout(directory: str | os.PathLike) -> str:
@@ -152,7 +135,7 @@ def detect_layout(directory: str | os.PathLike) -> str:
     directory = Path(directory)
     if any((directory / n).exists() for n in ("medusa_lm_head.safetensors", "medusa_lm_head.pt")):
         return "medusa"
-    config = _config(directory)
+    config = read_config(directory)
     if config.get("model_type") == "medusa" or "num_heads" in config and "truncated_vocab_size" in config:
         return "vllm-medusa"
     if "medusa_num_heads" in config:
@@ -168,7 +151,7 @@ def read_medusa(directory: str | os.PathLike, layout: str = "auto") -> MedusaFil
         raise CheckpointError(f"{directory} is not a directory of Medusa heads.")
     layout = detect_layout(directory) if layout == "auto" else layout
     if layout == "medusa":
-        path = _first(directory, ("medusa_lm_head.safetensors", "medusa_lm_head.pt"), "medusa_lm_head file")
+        path = first_file(directory, ("medusa_lm_head.safetensors", "medusa_lm_head.pt"), "medusa_lm_head file")
         return _heads_from_keys(read_tensors(path), str(path))
     if layout == "medusa2":
         tensors = _model_weights(directory)
@@ -184,8 +167,8 @@ def read_medusa(directory: str | os.PathLike, layout: str = "auto") -> MedusaFil
 
 
 def _read_vllm(directory: Path) -> MedusaFile:
-    config = _config(directory)
-    path = _first(directory, ("model.safetensors", "pytorch_model.bin"), "weights file")
+    config = read_config(directory)
+    path = first_file(directory, ("model.safetensors", "pytorch_model.bin"), "weights file")
     blocks: dict = {}
     projections: dict = {}
     token_map = None

@@ -20,7 +20,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from spec.errors import CheckpointError
 from spec.io.atomic import atomic_write_bytes
-from spec.io.files import PICKLE_SUFFIXES, read_bytes
+from spec.io.files import PICKLE_SUFFIXES, read_bytes, read_json
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -52,3 +52,22 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
     """Write ``tensors`` (contiguous CPU copies) to ``path`` as safetensors, atomically."""
     atomic_write_bytes(path, save_safetensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}))
+
+
+def read_config(directory: Path) -> dict:
+    """A published heads directory's ``config.json`` as a dict; {} when it has none."""
+    path = directory / "config.json"
+    if not path.exists():
+        return {}
+    data = read_json(path, "heads config", CheckpointError, CheckpointError)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object.")
+    return data
+
+
+def first_file(directory: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of ``names`` present in ``directory`` (layouts publish e.g. safetensors or a pickle)."""
+    for name in names:
+        if (directory / name).exists():
+            return directory / name
+    raise CheckpointError(f"{directory} has no {what} (looked for {', '.join(names)}).")
