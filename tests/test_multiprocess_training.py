@@ -66,7 +66,8 @@ def test_two_processes_reach_the_weights_of_one_with_the_same_global_batch(tmp_p
 
 def test_two_processes_killed_mid_run_resume_to_the_same_weights(tmp_path, one_process):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out, 2), cwd=HERE.parent, env=environment(), start_new_session=True)
+    proc = subprocess.Popen(command(out, 2), cwd=HERE.parent, start_new_session=True,
+                            env={**environment(), "TRAIN_TINY_PAUSE_AFTER_CHECKPOINT": "3"})
     deadline = time.time() + 240
     while time.time() < deadline:
         pointer = out / "latest"

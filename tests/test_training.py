@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -113,7 +114,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     subprocess.run(script + [str(uninterrupted), str(steps)], check=True, cwd=HERE.parent)
 
     interrupted = tmp_path / "killed"
-    proc = subprocess.Popen(script + [str(interrupted), str(steps)], cwd=HERE.parent)
+    proc = subprocess.Popen(script + [str(interrupted), str(steps)], cwd=HERE.parent,
+                            env={**os.environ, "TRAIN_TINY_PAUSE_AFTER_CHECKPOINT": "3"})
     deadline = time.time() + 120
     while time.time() < deadline:
         pointer = interrupted / "latest"

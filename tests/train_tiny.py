@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import torch
 
@@ -22,7 +23,11 @@ def run(out_dir: str, steps: int, checkpoint_every: int = 4) -> torch.nn.Module:
     drafter = MedusaDrafter.from_model(model, num_heads=2, num_layers=1, seed=0)
     config = TrainConfig(out_dir=out_dir, steps=steps, batch_size=4, lr=3e-3, warmup_steps=2,
                          checkpoint_every=checkpoint_every, eval_every=1000, log_every=1, progress=False)
-    train(MedusaObjective(model, drafter.heads), cyclic_blocks(64, 16, 96), config)
+    # A test that kills the run sets a pause after each checkpoint, so the kill lands between checkpoints
+    # however fast the machine is (the pause changes nothing the run computes).
+    pause = float(os.environ.get("TRAIN_TINY_PAUSE_AFTER_CHECKPOINT", "0"))
+    train(MedusaObjective(model, drafter.heads), cyclic_blocks(64, 16, 96), config,
+          on_checkpoint=(lambda step: time.sleep(pause)) if pause else None)
     return drafter.heads
 
 
