@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-HEAD_FORMATS = ("spec", "medusa", "medusa2", "vllm-medusa", "eagle")
+HEAD_FORMATS = ("spec", "medusa", "medusa2", "vllm-medusa", "eagle", "eagle3", "speculators")
+#: What --to writes (Medusa-2 full checkpoints are read only: they hold a whole fine-tuned model).
+TARGET_FORMATS = ("spec", "medusa", "vllm-medusa", "eagle", "eagle3", "speculators")
 
 
 def add_parser(sub) -> None:
     convert = sub.add_parser(
         "convert", help="convert draft heads between spec and published layouts; trees to engine settings",
-        description="Convert Medusa heads between spec's checkpoints and the published layouts (Medusa-1, "
-        "Medusa-2 full checkpoints, vLLM's Medusa) and EAGLE-1 heads, bound to the base model given; or print a tree as the "
-        "settings of Medusa, vLLM, SGLang or TensorRT-LLM. See docs/interop.md.")
+        description="Convert draft heads between spec's checkpoints and the published layouts (Medusa-1, "
+        "Medusa-2 full checkpoints, vLLM's Medusa, EAGLE-1, EAGLE-3 and the speculators format vLLM serves), bound "
+        "to the base model given; or print a tree as the settings of Medusa, vLLM, SGLang or TensorRT-LLM. See "
+        "docs/interop.md.")
     actions = convert.add_subparsers(dest="action", required=True)
     heads = actions.add_parser(
         "heads", help="heads from one layout to another, bound to --model",
@@ -25,10 +28,12 @@ def add_parser(sub) -> None:
     heads.add_argument("out", help="the directory to write (replaced as a whole)")
     heads.add_argument("--from", dest="source_format", choices=("auto",) + HEAD_FORMATS, default="auto",
                        help="the source layout (auto: told from its files)")
-    heads.add_argument("--to", dest="target_format", choices=("spec", "medusa", "vllm-medusa", "eagle"), default="spec",
+    heads.add_argument("--to", dest="target_format", choices=TARGET_FORMATS, default="spec",
                        help="the layout to write (spec: a spec checkpoint recording the model's fingerprint)")
     heads.add_argument("--model", default="spec-py-tiny", help="the base model: a shipped model's name or a "
                        "Hugging Face model directory")
+    heads.add_argument("--verifier", default=None, help="the base model's name or path recorded in a speculators "
+                       "config (speculators_config.verifier.name_or_path; default: --model's directory)")
     heads.set_defaults(func=_heads)
     tree = actions.add_parser(
         "tree", help="a tree as an engine's settings",
@@ -54,36 +59,63 @@ def _load_model(name_or_path: str):
 
 
 def _heads(args: argparse.Namespace) -> int:
-    from spec.drafters import EagleDrafter, MedusaDrafter
+    from spec.drafters import Eagle3Drafter, EagleDrafter, MedusaDrafter
     from spec.errors import CheckpointError, OptionError
-    from spec.interop import export_medusa, import_medusa
-    from spec.interop.eagle import export_eagle, import_eagle
+    from spec.interop import (
+        detect_head_format,
+        export_eagle,
+        export_eagle3,
+        export_medusa,
+        export_speculators,
+        import_eagle,
+        import_eagle3,
+        import_medusa,
+        import_speculators,
+    )
     from spec.io import check_writable_directory, read_json
     from spec.registry import DRAFTERS
 
     check_writable_directory(args.out, "output directory")
     model = _load_model(args.model)
-    if args.source_format == "spec":
+    source = args.source_format
+    if source == "auto":
+        detected = detect_head_format(args.source)
+        source = "auto" if detected == "medusa-auto" else detected
+    if source == "spec":
         kind = read_json(f"{args.source}/config.json", "heads config", CheckpointError, CheckpointError).get("drafter_type")
         if kind not in DRAFTERS:
             raise CheckpointError(f"{args.source} holds no spec drafter checkpoint (drafter_type {kind!r}).")
         drafter = DRAFTERS[kind].drafter.from_pretrained(args.source, model)
-    elif args.source_format == "eagle":
+    elif source == "eagle":
         drafter = import_eagle(args.source, model)
+    elif source == "eagle3":
+        drafter = import_eagle3(args.source, model)
+    elif source == "speculators":
+        drafter = import_speculators(args.source, model)
     else:
-        drafter = import_medusa(args.source, model, layout=args.source_format)
-    if args.target_format == "spec":
+        drafter = import_medusa(args.source, model, layout=source)
+    target = args.target_format
+    if target == "spec":
         drafter.save_pretrained(args.out)
-    elif args.target_format == "eagle":
-        if not isinstance(drafter, EagleDrafter):
+    elif target == "speculators":
+        if not isinstance(drafter, EagleDrafter):  # Eagle3Drafter is one too
+            raise OptionError(f"--to speculators writes EAGLE or EAGLE-3 heads; {args.source} holds "
+                              f"{drafter.drafter_type} heads.")
+        export_speculators(drafter, args.out, verifier=args.verifier)
+    elif target == "eagle3":
+        if not isinstance(drafter, Eagle3Drafter):
+            raise OptionError(f"--to eagle3 writes EAGLE-3 heads; {args.source} holds {drafter.drafter_type} heads.")
+        export_eagle3(drafter, args.out)
+    elif target == "eagle":
+        if not isinstance(drafter, EagleDrafter) or isinstance(drafter, Eagle3Drafter):
             raise OptionError(f"--to eagle writes EAGLE-1 heads; {args.source} holds {drafter.drafter_type} heads.")
         export_eagle(drafter, args.out)
     else:
         if not isinstance(drafter, MedusaDrafter):
-            raise OptionError(f"--to {args.target_format} writes Medusa heads; {args.source} holds "
+            raise OptionError(f"--to {target} writes Medusa heads; {args.source} holds "
                               f"{drafter.drafter_type} heads.")
-        export_medusa(drafter, args.out, layout=args.target_format)
-    print(f"wrote {drafter.drafter_type} heads as {args.target_format} to {args.out}")
+        export_medusa(drafter, args.out, layout=target)
+    print(f"wrote {drafter.drafter_type} heads as {target} to {args.out}")
     return 0
 
 
