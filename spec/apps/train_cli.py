@@ -23,7 +23,12 @@ def add_parser(sub) -> None:
                         help="a transformers model directory with its tokenizer")
     parser.add_argument("--data", required=True,
                         help="training text: a .txt/.py file, a .jsonl file with a 'text' field, or a directory of "
-                        "them; for --recipe self-distill these are prompts the model continues itself")
+                        "them; or conversations: .jsonl with 'messages' (role/content) or ShareGPT 'conversations' "
+                        "(from/value), rendered with the tokenizer's chat template, trained on the assistant's "
+                        "tokens only; for --recipe self-distill these are prompts the model continues itself")
+    parser.add_argument("--data-format", default="auto", choices=["auto", "text", "chat"],
+                        help="auto: conversations if the first .jsonl record has 'messages' or 'conversations', "
+                        "else text")
     parser.add_argument("--out", required=True, help="output directory: checkpoints, log.jsonl, plots, heads/")
     parser.add_argument("--recipe", default=None,
                         choices=sorted({r for entry in DRAFTERS.values() for r in entry.recipes}),
@@ -100,9 +105,11 @@ def check_arguments(args: argparse.Namespace) -> Path:
     if data.is_dir():
         if not any(p.suffix in DATA_SUFFIXES for p in data.rglob("*")):
             raise PathError(f"--data {data} holds no .txt, .py or .jsonl files; put the training text there.")
-    elif data.suffix not in DATA_SUFFIXES:
+    elif data.suffix not in DATA_SUFFIXES or (args.data_format == "chat" and data.suffix != ".jsonl"):
         raise OptionError(f"--data {data} is a {data.suffix or 'suffix-less'} file; give a .txt or .py file (read as "
-                          "text), a .jsonl file (a 'text' field per line), or a directory of them.")
+                          "text), a .jsonl file (a 'text' field, or 'messages'/'conversations' per line), or a "
+                          "directory of them" + ("; --data-format chat reads .jsonl only." if args.data_format == "chat"
+                                                 else "."))
     if args.mixed_precision == "fp16":
         import torch
 
@@ -121,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from spec.errors import ConfigurationError
     from spec.models import context_length
     from spec.registry import HeadOptions
-    from spec.training import TrainConfig, iter_texts, pack_blocks, train
-    from spec.training.distill import generate_own_blocks
+    from spec.training import (TokenBlocks, TrainConfig, conversation_blocks, is_conversation_data,
+                               iter_conversations, iter_texts, pack_blocks, train)
+    from spec.training.distill import generate_own_blocks, generate_own_conversations
     from spec.training.plots import plot_head_accuracy
 
     torch.manual_seed(args.seed)
@@ -132,10 +140,19 @@ def run(args: argparse.Namespace) -> int:
     entry = DRAFTERS[args.drafter]
     recipe = entry.recipes[args.recipe]
     block_size = args.block_size
-    if recipe.own_text:
+    chat = args.data_format == "chat" or (args.data_format == "auto" and is_conversation_data(args.data))
+    blocks: torch.Tensor | TokenBlocks
+    if recipe.own_text and chat:  # the model writes each conversation's first reply itself
+        blocks = generate_own_conversations(model.eval(), tokenizer, iter_conversations(args.data),
+                                            args.distill_tokens, block_size, seed=args.seed,
+                                            work_dir=Path(args.out) / "distill", progress=True)
+    elif recipe.own_text:
         prompts = pack_blocks(iter_texts(args.data), tokenizer, 15, context=context_length(model))
         blocks = generate_own_blocks(model.eval(), prompts, args.distill_tokens, seed=args.seed,
                                      work_dir=Path(args.out) / "distill", progress=True)
+    elif chat:
+        blocks = conversation_blocks(iter_conversations(args.data), tokenizer, block_size,
+                                     context=context_length(model))
     else:
         blocks = pack_blocks(iter_texts(args.data), tokenizer, block_size, context=context_length(model))
     heldout_count = max(1, int(blocks.shape[0] * args.heldout_fraction))
@@ -148,14 +165,18 @@ def run(args: argparse.Namespace) -> int:
         options["exit_layer"] = args.exit_layer
     drafter, objective = entry.build(model, args.recipe, HeadOptions(**options))
     if recipe.prepare is not None:  # e.g. EAGLE-3's draft vocabulary, by token frequency on the training split
-        recipe.prepare(drafter, train_blocks)
+        # On conversations, the frequencies of the tokens the drafter will be asked for: the assistant's.
+        recipe.prepare(drafter, [train_blocks.tokens[train_blocks.loss_mask]]
+                       if isinstance(train_blocks, TokenBlocks) else train_blocks)
     out = Path(args.out)
     config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,
                          grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,
                          checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
     start_metrics = objective.evaluate(objective.trainable(), heldout)
     result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume,
-                   run={"drafter": args.drafter, "recipe": args.recipe, "model": str(model_dir), **options})
+                   run={"drafter": args.drafter, "recipe": args.recipe, "model": str(model_dir), **options,
+                        # only for conversations, so a text run started before this option resumes unchanged
+                        **({"data_format": "chat"} if chat else {})})
     model.eval()
     drafter.save_pretrained(out / "heads")
     if recipe.trains_model:

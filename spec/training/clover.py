@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from spec.runtime import causal_pass
-from spec.training.objectives import PerHeadObjective, head_loss
+from spec.training.data import Blocks, split_batch
+from spec.training.objectives import HeadResult, PerHeadObjective, head_loss, window
 
 
 class CloverObjective(PerHeadObjective):
@@ -23,14 +24,15 @@ class CloverObjective(PerHeadObjective):
         self.drafter = drafter
         self.decay = decay
 
-    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+    def _per_head(self, module: nn.Module, batch: Blocks) -> list[HeadResult]:
+        tokens, mask = split_batch(batch)
         with torch.no_grad():
-            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
-            embeddings = self.drafter.embedding(batch)
+            out = self.model(input_ids=tokens[:, :-1], output_hidden_states=True)
+            embeddings = self.drafter.embedding(tokens)
         num_heads = len(module.heads)
-        valid = batch.shape[1] - 1 - num_heads  # positions t whose every head has a target
+        valid = tokens.shape[1] - 1 - num_heads  # positions t whose every head has a target
         if valid <= 0:
-            raise ValueError(f"Blocks of {batch.shape[1]} tokens are too short for {num_heads} Clover heads.")
+            raise ValueError(f"Blocks of {tokens.shape[1]} tokens are too short for {num_heads} Clover heads.")
         states = [causal_pass(self.model, module.augmenting_layer, out.hidden_states[-1], "Clover augmenting block")[:, :valid]]
         lm_head = self.drafter.lm_head
         results = []
@@ -40,6 +42,8 @@ class CloverObjective(PerHeadObjective):
             state = module.attention_decoder(query.flatten(0, 1), above.flatten(0, 1)).view_as(query)
             states.append(state)
             logits = lm_head(module.heads[d - 1](state)).float()
-            targets = batch[:, d + 1 : d + 1 + valid]
-            results.append((head_loss(logits, targets, out.logits[:, d : d + valid]), logits, targets))
+            targets = tokens[:, d + 1 : d + 1 + valid]
+            keep = window(mask, d + 1, valid)
+            results.append(HeadResult(head_loss(logits, targets, out.logits[:, d : d + valid], keep), logits, targets,
+                                      keep))
         return results

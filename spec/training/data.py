@@ -1,12 +1,14 @@
-"""Training text: read it, tokenise it, pack it into fixed-size blocks."""
+"""Training text: read it, tokenise it, pack it into fixed-size blocks (:class:`TokenBlocks` when only some
+tokens are targets, as in conversations; see :mod:`spec.training.chat`)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Union
 
+import attrs
 import torch
 
 from spec.errors import DataError
@@ -33,7 +35,10 @@ def iter_texts(source: TextSource, text_field: str = "text") -> Iterator[str]:
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{file}:{number} is not valid JSON ({exc.msg}).") from exc
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        raise DataError(f"{file}:{number} has no string field {text_field!r}.")
+                        chat = isinstance(record, dict) and ("messages" in record or "conversations" in record)
+                        raise DataError(f"{file}:{number} has no string field {text_field!r}" + (
+                            "; it is a conversation: read it with spec.training.chat (iter_conversations, "
+                            "conversation_blocks), which `spec train` does for such files." if chat else "."))
                     yield record[text_field]
             else:
                 yield _read(file)
@@ -73,3 +78,54 @@ def pack_blocks(texts: Iterable[str], tokenizer, block_size: int, context: int |
     count = (len(ids) - 1) // block_size
     starts = torch.arange(count) * block_size
     return stream[starts[:, None] + torch.arange(block_size + 1)[None, :]]
+
+
+def _token_rows(instance, attribute, value):
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.dtype != torch.long or value.shape[1] < 2:
+        raise DataError(f"TokenBlocks.tokens must be an int64 tensor [N, T + 1] with T >= 1, got "
+                        f"{getattr(value, 'dtype', type(value).__name__)} of shape {tuple(getattr(value, 'shape', ()))}.")
+
+
+def _mask_rows(instance, attribute, value):
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.shape != instance.tokens.shape:
+        raise DataError(f"TokenBlocks.loss_mask must be a bool tensor shaped like tokens {tuple(instance.tokens.shape)}, "
+                        f"got {getattr(value, 'dtype', type(value).__name__)} of shape "
+                        f"{tuple(getattr(value, 'shape', ()))}.")
+
+
+@attrs.frozen(eq=False)
+class TokenBlocks:
+    """Token blocks ``tokens`` ``[N, T + 1]`` and ``loss_mask`` (the same shape, bool): only a token marked True
+    is ever a target (of the model, a head at any depth, or a feature regression). Rows and slices give
+    ``TokenBlocks`` again, so the loop batches these exactly as it batches a plain ``[N, T + 1]`` tensor."""
+
+    tokens: torch.Tensor = attrs.field(validator=_token_rows)
+    loss_mask: torch.Tensor = attrs.field(validator=_mask_rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tokens.shape
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, rows) -> "TokenBlocks":
+        if isinstance(rows, int):  # keep the block dimension: a lone row is a batch of one
+            rows = slice(rows, rows + 1 if rows != -1 else None)
+        return TokenBlocks(self.tokens[rows], self.loss_mask[rows])
+
+    def to(self, device) -> "TokenBlocks":
+        return TokenBlocks(self.tokens.to(device), self.loss_mask.to(device))
+
+    def digest_bytes(self) -> bytes:
+        return self.tokens.contiguous().cpu().numpy().tobytes() + self.loss_mask.contiguous().cpu().numpy().tobytes()
+
+
+Blocks = Union[torch.Tensor, TokenBlocks]
+
+
+def split_batch(batch: Blocks) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(tokens [B, T + 1], loss_mask [B, T + 1] or None)``; None: every token is a target (plain text)."""
+    if isinstance(batch, TokenBlocks):
+        return batch.tokens, batch.loss_mask
+    return batch, None

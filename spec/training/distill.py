@@ -3,6 +3,11 @@
 The model continues a batch of prompts with its KV cache, one new token per forward pass over the batch
 (not the whole sequence again for every token). With ``work_dir`` each finished batch is saved, so a
 killed run resumes where it stopped and a finished one is read back instead of generated again.
+
+Conversations (:func:`generate_own_conversations`): the model writes the first assistant turn itself, given
+what precedes it (system and user messages, rendered with the chat template's generation prompt); its reply is
+cut after its first end-of-turn token and only the reply is a target. Later turns are dropped: the user's next
+message answered the original reply, not the model's.
 """
 
 from __future__ import annotations
@@ -11,17 +16,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache
 
-from spec.errors import ConfigurationError
+from spec.errors import ConfigurationError, DataError
 from spec.io import atomic_write_bytes
-from spec.models import cache_kwargs, model_device
+from spec.models import cache_kwargs, context_length, model_device
 from spec.protocols import SamplingParams
 from spec.sampling import processed_logits
+from spec.training.chat import ConversationError, Message, first_prompts, pad_id_of, sequence_blocks
+from spec.training.data import TokenBlocks
 
 
 @torch.no_grad()
@@ -97,3 +104,55 @@ def _work_dir(work_dir, prompts: torch.Tensor, new_tokens: int, temperature: flo
                                                       "temperature": temperature, "seed": seed,
                                                       "batch_size": batch_size}).encode())
     return path
+
+
+def generate_own_conversations(model, tokenizer, conversations: Iterable[Sequence[Message]], new_tokens: int,
+                               block_size: int, temperature: float = 1.0, seed: int = 0, batch_size: int = 16,
+                               work_dir: Optional[str | os.PathLike] = None, progress: bool = False,
+                               stop_token_ids: Optional[Sequence[int]] = None) -> TokenBlocks:
+    """Self-distillation for conversations: per conversation, the prompt before its first assistant turn
+    continued by at most ``new_tokens`` of the model's own tokens, cut after the first of ``stop_token_ids``
+    (default: the tokenizer's and the model's EOS); blocks of ``block_size`` with the loss mask on the reply.
+
+    Prompts of one length are batched together (the cached generator takes no padding); ``work_dir`` makes the
+    run resumable as in :func:`generate_own_blocks`.
+    """
+    prompts = first_prompts(list(conversations), tokenizer)
+    stops = set(stop_token_ids) if stop_token_ids is not None else _eos_ids(model, tokenizer)
+    if not stops:
+        raise ConfigurationError("Neither the tokenizer nor the model names an EOS token, so the model's replies "
+                                 "could not be cut at the end of its turn; pass stop_token_ids (e.g. the id of the "
+                                 "template's end-of-turn marker).")
+    context = context_length(model)
+    groups: dict[int, list[int]] = {}
+    for number, prompt in enumerate(prompts):
+        if not prompt:
+            raise ConversationError(f"conversation {number} renders to no prompt tokens before its first reply; "
+                                    "give it the user turn the reply answers.")
+        if context is not None and len(prompt) + new_tokens > context:
+            raise DataError(f"conversation {number}: its prompt ({len(prompt)} tokens) and {new_tokens} new tokens "
+                            f"exceed the model's context of {context}; lower the new tokens or drop the conversation.")
+        groups.setdefault(len(prompt), []).append(number)
+    replies: dict[int, list[int]] = {}
+    for length, members in sorted(groups.items()):
+        # Each length gets its own seed, so groups do not replay one another's draws.
+        rows = generate_own_blocks(model, torch.tensor([prompts[i] for i in members]), new_tokens, temperature,
+                                   seed=seed * 65_537 + length, batch_size=batch_size, work_dir=work_dir,
+                                   progress=progress)
+        for number, row in zip(members, rows[:, length:].tolist()):
+            cut = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+            replies[number] = row[:cut]
+    sequences = ((prompts[i] + replies[i], [False] * len(prompts[i]) + [True] * len(replies[i]))
+                 for i in range(len(prompts)))
+    return sequence_blocks(sequences, block_size, pad_id_of(tokenizer))
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                  getattr(getattr(model, "config", None), "eos_token_id", None)):
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, int):
+                ids.add(item)
+    return ids

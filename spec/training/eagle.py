@@ -16,6 +16,10 @@ predictions for further steps, as drafting a chain does: at step j the query at 
   (renormalised), on positions whose target argmax is a draft token, weighted ``decay ** j`` (0.8 in
   the paper's code).
 
+With a loss mask (conversations), index t of step j counts only where its token ``x_{t+j+2}`` is one to
+learn; EAGLE-1's feature target ``f_{t+1}`` is the state that predicts ``x_{t+2}``, so it follows the same
+mask.
+
 Evaluation (``evaluate``) unrolls both drafters ``max_depth`` steps on held-out blocks and reports each
 depth's top-1 / top-5 accuracy against the data's tokens, as the other drafters' objectives do.
 """
@@ -29,7 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from spec.runtime.draft_layer import attend, qkv, rotary_table
-from spec.training.objectives import PerHeadObjective
+from spec.training.data import Blocks, split_batch
+from spec.training.objectives import HeadResult, PerHeadObjective, masked_mean, window
 
 
 def target_outputs(model: nn.Module, batch: torch.Tensor, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,16 +97,18 @@ class _EagleFamilyObjective(PerHeadObjective):
         """Predictions ``[..., H]`` -> logits over the whole vocabulary ``[..., V]``."""
         raise NotImplementedError
 
-    def _per_head(self, module: nn.Module, batch: torch.Tensor):
-        """Per unrolled step (evaluation): (0, logits ``[B, valid, V]``, data tokens ``[B, valid]``)."""
-        features, _ = target_outputs(self.model, batch, self.layers)
+    def _per_head(self, module: nn.Module, batch: Blocks) -> list[HeadResult]:
+        """Per unrolled step (evaluation): (0, logits ``[B, valid, V]``, data tokens ``[B, valid]``, mask)."""
+        tokens, mask = split_batch(batch)
+        features, _ = target_outputs(self.model, tokens, self.layers)
         results = []
-        for j, predicted in enumerate(unroll(self.drafter, module, batch, features, self.drafter.max_depth)):
-            valid = batch.shape[1] - 2 - j  # index t predicts x_{t+j+2}
+        for j, predicted in enumerate(unroll(self.drafter, module, tokens, features, self.drafter.max_depth)):
+            valid = tokens.shape[1] - 2 - j  # index t predicts x_{t+j+2}
             if valid <= 0:
                 break
             logits = self.logits(module, predicted[:, :valid]).float()
-            results.append((torch.zeros(()), logits, batch[:, j + 2: j + 2 + valid]))
+            results.append(HeadResult(torch.zeros(()), logits, tokens[:, j + 2: j + 2 + valid],
+                                      window(mask, j + 2, valid)))
         return results
 
 
@@ -116,17 +123,23 @@ class EagleObjective(_EagleFamilyObjective):
     def logits(self, heads: nn.Module, predicted: torch.Tensor) -> torch.Tensor:
         return self.drafter.lm_head(predicted)
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        features, target_logits = target_outputs(self.model, batch, ())
-        predicted = unroll(self.drafter, module, batch, features, 1, self.noise)[0]
-        valid = batch.shape[1] - 2  # index t predicts f_{t+1} and x_{t+2}
+    def loss(self, module: nn.Module, batch: Blocks, step: int):
+        tokens, mask = split_batch(batch)
+        features, target_logits = target_outputs(self.model, tokens, ())
+        predicted = unroll(self.drafter, module, tokens, features, 1, self.noise)[0]
+        valid = tokens.shape[1] - 2  # index t predicts f_{t+1} and x_{t+2}
+        keep = window(mask, 2, valid)
         predicted = predicted[:, :valid]
-        regression = F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float())
+        if keep is None:  # the unmasked path stays the one plain-text runs (and the shipped heads) were trained with
+            regression = F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float())
+        else:
+            regression = masked_mean(F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float(),
+                                                      reduction="none").mean(-1), keep)
         logits = self.logits(module, predicted).float()
         teacher = target_logits[:, 1: 1 + valid].float().softmax(-1)
-        classification = -(teacher * logits.log_softmax(-1)).sum(-1).mean()
+        classification = masked_mean(-(teacher * logits.log_softmax(-1)).sum(-1), keep)
         total = regression + self.w_cls * classification
-        accuracy = float((logits.argmax(-1) == batch[:, 2: 2 + valid]).float().mean())
+        accuracy = float(masked_mean((logits.argmax(-1) == tokens[:, 2: 2 + valid]).float(), keep))
         return total, {"regression": float(regression.detach()), "classification": float(classification.detach()),
                        "acc1": accuracy}
 
@@ -141,24 +154,27 @@ class Eagle3Objective(_EagleFamilyObjective):
     def logits(self, heads: nn.Module, predicted: torch.Tensor) -> torch.Tensor:
         return self.drafter.draft_vocab.to_full(heads.logits(predicted))
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        features, target_logits = target_outputs(self.model, batch, self.layers)
+    def loss(self, module: nn.Module, batch: Blocks, step: int):
+        tokens, data_mask = split_batch(batch)
+        features, target_logits = target_outputs(self.model, tokens, self.layers)
         d2t = module.d2t
-        total = torch.zeros((), device=batch.device)
+        total = torch.zeros((), device=tokens.device)
         metrics = {}
-        for j, predicted in enumerate(unroll(self.drafter, module, batch, features, self.steps)):
-            valid = batch.shape[1] - 2 - j
+        for j, predicted in enumerate(unroll(self.drafter, module, tokens, features, self.steps)):
+            valid = tokens.shape[1] - 2 - j
             if valid <= 0:
                 break
             teacher_logits = target_logits[:, j + 1: j + 1 + valid].float()
+            keep = window(data_mask, j + 2, valid)
             # Positions whose target argmax the draft vocabulary cannot propose teach nothing useful.
-            mask = module.t2d[teacher_logits.argmax(-1)].float()
+            mask = module.t2d[teacher_logits.argmax(-1)]
+            mask = (mask if keep is None else mask & keep).float()
             teacher = teacher_logits[..., d2t].softmax(-1)
             logits = module.logits(predicted[:, :valid]).float()
             per_position = -(teacher * logits.log_softmax(-1)).sum(-1)
             loss = (per_position * mask).sum() / mask.sum().clamp(min=1.0)
             total = total + self.decay ** j * loss
             hits = d2t[logits.argmax(-1)] == teacher_logits.argmax(-1)
-            metrics[f"acc1_head{j}"] = float(hits.float().mean())
+            metrics[f"acc1_head{j}"] = float(masked_mean(hits.float(), keep))
         metrics["acc1"] = metrics.get("acc1_head0", 0.0)
         return total, metrics

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from spec.runtime import causal_pass
-from spec.training.objectives import PerHeadObjective, head_loss, head_windows
+from spec.training.data import Blocks, split_batch
+from spec.training.objectives import HeadResult, PerHeadObjective, head_loss, head_windows, window
 
 
 class HydraObjective(PerHeadObjective):
@@ -23,10 +24,11 @@ class HydraObjective(PerHeadObjective):
         self.teacher = teacher
         self.decay = decay
 
-    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+    def _per_head(self, module: nn.Module, batch: Blocks) -> list[HeadResult]:
+        tokens, mask = split_batch(batch)
         with torch.no_grad():
-            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
-            embeddings = self.drafter.embedding(batch)  # [B, T + 1, H], frozen
+            out = self.model(input_ids=tokens[:, :-1], output_hidden_states=True)
+            embeddings = self.drafter.embedding(tokens)  # [B, T + 1, H], frozen
         hidden = out.hidden_states[-1]
         if module.prefix_layer is not None:
             hidden = causal_pass(self.model, module.prefix_layer, hidden, "Hydra++ prefix layer")
@@ -34,7 +36,8 @@ class HydraObjective(PerHeadObjective):
         for k, head, valid in head_windows(module.heads, hidden.shape[1]):
             path = [embeddings[:, 1 + j : 1 + j + valid] for j in range(k + 1)]  # root .. x_k
             logits = head(torch.cat([hidden[:, :valid]] + path, dim=-1)).float()  # [B, valid, V]
-            targets = batch[:, k + 2 : k + 2 + valid]
+            targets = tokens[:, k + 2 : k + 2 + valid]
             teacher = out.logits[:, k + 1 : k + 1 + valid] if self.teacher else None
-            results.append((head_loss(logits, targets, teacher), logits, targets))
+            keep = window(mask, k + 2, valid)
+            results.append(HeadResult(head_loss(logits, targets, teacher, keep), logits, targets, keep))
         return results

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -22,9 +23,10 @@ import attrs
 import torch
 from torch import nn
 
-from spec.errors import CheckpointError, ConfigurationError, TrainingDivergedError
+from spec.errors import CheckpointError, ConfigurationError, TrainingDivergedError, UnsupportedError
 from spec.io import atomic_write_bytes
 from spec.training.checkpoint import latest_checkpoint, load_latest_intact, save_training_checkpoint
+from spec.training.data import Blocks, TokenBlocks
 
 
 class Objective(Protocol):
@@ -34,10 +36,10 @@ class Objective(Protocol):
     def param_groups(self, module: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups (e.g. a larger learning rate for heads)."""
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on ``batch`` ``[B, T + 1]`` token blocks, and metrics to log."""
+    def loss(self, module: nn.Module, batch: Blocks, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on ``batch`` ``[B, T + 1]`` token blocks (with their loss mask for TokenBlocks), and metrics to log."""
 
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor) -> dict[str, float]:
+    def evaluate(self, module: nn.Module, blocks: Blocks) -> dict[str, float]:
         """Held-out metrics on ``blocks``."""
 
 
@@ -122,16 +124,18 @@ class TrainResult:
     log_path: Path
 
 
-def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
-          eval_blocks: Optional[torch.Tensor] = None, resume: bool = True,
+def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
+          eval_blocks: Optional[Blocks] = None, resume: bool = True,
           on_checkpoint: Optional[Callable[[int], None]] = None, run: Optional[dict[str, Any]] = None) -> TrainResult:
-    """Train ``objective`` on ``train_blocks`` ``[N, T + 1]``; resumes from ``config.out_dir`` when it can.
+    """Train ``objective`` on ``train_blocks`` ``[N, T + 1]`` (a tensor, or :class:`TokenBlocks` whose loss mask
+    every objective honours); resumes from ``config.out_dir`` when it can.
 
     ``run``: what else defines the run (drafter, recipe, head options...), recorded in ``run.json`` with the
     settings and a digest of the data; resuming with any of them changed is refused, not mixed in.
     """
     from accelerate import Accelerator  # heavy import, only when training
 
+    _refuse_sharding()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -141,6 +145,7 @@ def train(objective: Objective, train_blocks: torch.Tensor, config: TrainConfig,
     # run several CPU processes (gloo) instead of silently one copy of the run per process.
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1,
                               cpu=not torch.cuda.is_available())
+    _refuse_sharding(str(accelerator.distributed_type))
     torch.manual_seed(config.seed)
     module = objective.trainable()
     optimizer = torch.optim.AdamW(objective.param_groups(module, config.lr), lr=config.lr,
@@ -255,9 +260,30 @@ def _average_gradients(accelerator, module: nn.Module) -> None:
         offset += grad.numel()
 
 
-def _run_identity(config: TrainConfig, blocks: torch.Tensor, run: Optional[dict[str, Any]]) -> dict[str, Any]:
+#: What `accelerate launch` sets for a DeepSpeed, FSDP or Megatron-LM config (accelerate's own names).
+SHARDING_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_MEGATRON_LM")
+
+
+def _refuse_sharding(distributed_type: str = "") -> None:
+    """Refuse DeepSpeed / FSDP / Megatron-LM before anything trains: they shard the model through
+    ``accelerator.prepare(model)`` and step through their own engine, and this loop does neither (it calls the
+    objectives' parts directly and all-reduces whole gradients itself), so under such a config every process
+    would silently hold and train the whole, unsharded module."""
+    chosen = [name for name in SHARDING_ENV if os.environ.get(name, "").lower() in ("1", "true", "yes", "y", "on")]
+    if any(kind in distributed_type.upper() for kind in ("DEEPSPEED", "FSDP", "MEGATRON")):
+        chosen.append(distributed_type)
+    if chosen:
+        raise UnsupportedError(
+            f"This accelerate config asks for sharded training ({', '.join(chosen)}), which spec's training loop "
+            "does not do: it never hands the module to accelerator.prepare, so nothing would be sharded. Use a "
+            "plain multi-GPU (DDP-style) config (`accelerate config`: multi-GPU, no DeepSpeed, no FSDP); a base "
+            "model that does not fit one device cannot be trained jointly (medusa2) yet.")
+
+
+def _run_identity(config: TrainConfig, blocks: Blocks, run: Optional[dict[str, Any]]) -> dict[str, Any]:
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
-    digest = hashlib.sha256(blocks.to(torch.long).contiguous().numpy().tobytes()).hexdigest()
+    data = blocks.digest_bytes() if isinstance(blocks, TokenBlocks) else blocks.to(torch.long).contiguous().numpy().tobytes()
+    digest = hashlib.sha256(data).hexdigest()
     return {"settings": settings, "data_sha256": digest, "data_blocks": list(blocks.shape), "run": run or {}}
 
 

@@ -1,13 +1,42 @@
-"""Training objectives (recipes) for the loop in spec.training.loop."""
+"""Training objectives (recipes) for the loop in spec.training.loop.
+
+Every objective takes a batch that is either a plain ``[B, T + 1]`` tensor (every token a target) or
+:class:`~spec.training.data.TokenBlocks` with a loss mask. The masking rule, the same for every objective:
+a prediction whose target is the token at index ``i`` of the block (the model's next token, head k's
+token ``t + k + 2``, an unrolled step's token, or the feature that predicts it) counts only where
+``loss_mask[i]`` is True; it is dropped from the loss, the metrics and the held-out accuracy otherwise.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from spec.training.data import Blocks, split_batch
+
+
+def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is True (0 where it is nowhere True); the plain mean without a mask.
+
+    Masked entries are never read (selected away, not multiplied by 0), so a NaN there cannot leak in.
+    """
+    if mask is None:
+        return values.float().mean()
+    return values[mask].float().sum() / mask.sum().clamp(min=1)
+
+
+class HeadResult(NamedTuple):
+    """One head's (or unrolled step's) predictions on a batch: ``loss``, ``logits`` ``[B, L, V]``, the data's
+    tokens ``targets`` ``[B, L]`` and ``mask`` ``[B, L]`` (None: every position counts)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    mask: Optional[torch.Tensor] = None
 
 
 class LanguageModelObjective:
@@ -26,22 +55,32 @@ class LanguageModelObjective:
         no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
-        logits = module(input_ids=batch[:, :-1]).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-        return loss, {}
+    def loss(self, module: nn.Module, batch: Blocks, step: int):
+        tokens, mask = split_batch(batch)
+        logits = module(input_ids=tokens[:, :-1]).logits
+        return lm_loss(logits, tokens, mask), {}
 
     @torch.no_grad()
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor) -> dict[str, float]:
+    def evaluate(self, module: nn.Module, blocks: Blocks) -> dict[str, float]:
         total, count = 0.0, 0
         device = next(module.parameters()).device
         for start in range(0, blocks.shape[0], self.eval_batch_size):
-            batch = blocks[start : start + self.eval_batch_size].to(device)
-            logits = module(input_ids=batch[:, :-1]).logits
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"))
-            count += batch[:, 1:].numel()
-        loss = total / count
+            tokens, mask = split_batch(blocks[start : start + self.eval_batch_size].to(device))
+            logits = module(input_ids=tokens[:, :-1]).logits
+            per_token = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+            keep = None if mask is None else mask[:, 1:].flatten()
+            total += float(per_token.sum() if keep is None else per_token[keep].sum())
+            count += per_token.numel() if keep is None else int(keep.sum())
+        loss = total / max(count, 1)
         return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits`` ``[B, T, V]`` against ``tokens[:, 1:]``, on masked targets only."""
+    if mask is None:
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    per_token = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    return masked_mean(per_token, mask[:, 1:].flatten())
 
 
 def shifted_head_targets(tokens: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,59 +115,82 @@ class FrozenBackboneObjective:
 
 
 class PerHeadObjective(FrozenBackboneObjective):
-    """Recipes whose ``_per_head(module, batch)`` returns, per head, (loss, logits ``[B, L, V]``, targets ``[B, L]``):
-    the loss is ``sum_k decay**k * loss_k``; evaluation reports each head's top-1 and top-k accuracy."""
+    """Recipes whose ``_per_head(module, batch)`` returns a :class:`HeadResult` per head: the loss is
+    ``sum_k decay**k * loss_k``; evaluation reports each head's top-1 and top-k accuracy."""
 
     decay: float = 1.0
 
-    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+    def _per_head(self, module: nn.Module, batch: Blocks) -> list[HeadResult]:
         raise NotImplementedError
 
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid position."""
-        return [(logits.flatten(0, 1), targets.flatten()) for _, logits, targets in self._per_head(module, batch)]
+    def head_predictions(self, module: nn.Module, batch: Blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head: logits ``[N, V]`` and the true tokens ``[N]`` at every valid, unmasked position."""
+        return [_kept(result) for result in self._per_head(module, batch)]
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+    def loss(self, module: nn.Module, batch: Blocks, step: int):
         return self.weighted(self._per_head(module, batch))
 
-    def weighted(self, results) -> tuple[torch.Tensor, dict[str, float]]:
-        """``sum_k decay**k * loss_k`` and each head's top-1 accuracy on the batch."""
-        total = sum(self.decay ** k * loss for k, (loss, _, _) in enumerate(results))
-        metrics = {f"acc1_head{k}": float((lg.argmax(-1) == tg).float().mean()) for k, (_, lg, tg) in enumerate(results)}
+    def weighted(self, results: list[HeadResult]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``sum_k decay**k * loss_k`` and each head's top-1 accuracy on the batch's unmasked positions."""
+        total = sum(self.decay ** k * r.loss for k, r in enumerate(results))
+        metrics = {f"acc1_head{k}": float(masked_mean((r.logits.argmax(-1) == r.targets).float(), r.mask))
+                   for k, r in enumerate(results)}
         metrics["acc1"] = metrics.get("acc1_head0", 0.0)
         return total, metrics
 
     @torch.no_grad()
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+    def evaluate(self, module: nn.Module, blocks: Blocks, top_k: int = 5) -> dict[str, float]:
         return head_accuracy(self._per_head, module, blocks, top_k)
 
 
+def _kept(result: HeadResult) -> tuple[torch.Tensor, torch.Tensor]:
+    if result.mask is None:
+        return result.logits.flatten(0, 1), result.targets.flatten()
+    return result.logits[result.mask], result.targets[result.mask]
+
+
 @torch.no_grad()
-def head_accuracy(per_head, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-    """Per-head top-1 and top-``top_k`` accuracy; ``per_head(module, batch)`` yields (loss, logits, targets)."""
+def head_accuracy(per_head, module: nn.Module, blocks: Blocks, top_k: int = 5) -> dict[str, float]:
+    """Per-head top-1 and top-``top_k`` accuracy on unmasked positions; ``per_head(module, batch)`` yields
+    :class:`HeadResult` s."""
     device = next(module.parameters()).device
     hits1: dict[int, float] = {}
     hitsk: dict[int, float] = {}
     counts: dict[int, int] = {}
     for start in range(0, blocks.shape[0], 16):
-        for k, (_, logits, targets) in enumerate(per_head(module, blocks[start : start + 16].to(device))):
+        for k, result in enumerate(per_head(module, blocks[start : start + 16].to(device))):
+            logits, targets = _kept(result)
             top = logits.topk(top_k, dim=-1).indices
             hits1[k] = hits1.get(k, 0.0) + float((top[..., 0] == targets).sum())
             hitsk[k] = hitsk.get(k, 0.0) + float((top == targets[..., None]).any(-1).sum())
             counts[k] = counts.get(k, 0) + targets.numel()
     metrics = {}
     for k in counts:
-        metrics[f"head{k}_top1"] = hits1[k] / counts[k]
-        metrics[f"head{k}_top{top_k}"] = hitsk[k] / counts[k]
+        metrics[f"head{k}_top1"] = hits1[k] / max(counts[k], 1)
+        metrics[f"head{k}_top{top_k}"] = hitsk[k] / max(counts[k], 1)
     return metrics
 
 
-def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None,
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean loss of ``logits`` ``[..., V]``: cross-entropy against the model's own distribution
-    (``teacher_logits``, soft targets) when given, else against the data's tokens ``targets`` ``[...]``."""
+    (``teacher_logits``, soft targets) when given, else against the data's tokens ``targets`` ``[...]``;
+    over the positions where ``mask`` ``[...]`` is True when given."""
+    if mask is None:  # the unmasked path stays the one plain-text runs (and the shipped heads) were trained with
+        if teacher_logits is not None:
+            return -(teacher_logits.float().softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+    logits, targets = logits[mask], targets[mask]
     if teacher_logits is not None:
-        return -(teacher_logits.float().softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+        per_position = -(teacher_logits[mask].float().softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    else:
+        per_position = F.cross_entropy(logits, targets, reduction="none")
+    return per_position.sum() / max(per_position.numel(), 1)
+
+
+def window(mask: Optional[torch.Tensor], start: int, length: int) -> Optional[torch.Tensor]:
+    """``mask[:, start : start + length]`` (the targets of a window of predictions), or None without a mask."""
+    return None if mask is None else mask[:, start: start + length]
 
 
 def head_windows(heads, length: int) -> Iterator[tuple[int, nn.Module, int]]:
@@ -141,20 +203,22 @@ def head_windows(heads, length: int) -> Iterator[tuple[int, nn.Module, int]]:
         yield k, head, valid
 
 
-def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: torch.Tensor, batch: torch.Tensor,
-                        soft_targets: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per Medusa head k: (loss, logits ``[B, valid, V]``, targets ``[B, valid]``).
+def medusa_head_results(heads: nn.Module, hidden: torch.Tensor, base_logits: torch.Tensor, tokens: torch.Tensor,
+                        soft_targets: bool, mask: Optional[torch.Tensor] = None) -> list[HeadResult]:
+    """Per Medusa head k: its :class:`HeadResult` (logits ``[B, valid, V]``, targets ``[B, valid]``).
 
-    ``hidden`` ``[B, T, H]`` and ``base_logits`` ``[B, T, V]`` are the model's over ``batch[:, :-1]``
-    (``batch`` is ``[B, T + 1]``). Head k at position t guesses token t + k + 2; with soft targets it
-    matches the model's own distribution for that token, which sits at position t + k + 1.
+    ``hidden`` ``[B, T, H]`` and ``base_logits`` ``[B, T, V]`` are the model's over ``tokens[:, :-1]``
+    (``tokens`` is ``[B, T + 1]``, ``mask`` its loss mask or None). Head k at position t guesses token
+    t + k + 2; with soft targets it matches the model's own distribution for that token, which sits at
+    position t + k + 1.
     """
     results = []
     for k, head, valid in head_windows(heads.heads, hidden.shape[1]):
         logits = head(hidden[:, :valid]).float()
-        targets = batch[:, k + 2: k + 2 + valid]
+        targets = tokens[:, k + 2: k + 2 + valid]
         teacher = base_logits[:, k + 1: k + 1 + valid] if soft_targets else None
-        results.append((head_loss(logits, targets, teacher), logits, targets))
+        keep = window(mask, k + 2, valid)
+        results.append(HeadResult(head_loss(logits, targets, teacher, keep), logits, targets, keep))
     return results
 
 
@@ -172,10 +236,11 @@ class MedusaObjective(PerHeadObjective):
         self.decay = decay
         self.soft_targets = soft_targets
 
-    def _per_head(self, module: nn.Module, batch: torch.Tensor):
+    def _per_head(self, module: nn.Module, batch: Blocks) -> list[HeadResult]:
+        tokens, mask = split_batch(batch)
         with torch.no_grad():
-            out = self.model(input_ids=batch[:, :-1], output_hidden_states=True)
-        return medusa_head_results(module, out.hidden_states[-1], out.logits, batch, self.soft_targets)
+            out = self.model(input_ids=tokens[:, :-1], output_hidden_states=True)
+        return medusa_head_results(module, out.hidden_states[-1], out.logits, tokens, self.soft_targets, mask)
 
 
 class Medusa2Objective(MedusaObjective):
@@ -209,23 +274,24 @@ class Medusa2Objective(MedusaObjective):
         heads = [p for p in module["heads"].parameters() if p.requires_grad]
         return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * self.head_lr_multiplier}]
 
-    def loss(self, module: nn.Module, batch: torch.Tensor, step: int):
+    def loss(self, module: nn.Module, batch: Blocks, step: int):
         warming_up = step < self.head_warmup_steps
-        out = module["backbone"](input_ids=batch[:, :-1], output_hidden_states=True)
+        tokens, mask = split_batch(batch)
+        out = module["backbone"](input_ids=tokens[:, :-1], output_hidden_states=True)
         hidden = out.hidden_states[-1]
-        results = medusa_head_results(module["heads"], hidden.detach() if warming_up else hidden, out.logits, batch,
-                                      soft_targets=False)
+        results = medusa_head_results(module["heads"], hidden.detach() if warming_up else hidden, out.logits, tokens,
+                                      soft_targets=False, mask=mask)
         total, metrics = self.weighted(results)
-        lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        lm = lm_loss(out.logits, tokens, mask)
         if not warming_up:
-            total = total + self.lm_weight * lm_loss
-        return total, {**metrics, "lm_loss": float(lm_loss.detach())}
+            total = total + self.lm_weight * lm
+        return total, {**metrics, "lm_loss": float(lm.detach())}
 
-    def head_predictions(self, module: nn.Module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def head_predictions(self, module: nn.Module, batch: Blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return super().head_predictions(module["heads"], batch)
 
     @torch.no_grad()
-    def evaluate(self, module: nn.Module, blocks: torch.Tensor, top_k: int = 5) -> dict[str, float]:
+    def evaluate(self, module: nn.Module, blocks: Blocks, top_k: int = 5) -> dict[str, float]:
         heads_metrics = super().evaluate(module["heads"], blocks, top_k)
         lm_metrics = LanguageModelObjective(module["backbone"]).evaluate(module["backbone"], blocks)
         return {**heads_metrics, **lm_metrics}
