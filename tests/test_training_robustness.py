@@ -142,6 +142,16 @@ def test_fp16_on_the_cpu_is_refused_not_silently_ignored(tmp_path):
         train(objective(), blocks(), config(tmp_path, mixed_precision="fp16"))
 
 
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_a_sharded_accelerate_config_is_refused_not_silently_unsharded(tmp_path, monkeypatch, variable):
+    from spec.errors import UnsupportedError
+
+    monkeypatch.setenv(variable, "true")  # what `accelerate launch` sets for a DeepSpeed or FSDP config
+    with pytest.raises(UnsupportedError, match="sharded training.*no DeepSpeed, no FSDP"):
+        train(objective(), blocks(), config(tmp_path))
+    assert not (tmp_path / "run.json").exists()
+
+
 def test_training_text_that_is_not_utf8_is_refused_not_replaced(tmp_path):
     path = tmp_path / "data.txt"
     path.write_bytes("def f():\n    return 'caf".encode() + b"\xe9'\n")  # latin-1, not UTF-8
