@@ -253,6 +253,19 @@ def test_layer_ids_carry_over_sorted_and_the_last_layers_output_is_refused(tmp_p
     assert import_eagle3(tmp_path / "safeailab", target()).heads.layers == (1, 2, 3)
 
 
+def test_sglang_output_convention_ids_are_shifted_by_one(tmp_path):
+    # SGLang/SpecForge configs count layer outputs: id k is the stream after k + 1 layers.
+    drafter = eagle3(layers=(1, 2, 3))
+    export_eagle3(drafter, tmp_path / "sglang", id_convention="output")
+    assert json.loads((tmp_path / "sglang" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [0, 1, 2]
+    assert import_eagle3(tmp_path / "sglang", target(), id_convention="output").heads.layers == (1, 2, 3)
+    assert import_eagle3(tmp_path / "sglang", target()).heads.layers == (0, 1, 2)  # read as boundaries: other layers
+    with pytest.raises(UnsupportedError, match="no layer's output"):
+        export_eagle3(eagle3(layers=(0, 1, 2)), tmp_path / "embeddings", id_convention="output")
+    with pytest.raises(UnsupportedError, match="before its final norm"):  # output of the last layer: id L after +1
+        import_eagle3(export_eagle3(drafter, tmp_path / "b"), target(), id_convention="output")
+
+
 def test_a_drafter_fusing_one_layer_twice_cannot_be_exported(tmp_path):
     m = model("llama", num_layers=2)
     drafter = Eagle3Drafter.from_model(m, max_depth=2)  # (0, 1, 1): two layers cannot give three

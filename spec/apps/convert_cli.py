@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
                        "Hugging Face model directory")
     heads.add_argument("--verifier", default=None, help="the base model's name or path recorded in a speculators "
                        "config (speculators_config.verifier.name_or_path; default: --model's directory)")
+    heads.add_argument("--layer-ids", dest="id_convention", choices=("boundary", "output"), default="boundary",
+                       help="how an EAGLE-3 config (--from/--to eagle3) counts its aux layer ids: boundary (k: the "
+                       "stream after k layers; vLLM, speculators) or output (k: layer k's output; SGLang/SpecForge)")
     heads.set_defaults(func=_heads)
     tree = actions.add_parser(
         "tree", help="a tree as an engine's settings",
@@ -89,7 +92,7 @@ def _heads(args: argparse.Namespace) -> int:
     elif source == "eagle":
         drafter = import_eagle(args.source, model)
     elif source == "eagle3":
-        drafter = import_eagle3(args.source, model)
+        drafter = import_eagle3(args.source, model, id_convention=args.id_convention)
     elif source == "speculators":
         drafter = import_speculators(args.source, model)
     else:
@@ -105,7 +108,7 @@ def _heads(args: argparse.Namespace) -> int:
     elif target == "eagle3":
         if not isinstance(drafter, Eagle3Drafter):
             raise OptionError(f"--to eagle3 writes EAGLE-3 heads; {args.source} holds {drafter.drafter_type} heads.")
-        export_eagle3(drafter, args.out)
+        export_eagle3(drafter, args.out, id_convention=args.id_convention)
     elif target == "eagle":
         if not isinstance(drafter, EagleDrafter) or isinstance(drafter, Eagle3Drafter):
             raise OptionError(f"--to eagle writes EAGLE-1 heads; {args.source} holds {drafter.drafter_type} heads.")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from spec.drafters import EagleDrafter
-from spec.errors import CheckpointError, IncompatibleDrafterError
+from spec.errors import CheckpointError, ConfigurationError, IncompatibleDrafterError
 from spec.interop.tensors import first_file, read_config, read_tensors, write_safetensors
 from spec.io.atomic import replace_directory
 
@@ -92,7 +92,19 @@ def _eagle3_theirs(name: str) -> str:
     return "midlayer." + name[len("layer."):] if name.startswith("layer.") else name
 
 
-def layers_from_engine_ids(ids, model, where: str) -> tuple[int, ...]:
+#: How a config's aux layer ids count. "boundary": id k is the stream after k layers, entering layer k (vLLM,
+#: speculators, EAGLE-3's own default tuple, spec's layers:k). "output": id k is decoder layer k's output, i.e.
+#: the stream after k + 1 layers (SGLang adds 1 to explicit ids, so SpecForge-trained configs write them so).
+ID_CONVENTIONS = ("boundary", "output")
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in ID_CONVENTIONS:
+        raise ConfigurationError(f"The aux layer id convention must be one of {', '.join(ID_CONVENTIONS)}, got "
+                                 f"{convention!r}.")
+
+
+def layers_from_engine_ids(ids, model, where: str, convention: str = "boundary") -> tuple[int, ...]:
     """EAGLE-3's ``eagle_aux_hidden_state_layer_ids`` (as SafeAILab's code, vLLM, SGLang and speculators use them)
     as spec's layer counts, in the order the fused features are concatenated.
 
@@ -102,10 +114,12 @@ def layers_from_engine_ids(ids, model, where: str) -> tuple[int, ...]:
     so ``fc``'s column blocks follow the ids in ascending order whatever order the list is written in, while
     spec concatenates in its list's order; the ids are therefore sorted. vLLM and speculators also accept id
     ``L`` (the last layer's output before the final norm), which spec's verifiers do not report: refused.
+    ``convention="output"`` reads ids written for SGLang, which count layer outputs (``k`` -> ``k + 1``).
     """
     from spec.errors import UnsupportedError
     from spec.runtime.features import num_layers
 
+    _check_convention(convention)
     if not isinstance(ids, (list, tuple)) or not ids or not all(
             isinstance(k, int) and not isinstance(k, bool) for k in ids):
         raise CheckpointError(f"{where}: eagle_aux_hidden_state_layer_ids must be a non-empty list of whole "
@@ -113,6 +127,8 @@ def layers_from_engine_ids(ids, model, where: str) -> tuple[int, ...]:
     if len(set(ids)) != len(ids):
         raise CheckpointError(f"{where}: eagle_aux_hidden_state_layer_ids {list(ids)} repeats a layer; the engines "
                               "capture each layer once, so the file and its fc disagree.")
+    if convention == "output":
+        ids = [k + 1 for k in ids]
     count = num_layers(model)
     if count in ids:
         raise UnsupportedError(
@@ -126,7 +142,8 @@ def layers_from_engine_ids(ids, model, where: str) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def engine_layer_ids(heads, where: str = "This EAGLE-3 drafter") -> tuple[list[int], torch.Tensor]:
+def engine_layer_ids(heads, where: str = "This EAGLE-3 drafter",
+                     convention: str = "boundary") -> tuple[list[int], torch.Tensor]:
     """``(ids, fc.weight)`` as the engines read them: the layers ascending and fc's column blocks permuted to
     match (the inverse of :func:`layers_from_engine_ids`). A layer fused twice cannot be written: the engines
     capture each layer once, so their fc would be narrower than the file's."""
@@ -137,11 +154,16 @@ def engine_layer_ids(heads, where: str = "This EAGLE-3 drafter") -> tuple[list[i
         raise UnsupportedError(
             f"{where} fuses layers {layers}, one of them twice; EAGLE-3's engines capture each layer once and "
             "could not feed it. Train heads on distinct layers (a model of at least 3 layers).")
+    _check_convention(convention)
+    if convention == "output" and 0 in layers:
+        raise UnsupportedError(f"{where} reads the embeddings (layer count 0), which is no layer's output; write "
+                               "its ids in the boundary convention.")
     order = sorted(range(len(layers)), key=layers.__getitem__)
     hidden = heads.hidden
     weight = heads.fc.weight.detach()
     blocks = [weight[:, j * hidden:(j + 1) * hidden] for j in order]
-    return [layers[j] for j in order], torch.cat(blocks, dim=1)
+    shift = 1 if convention == "output" else 0
+    return [layers[j] - shift for j in order], torch.cat(blocks, dim=1)
 
 
 def eagle3_from_state(state: dict[str, torch.Tensor], d2t: torch.Tensor, t2d: torch.Tensor, layers, model,
@@ -151,7 +173,6 @@ def eagle3_from_state(state: dict[str, torch.Tensor], d2t: torch.Tensor, t2d: to
     SafeAILab and speculators layouts, which differ in names only."""
     from spec.drafters import Eagle3Drafter
     from spec.drafters.draft_vocab import DraftVocabulary
-    from spec.errors import ConfigurationError
 
     d2t, t2d = d2t.to(torch.long), t2d.to(torch.bool)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -190,15 +211,16 @@ def check_embedding(tensors: dict[str, torch.Tensor], name: str, model, where: s
 
 
 def import_eagle3(directory: str | os.PathLike, model, max_depth: int = 5, layers=None,
-                  candidates: str = "top_k"):
+                  candidates: str = "top_k", id_convention: str = "boundary"):
     """An :class:`Eagle3Drafter` for ``model`` from published EAGLE-3 heads.
 
     ``layers``: the target layers the heads fuse, in spec's convention and fc's column order; default the
     config's ``eagle_aux_hidden_state_layer_ids`` (top level, as vLLM reads it, or under ``eagle_config``, as
     EAGLE-3's own configs put it) through :func:`layers_from_engine_ids`, else
     :func:`spec.drafters.eagle3.default_layers`, which is the engines' default ``(2, L // 2, L - 3)`` wherever
-    that names three distinct layers. ``d2t``/``t2d`` must describe one injection of the draft vocabulary
-    into the model's; anything else is refused.
+    that names three distinct layers. ``id_convention``: how the config counts (:data:`ID_CONVENTIONS`; "output"
+    for heads trained with SGLang/SpecForge, whose ids count layer outputs). ``d2t``/``t2d`` must describe one
+    injection of the draft vocabulary into the model's; anything else is refused.
     """
     directory = Path(directory)
     path = first_file(directory, ("model.safetensors", "pytorch_model.bin"), "EAGLE-3 weights file")
@@ -212,7 +234,7 @@ def import_eagle3(directory: str | os.PathLike, model, max_depth: int = 5, layer
         nested = config.get("eagle_config") if isinstance(config.get("eagle_config"), dict) else {}
         ids = config.get("eagle_aux_hidden_state_layer_ids") or nested.get("eagle_aux_hidden_state_layer_ids")
         if ids is not None:
-            layers = layers_from_engine_ids(ids, model, f"{directory}/config.json")
+            layers = layers_from_engine_ids(ids, model, f"{directory}/config.json", id_convention)
     ours = {}
     for name, tensor in tensors.items():
         if name == "midlayer.hidden_norm.weight":
@@ -224,14 +246,15 @@ def import_eagle3(directory: str | os.PathLike, model, max_depth: int = 5, layer
     return eagle3_from_state(ours, d2t, t2d, layers, model, str(path), _eagle3_theirs, max_depth, candidates)
 
 
-def export_eagle3(drafter, directory: str | os.PathLike) -> Path:
+def export_eagle3(drafter, directory: str | os.PathLike, id_convention: str = "boundary") -> Path:
     """Write an :class:`Eagle3Drafter`'s heads in EAGLE-3's layout (``config.json`` + ``model.safetensors``).
 
     The layers go out ascending with fc's columns permuted to match (:func:`engine_layer_ids`), and in both
-    places engines look for them: top-level ``eagle_aux_hidden_state_layer_ids`` (vLLM) and ``eagle_config``.
+    places engines look for them: top-level ``eagle_aux_hidden_state_layer_ids`` (vLLM) and ``eagle_config``;
+    ``id_convention="output"`` writes them for SGLang (each one less, as it adds 1 back).
     """
     heads = drafter.heads
-    ids, fc = engine_layer_ids(heads)
+    ids, fc = engine_layer_ids(heads, convention=id_convention)
     tensors = {_eagle3_theirs(k): v for k, v in heads.state_dict().items()}
     tensors["fc.weight"] = fc
     tensors.update(vocabulary_maps(heads))
