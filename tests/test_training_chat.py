@@ -259,12 +259,14 @@ def chat_model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("recipe", ["medusa1", "self-distill"])
-def test_spec_train_sniffs_conversation_data(chat_model_dir, tmp_path, recipe):
+@pytest.mark.parametrize("drafter, recipe", [("medusa", "medusa1"), ("medusa", "self-distill"), ("eagle3", "eagle3")])
+def test_spec_train_sniffs_conversation_data(chat_model_dir, tmp_path, drafter, recipe):
+    """Conversation .jsonl is read as such without an option; EAGLE-3's draft vocabulary comes from its
+    assistant tokens."""
     from spec.apps.cli import main
 
     out = tmp_path / recipe
-    code = main(["train", "--drafter", "medusa", "--recipe", recipe, "--model", str(chat_model_dir),
+    code = main(["train", "--drafter", drafter, "--recipe", recipe, "--model", str(chat_model_dir),
                  "--data", str(chat_model_dir / "chat.jsonl"), "--out", str(out), "--steps", "2",
                  "--batch-size", "2", "--block-size", "24", "--num-heads", "2", "--eval-every", "2",
                  "--distill-tokens", "6", "--heldout-fraction", "0.2"])
@@ -272,3 +274,12 @@ def test_spec_train_sniffs_conversation_data(chat_model_dir, tmp_path, recipe):
     run = json.loads((out / "run.json").read_text())
     assert run["run"]["data_format"] == "chat"
     assert (out / "heads" / "model.safetensors").exists() and (out / "acceptance_stats.json").exists()
+
+
+def test_spec_train_data_format_chat_reads_jsonl_only(chat_model_dir, tmp_path, capsys):
+    from spec.apps.cli import main
+
+    (tmp_path / "notes.txt").write_text("w1 w2")
+    code = main(["train", "--drafter", "medusa", "--model", str(chat_model_dir), "--data", str(tmp_path / "notes.txt"),
+                 "--data-format", "chat", "--out", str(tmp_path / "out")])
+    assert code == 2 and "--data-format chat reads .jsonl only" in capsys.readouterr().err

@@ -167,7 +167,7 @@ def render_conversation(tokenizer, messages: Sequence[Message], where: str = "a 
             raise ChatTemplateError(
                 f"{where}: the chat template does not render the first {i} message(s) (with the generation prompt) "
                 f"and the first {i + 1} as token prefixes of the whole conversation, so the assistant's tokens in "
-                "turn " f"{i} cannot be located. Use a template that renders each turn the same whatever follows it "
+                f"turn {i} cannot be located. Use a template that renders each turn the same whatever follows it "
                 "(templates that rewrite earlier turns, e.g. drop past reasoning, do not), or train on plain text.")
         mask[len(before): len(through)] = [True] * (len(through) - len(before))
     return ids, mask
