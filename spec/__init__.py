@@ -34,7 +34,7 @@ from spec.protocols import (
     Verification,
     Verifier,
 )
-from spec.trees import StaticTreeBuilder, chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.trees import CostAwareTreeBuilder, DynamicTreeBuilder, StaticTreeBuilder, chain_tree, full_tree, tree_from_choices, tree_to_choices
 from spec.verifiers import FastTreeVerifier, SelfDraftVerifier, TreeAttentionVerifier, make_verifier
 
 __version__ = "0.1.0"
@@ -66,6 +66,8 @@ __all__ = [
     "FastTreeVerifier",
     "SpeculativeDecoder",
     "StaticTreeBuilder",
+    "CostAwareTreeBuilder",
+    "DynamicTreeBuilder",
     "StepStats",
     "TraversalVerificationAcceptor",
     "TreeAttentionVerifier",

@@ -15,6 +15,7 @@ one injection by :meth:`DraftVocabulary.from_maps`.
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, Sequence
 
 import attrs
@@ -114,16 +115,20 @@ class DraftVocabulary:
     def weights(self, linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The projections' rows for the draft tokens, stacked: ``[L, K, H]`` and bias ``[L, K]`` (or None).
 
-        Cached until any of the weights changes (training updates them in place)."""
-        key = tuple((id(lin.weight), lin.weight._version, lin.weight.device) for lin in linears)
+        Cached per set of projections (Hydra slices one head's at a time, Medusa all heads' at once) until
+        any of their weights changes: training updates them in place, which bumps ``_version``."""
+        key = tuple(id(lin.weight) for lin in linears)
+        stamp = tuple((lin.weight._version, lin.weight.device, lin.weight.dtype) for lin in linears)
         cached = self._sliced.get(key)
-        if cached is None:
+        # An id can be reused by a new module once the old one is freed: the weak references tell them apart.
+        if cached is None or cached[0] != stamp or any(ref() is not lin.weight for ref, lin in zip(cached[3], linears)):
             ids = self.token_ids.to(linears[0].weight.device)
             weight = torch.stack([lin.weight.detach()[ids] for lin in linears])
             bias = None if linears[0].bias is None else torch.stack([lin.bias.detach()[ids] for lin in linears])
-            self._sliced.clear()  # one live entry: the heads' current weights
-            cached = self._sliced[key] = (weight, bias)
-        return cached
+            if len(self._sliced) > 64:  # drafters come and go; keep the cache bounded
+                self._sliced.clear()
+            cached = self._sliced[key] = (stamp, weight, bias, [weakref.ref(lin.weight) for lin in linears])
+        return cached[1], cached[2]
 
     def project(self, linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
         """Logits over the draft tokens: ``x`` ``[L, N, H]`` through projection ``l`` for row ``l`` -> ``[L, N, K]``."""

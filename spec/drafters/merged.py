@@ -4,9 +4,15 @@ Every source proposes on the step's tree; their paths are merged into one trie (
 two sources agree on is one node). Each node is scored by the estimated probability
 that the verifier accepts it: the product, down its path, of its source's measured
 acceptance rate at that depth and rank. The ``budget`` best nodes (the tree's size) are
-kept. Rates are measured online from what each step commits: at every depth the
-accepted parent had children from some sources, and the one whose candidate was
-accepted scores a success (Beta(1, 1) prior). So on code that repeats itself the
+kept. Rates are measured online from what the target went on to produce: at the next
+step the context holds the accepted tokens and the bonus token, so at every depth down
+that path (one deeper than accepted) each source's candidates are scored, the one that
+matches the target's token a success (Beta(1, 1) prior). Judging against the target's
+own tokens rather than the verified tree keeps the rates honest when a tree builder
+prunes nodes before verification (``CostAwareTreeBuilder``): a pruned node that would
+have been right still counts as right. The scores are therefore calibrated estimates of
+each node's acceptance probability, which is what a cost-aware builder needs; wrapping a
+single drafter (``MergedDrafter({"medusa": medusa})``) calibrates it. So on code that repeats itself the
 n-gram source's long chains win the budget, and where it finds nothing the heads cover
 the tree.
 
@@ -51,7 +57,8 @@ class MergedDrafter:
         # successes and opportunities per (source, depth, rank)
         self._hits: dict[tuple[int, int, int], float] = {}
         self._tries: dict[tuple[int, int, int], float] = {}
-        self._last: Optional[tuple[TokenTrie, list[dict[int, int]], set[int]]] = None
+        # The last draft's trie, each source's rank at each trie node, and the root's position.
+        self._last: Optional[tuple[TokenTrie, list[dict[int, int]], int]] = None
 
     @property
     def max_depth(self) -> int:
@@ -74,6 +81,7 @@ class MergedDrafter:
 
     def propose(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
                 generator: Optional[torch.Generator] = None) -> Draft:
+        self._score_last(context.tokens)
         trie = TokenTrie()
         # trie node -> the source's rank there, per source
         ranks: list[dict[int, int]] = [{} for _ in self._names]
@@ -88,32 +96,36 @@ class MergedDrafter:
                 score[node] = score[parent] + math.log(self.acceptance_rate(i, sub.depth_list[node], sub.ranks[node]))
                 in_trie[node] = trie.add_child(in_trie[parent], tokens[node], score[node])
                 ranks[i][in_trie[node]] = sub.ranks[node]
-        merged, order = trie.to_draft(context.root_token, tree.num_nodes - 1, tree.max_depth, context.tokens.device)
-        self._last = (trie, ranks, set(order))
+        merged, _ = trie.to_draft(context.root_token, tree.num_nodes - 1, tree.max_depth, context.tokens.device)
+        self._last = (trie, ranks, context.position)
         return merged
 
     def commit(self, tokens: torch.Tensor, hidden_states: torch.Tensor) -> None:
         for source in self.sources.values():
             source.commit(tokens, hidden_states)
-        if self._last is None or tokens.shape[0] == 0:
+
+    def _score_last(self, sequence: torch.Tensor) -> None:
+        """Score the last draft against what followed its root in ``sequence`` (accepted tokens, then the bonus)."""
+        if self._last is None:
             return
-        trie, ranks, verified = self._last
+        trie, ranks, root = self._last
         self._last = None
-        accepted = tokens.tolist()[1:]  # the root first, then the accepted candidates
-        node, depth = 0, 1
-        while True:
-            # Only nodes that went to the verifier were opportunities; those cut by the budget were not.
-            children = [c for c in trie.children[node].values() if c in verified]
+        if sequence.shape[0] <= root + 1:
+            return  # not a continuation of the last draft's sequence
+        produced = sequence[root + 1: root + 1 + trie.max_depth()].tolist()
+        node = 0
+        for depth, token in enumerate(produced, start=1):
+            children = trie.children[node]
             if not children:
                 return
-            taken = trie.children[node].get(accepted[depth - 1]) if depth <= len(accepted) else None
+            taken = children.get(token)
             for i, source_ranks in enumerate(ranks):
-                for child in children:
+                for child in children.values():
                     if child in source_ranks:
                         key = (i, depth, min(source_ranks[child], MAX_RANK))
                         self._tries[key] = self._tries.get(key, 0.0) + 1.0
                         if child == taken:
                             self._hits[key] = self._hits.get(key, 0.0) + 1.0
-            if taken is None or taken not in verified:
+            if taken is None:
                 return
-            node, depth = taken, depth + 1
+            node = taken

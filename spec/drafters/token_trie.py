@@ -30,6 +30,9 @@ class TokenTrie:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def max_depth(self) -> int:
+        return max(self.depths)
+
     def add_child(self, parent: int, token: int, score: float) -> int:
         """The node for ``token`` below ``parent`` with path score ``score``, created if new; a node
         proposed twice keeps its best score."""

@@ -2,6 +2,7 @@
 
 from spec.protocols.tree import CandidateTree
 from spec.trees.choices import chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.trees.cost_aware import CostAwareTreeBuilder
 from spec.trees.draw import draw_tree
 from spec.trees.dynamic import DynamicTreeBuilder
 from spec.trees.graph import tree_from_graph, tree_to_graph
@@ -14,6 +15,7 @@ from spec.trees.stats import AcceptanceStats
 __all__ = [
     "AcceptanceStats",
     "CandidateTree",
+    "CostAwareTreeBuilder",
     "DynamicTreeBuilder",
     "OptimalTrees",
     "SizedTree",

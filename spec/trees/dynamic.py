@@ -57,18 +57,28 @@ class DynamicTreeBuilder:
 
     def kept_nodes(self, draft: Draft) -> "list[int] | None":
         """The nodes ``select`` keeps (root first, a subtree), or None when the draft is small enough as it is."""
-        if draft.log_confidence is None:
-            raise ShapeError(
-                "DynamicTreeBuilder needs Draft.log_confidence (per-node cumulative draft log-probability); "
-                "this drafter does not provide it — use a static tree builder with it."
-            )
-        tree = draft.tree
-        if tree.num_nodes - 1 <= self.total_tokens:
+        score = subtree_scores(draft, "DynamicTreeBuilder")
+        if draft.tree.num_nodes - 1 <= self.total_tokens:
             return None
-        score = draft.log_confidence.double().cpu()
-        parents = tree.parent_index
-        for _ in range(tree.max_depth):  # clamp to the parent's score, one level per pass
-            score = torch.minimum(score, score[parents])
-        score = score - tree.depths.double() * 1e-9  # ties: shallower first, so parents precede children
-        score[0] = float("inf")  # the root always stays
         return torch.topk(score, self.total_tokens + 1).indices.sort().values.tolist()
+
+
+def subtree_scores(draft: Draft, who: str) -> torch.Tensor:
+    """``[n]`` float64 scores from ``draft.log_confidence`` under which every top-k is a subtree.
+
+    A child is clamped to its parent's score (rounding aside, a cumulative log-probability cannot
+    exceed its parent's), ties go to shallower nodes, and the root scores ``inf``.
+    """
+    if draft.log_confidence is None:
+        raise ShapeError(
+            f"{who} needs Draft.log_confidence (per-node cumulative draft log-probability); "
+            "this drafter does not provide it — use a static tree builder with it."
+        )
+    tree = draft.tree
+    score = draft.log_confidence.double().cpu()
+    parents = tree.parent_index
+    for _ in range(tree.max_depth):  # clamp to the parent's score, one level per pass
+        score = torch.minimum(score, score[parents])
+    score = score - tree.depths.double() * 1e-9  # ties: shallower first, so parents precede children
+    score[0] = float("inf")  # the root always stays
+    return score
