@@ -119,3 +119,45 @@ def test_bad_draft_vocabularies_are_refused():
     with pytest.raises(InvalidTreeError, match="rank 2"):
         SpeculativeDecoder(m, narrow, StaticTreeBuilder(TREE), make_verifier(m), GreedyAcceptor()).generate(
             p, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_draft_vocabulary_is_saved_with_the_heads(name, tmp_path):
+    m, p = model("llama"), prompt(9, seed=2)
+    drafter, ctx = primed(name, m, p)
+    vocab = DraftVocabulary(VOCAB, torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0))[:40])
+    drafter.use_draft_vocab(vocab)
+    drafter.save_pretrained(tmp_path)
+    loaded = type(drafter).from_pretrained(tmp_path, m)
+    assert loaded.draft_vocab is not None and torch.equal(loaded.draft_vocab.token_ids, vocab.token_ids)
+    loaded.commit(p[0, :-1], m(p[:, :-1], output_hidden_states=True).hidden_states[-1][0].detach())
+    assert torch.equal(loaded.propose(TREE, ctx, SamplingParams(), None).tokens,
+                       drafter.propose(TREE, ctx, SamplingParams(), None).tokens)
+    # Heads saved without one load without one.
+    drafter.use_draft_vocab(None).save_pretrained(tmp_path / "full")
+    assert type(drafter).from_pretrained(tmp_path / "full", m).draft_vocab is None
+
+
+@pytest.mark.parametrize("ids", [[], [3, 3], [0, VOCAB], "0,1", [1.5]])
+def test_a_corrupt_saved_draft_vocabulary_is_refused(tmp_path, ids):
+    import json
+
+    from spec.errors import CheckpointError
+
+    m = model("llama")
+    MAKERS["medusa"](m).use_draft_vocab(DraftVocabulary(VOCAB, torch.arange(8))).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["draft_vocab"] = ids
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"draft_vocab must be a non-empty list of distinct token ids"):
+        MedusaDrafter.from_pretrained(tmp_path, m)
+
+
+def test_each_heads_slice_is_cached_once():
+    """Hydra projects one head at a time: every head keeps its own slice instead of evicting the others'."""
+    m = model("llama")
+    drafter = MAKERS["hydra++"](m).use_draft_vocab(DraftVocabulary(VOCAB, torch.arange(10)))
+    linears = [head[-1] for head in drafter.heads.heads]
+    first = [drafter.draft_vocab.weights([lin])[0] for lin in linears]
+    again = [drafter.draft_vocab.weights([lin])[0] for lin in linears]
+    assert all(a is b for a, b in zip(first, again))

@@ -20,6 +20,7 @@ from spec.drafters.checkpointing import (
     load_drafter,
     load_state_strict,
     save_drafter,
+    saved_draft_vocab,
 )
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
@@ -37,6 +38,9 @@ class HeadDrafter:
     hyperparameter_names: ClassVar[frozenset[str]]
     candidates: str = "top_k"
     draft_vocab: Optional[DraftVocabulary] = None
+    #: True where the heads are trained on their draft vocabulary (EAGLE-3 keeps it in its weights);
+    #: otherwise a reduced vocabulary slices full-vocabulary heads and is saved in the config.
+    draft_vocab_in_heads: ClassVar[bool] = False
 
     def __init__(self, model, heads: nn.Module, candidates: str = "top_k") -> None:
         # Heads with their own vocabulary projection say how wide it is; the others use the lm_head's.
@@ -87,17 +91,25 @@ class HeadDrafter:
         return cls(model, heads, candidates)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """``config.json`` (type, hyperparameters, base-model fingerprint, checksum) + ``model.safetensors``."""
-        save_drafter(directory, self.heads, self.drafter_type, self.hyperparameters(), self.fingerprint)
+        """``config.json`` (type, hyperparameters, base-model fingerprint, checksum, the draft vocabulary if
+        reduced) + ``model.safetensors``."""
+        save_drafter(directory, self.heads, self.drafter_type, self.hyperparameters(), self.fingerprint,
+                     draft_vocab=None if self.draft_vocab is None or self.draft_vocab_in_heads
+                     else self.draft_vocab.token_ids.tolist())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k"):
-        """Heads saved by ``save_pretrained`` for this exact model; anything else is refused before loading."""
+        """Heads saved by ``save_pretrained`` for this exact model (with the draft vocabulary they were saved
+        with); anything else is refused before loading."""
         hyper, state = load_drafter(directory, model, cls.drafter_type, set(cls.hyperparameter_names),
                                     build=lambda h: cls.build_heads(model, h))
         heads = cls.build_heads(model, hyper).to(**model_placement(model))
         load_state_strict(heads, state, directory)
-        return cls(model, heads, candidates)
+        drafter = cls(model, heads, candidates)
+        ids = None if cls.draft_vocab_in_heads else saved_draft_vocab(directory, output_vocab_size(model))
+        if ids is not None:
+            drafter.use_draft_vocab(DraftVocabulary(output_vocab_size(model), torch.tensor(ids, dtype=torch.long)))
+        return drafter
 
     @staticmethod
     def input_embedding(model, hidden: int, what: str) -> nn.Module:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
 from spec.errors import CheckpointError, IncompatibleDrafterError, SpecError
 from spec.io import check_config_fields, load_checkpoint, save_checkpoint
+from spec.io.checkpoint import checkpoint_directory, read_checkpoint_config
 from spec.io.files import is_int, is_real
 from spec.models import ModelFingerprint, hidden_size, lm_head, model_placement, output_vocab_size
 
@@ -51,14 +52,31 @@ def check_same_placement(model, module: torch.nn.Module, what: str) -> None:
 
 
 def save_drafter(directory: str | os.PathLike, module: torch.nn.Module, drafter_type: str,
-                 hyperparameters: dict[str, Any], fingerprint: ModelFingerprint) -> None:
-    config = {
+                 hyperparameters: dict[str, Any], fingerprint: ModelFingerprint,
+                 draft_vocab: Optional[list[int]] = None) -> None:
+    """``draft_vocab``: the token ids the heads project onto (most frequent first), when reduced; kept in the
+    config as a JSON list, since the weights file holds floating-point tensors only."""
+    config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "drafter_type": drafter_type,
         "hyperparameters": hyperparameters,
         "base_model": fingerprint.to_dict(),
     }
+    if draft_vocab is not None:
+        config["draft_vocab"] = [int(t) for t in draft_vocab]
     save_checkpoint(directory, module.state_dict(), config)
+
+
+def read_draft_vocab(config: dict[str, Any], vocab_size: int, where: str) -> Optional[list[int]]:
+    """The optional ``draft_vocab`` field: distinct token ids in ``[0, vocab_size)``, or None."""
+    ids = config.get("draft_vocab")
+    if ids is None:
+        return None
+    if (not isinstance(ids, list) or not ids or not all(is_int(t) and 0 <= t < vocab_size for t in ids)
+            or len(set(ids)) != len(ids)):
+        raise CheckpointError(f"{where}: draft_vocab must be a non-empty list of distinct token ids in "
+                              f"[0, {vocab_size}); the config is corrupt or hand-edited, save the heads again.")
+    return ids
 
 
 #: What each hyperparameter may hold: ("int", minimum), ("bool",), or ("float", interval) with the
@@ -160,7 +178,8 @@ def load_drafter(directory: str | os.PathLike, model, drafter_type: str, hyperpa
     result: dict[str, Any] = {}
 
     def check(config: dict[str, Any], header) -> None:
-        check_config_fields(config, {"format_version", "drafter_type", "hyperparameters", "base_model"}, where=where)
+        check_config_fields(config, {"format_version", "drafter_type", "hyperparameters", "base_model"},
+                            optional={"draft_vocab"}, where=where)
         version = config["format_version"]
         if not is_int(version) or version != FORMAT_VERSION:
             raise CheckpointError(f"{where} has format_version {version!r}; this spec reads {FORMAT_VERSION} "
@@ -189,9 +208,16 @@ def load_drafter(directory: str | os.PathLike, model, drafter_type: str, hyperpa
         found = {name: shape for name, (_, shape) in header.items()}
         _refuse_mismatch(_expected_shapes(build, hyper, where), found, directory)
         result["hyper"] = hyper
+        read_draft_vocab(config, saved.vocab_size, where)  # refused before any tensor is read
 
     _, tensors = load_checkpoint(directory, check)
     return result["hyper"], {k: v.to(**model_placement(model)) for k, v in tensors.items()}
+
+
+def saved_draft_vocab(directory: str | os.PathLike, vocab_size: int) -> Optional[list[int]]:
+    """The draft vocabulary a checkpoint was saved with (checked by ``load_drafter`` already), or None."""
+    directory = checkpoint_directory(directory)
+    return read_draft_vocab(read_checkpoint_config(directory), vocab_size, f"{directory}/config.json")
 
 
 def _refuse_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], directory) -> None:

@@ -119,6 +119,7 @@ class Eagle3Drafter(EagleDrafter):
     """Drafts a tree with EAGLE-3: fused low/middle/high features, a 2H-input layer, its own draft-vocabulary head."""
 
     drafter_type = "eagle3"
+    draft_vocab_in_heads = True
     hyperparameter_names = frozenset({"hidden_size", "vocab_size", "draft_tokens", "max_depth", "layers",
                                       "rms_norm_eps"})
 
