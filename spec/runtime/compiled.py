@@ -7,6 +7,14 @@ given rows, so re-running it eagerly after a failed compiled call gives the same
 result. If the eager run succeeds, compilation was at fault: we warn once and stay
 eager from then on. If it fails too, the error is the caller's and propagates, and
 compilation stays on. Running out of memory is never treated as a compiler failure.
+
+The step is compiled with ``fullgraph=True``. With ``fullgraph=False`` Dynamo hides two
+fallbacks behind a compiled-looking callable: a graph break runs part of the step
+eagerly, and once a code object hits ``torch._dynamo.config.recompile_limit`` (8,
+shared by every caller of the same function) Dynamo silently runs it eagerly from
+then on (checked: with ``recompile_limit=1`` a second tree size ran eagerly while
+``compiled`` still said True). With ``fullgraph=True`` both raise, so the fallback
+below catches them, warns and ``compiled`` tells the truth.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ class CompiledStep:
         self._compiled: Optional[Callable] = None
         if enabled:
             try:
-                self._compiled = torch.compile(fn, mode=mode, dynamic=None, fullgraph=False)
+                self._compiled = torch.compile(fn, mode=mode, dynamic=None, fullgraph=True)
             except Exception as error:  # torch.compile itself can refuse (e.g. unsupported Python)
                 self._give_up(error)
 
@@ -50,9 +58,21 @@ class CompiledStep:
         return self.fn(*args)
 
     def _give_up(self, error: Exception) -> None:
-        self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        # The whole message and its causes: Dynamo's first line is often only "Hard failure due to ...".
+        self.failure = describe_error(error)
         self._compiled = None
         warnings.warn(f"torch.compile failed ({self.failure}); the verifier runs eagerly instead.",
                       RuntimeWarning, stacklevel=3)
         if self.on_fallback is not None:
             self.on_fallback()
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of ``error`` and of each explicit cause (``raise ... from``), all lines kept."""
+    parts, seen = [], set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {str(current).strip()}")
+        current = current.__cause__
+    return "\n  caused by ".join(parts)
