@@ -161,3 +161,30 @@ def test_each_heads_slice_is_cached_once():
     first = [drafter.draft_vocab.weights([lin])[0] for lin in linears]
     again = [drafter.draft_vocab.weights([lin])[0] for lin in linears]
     assert all(a is b for a, b in zip(first, again))
+
+
+def test_draft_vocabulary_size_is_chosen_by_measured_acceptance():
+    from spec.bench.draft_vocab import choose_draft_vocab
+
+    m = model("llama")
+    drafter = MAKERS["medusa"](m)
+    prompts = [prompt(6, seed=s) for s in range(2)]
+    counted = [prompt(40, seed=s)[0] for s in range(10, 20)]
+    loose = choose_draft_vocab(m, drafter, TREE, prompts, counted, sizes=(48, 16), tolerance=0.99, max_new_tokens=8)
+    assert [size for size, _ in loose.table] == [VOCAB, 16]  # smallest first; stops at the first good enough
+    assert loose.vocab is not None and loose.vocab.size == 16 and drafter.draft_vocab is loose.vocab
+    strict = choose_draft_vocab(m, drafter, TREE, prompts, counted, sizes=(48, 16), tolerance=0.0, max_new_tokens=8)
+    full = strict.table[0][1]
+    assert drafter.draft_vocab is strict.vocab
+    assert all(length < full for _, length in strict.table[1:-1])  # every size passed over accepted less
+    assert strict.vocab is None or strict.table[-1][1] >= full
+
+
+def test_shipped_heads_carry_their_measured_draft_vocabulary():
+    from spec.apps.shipped import load_shipped, load_shipped_drafter, shipped_drafters
+
+    if "medusa" not in shipped_drafters():
+        pytest.skip("no shipped model")
+    m, _ = load_shipped()
+    sizes = {name: load_shipped_drafter(name, m).draft_vocab_size for name in ("medusa", "hydra", "clover")}
+    assert sizes == {"medusa": 1024, "hydra": 1024, "clover": 512}  # spec build-model --draft-vocab-only

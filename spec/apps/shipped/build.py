@@ -104,6 +104,29 @@ def train_heads(work: Path, model, blocks: dict[str, torch.Tensor], name: str, s
     return result.final_metrics
 
 
+#: Heads whose projections are sliced to a reduced draft vocabulary without retraining (docs/benchmarks.md).
+REDUCIBLE = ("medusa", "hydra", "clover")
+
+
+def ship_draft_vocab(model, tokenizer, name: str, destination: Path = PACKAGE_DIR) -> dict:
+    """Choose ``name``'s draft vocabulary by measured acceptance (held-out snippets 8-15, which the demo and
+    bench do not use; token counts from the training split) and save the shipped heads with it."""
+    from spec.apps.shipped import load_shipped_drafter, load_shipped_tree
+    from spec.bench.draft_vocab import choose_draft_vocab
+
+    counted = [tokenizer(text).input_ids for text in read_corpus(corpus_files()["train"][:300])]
+    prompts = [tokenizer(s["prompt"], return_tensors="pt").input_ids for s in heldout_snippets()[8:16]]
+    drafter = load_shipped_drafter(name, model)
+    choice = choose_draft_vocab(model, drafter, load_shipped_tree(name), prompts, counted)
+    drafter.heads.to(torch.bfloat16)  # as shipped: the package budget
+    drafter.save_pretrained(destination / "heads" / name)
+    drafter.heads.to(model.dtype)
+    size = choice.vocab.size if choice.vocab is not None else None
+    print(f"[vocab] {name}: draft vocabulary {size or 'whole'}; mean accepted by size "
+          f"{[(k, round(v, 3)) for k, v in choice.table]}", flush=True)
+    return {"size": size, "mean_accepted": [list(row) for row in choice.table]}
+
+
 def ship_tree(model, tokenizer, drafter, name: str, destination: Path = PACKAGE_DIR, prompts: int = 8,
               new_tokens: int = 48) -> dict:
     """Measure the drafter's acceptance on held-out snippets and this machine's verify cost curve, and
@@ -199,14 +222,15 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     if heads:
         check_names(heads, "--heads", sorted(DRAFTERS), "drafter")
-        if not args.export and not args.trees_only and NAME not in shipped_names():
+        if not args.export and not args.trees_only and not args.draft_vocab_only and NAME not in shipped_names():
             raise OptionError("--heads trains on the exported model, and none is installed; add --export.")
-    if args.trees_only:
+    if args.trees_only or args.draft_vocab_only:
+        option = "--trees-only" if args.trees_only else "--draft-vocab-only"
         if not heads:
-            raise OptionError("--trees-only re-sizes the trees of the drafters named by --heads; name at least one, "
+            raise OptionError(f"{option} works on the drafters named by --heads; name at least one, "
                               f"e.g. --heads medusa (from {', '.join(sorted(DRAFTERS))}).")
         if NAME not in shipped_names():
-            raise OptionError("--trees-only re-sizes trees from the shipped model, which is not installed; build "
+            raise OptionError(f"{option} works on the shipped model, which is not installed; build "
                               "it with --export first.")
     else:
         check_writable_directory(args.work, "--work directory", replaced=False)
@@ -227,6 +251,9 @@ def main(argv=None) -> int:
     parser.add_argument("--head-steps", type=int, default=400, help="optimizer steps per drafter (default: %(default)s)")
     parser.add_argument("--trees-only", action="store_true",
                         help="skip head training: re-measure acceptance and costs and re-size the shipped trees")
+    parser.add_argument("--draft-vocab-only", action="store_true",
+                        help=f"skip head training: re-choose the reduced draft vocabulary of the shipped {', '.join(REDUCIBLE)} "
+                        "heads by measured acceptance and save them with it")
     args = parser.parse_args(argv)
     heads = check_arguments(args)
     if args.threads:
@@ -236,6 +263,12 @@ def main(argv=None) -> int:
     start = time.time()
     from spec.apps.shipped import load_shipped, load_shipped_drafter
 
+    if args.draft_vocab_only:
+        model, tokenizer = load_shipped()
+        for name in heads:
+            if name in REDUCIBLE:
+                ship_draft_vocab(model, tokenizer, name)
+        return 0
     if args.trees_only:
         # Re-sizing trees needs only what is shipped: no tokenizer, corpus or base-model stages.
         model, tokenizer = load_shipped()
@@ -255,6 +288,8 @@ def main(argv=None) -> int:
         model.eval()
         metrics = train_heads(work, model, blocks, name, args.head_steps, 8, 1e-3)
         print(f"[heads] {name}: {metrics}", flush=True)
+        if name in REDUCIBLE:
+            ship_draft_vocab(model, tokenizer, name)
         ship_tree(model, tokenizer, load_shipped_drafter(name, model), name)
     print(f"done in {time.time() - start:.0f}s: {result.final_metrics}", flush=True)
     return 0
