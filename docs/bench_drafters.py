@@ -27,7 +27,7 @@ from spec.bench.runner import run_benchmark
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.apps.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
 from spec.apps.shipped.corpus import corpus_files, read_corpus
-from spec.trees import tree_from_choices, tree_to_choices
+from spec.trees import tree_from_choices, with_chain
 from spec.verifiers import make_verifier
 
 
@@ -56,9 +56,7 @@ def draft_vocabulary(tokenizer, vocab_size: int, size: int, max_files: int = 300
 
 def merged_template(tree, chain_depth: int):
     """The heads' tree plus a rank-0 chain down to ``chain_depth``: room for a long lookup path."""
-    choices = [list(c) for c in tree_to_choices(tree)]
-    chain = [[0] * d for d in range(1, chain_depth + 1)]
-    return tree_from_choices(sorted({tuple(c) for c in choices + chain}, key=lambda c: (len(c), c)))
+    return with_chain(tree, chain_depth)
 
 
 def methods(model, tokenizer, vocab_sizes: list[int]):

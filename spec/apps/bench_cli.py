@@ -19,8 +19,18 @@ def add_parser(sub) -> None:
         "differ from the baseline's are flagged.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--drafters", default="medusa", help="comma-separated drafters to benchmark: shipped heads, or "
-                       "with --model the heads under its heads/ directory")
+    bench.add_argument("--drafters", default="medusa", help="comma-separated drafters to benchmark: shipped heads "
+                       "(or with --model the heads under its heads/ directory), ngram (prompt lookup as a tree: no "
+                       "weights), or ngram+NAME (lookup merged with NAME's heads in one tree, on NAME's tree plus an "
+                       "8-deep chain)")
+    bench.add_argument("--tree-builder", default="static", choices=("static", "cost"),
+                       help="static: each drafter's tree every step; cost: each step keeps the subtree with the most "
+                       "expected tokens per second, from this machine's measured verify costs and per-step overhead "
+                       "(CostAwareTreeBuilder; a single drafter is wrapped in MergedDrafter to calibrate its scores)")
+    bench.add_argument("--sweep", default=None, help="comma-separated max_new_tokens values (e.g. 1,4,16,64,256,1000): "
+                       "after the main run, every method again at each length, reported against the baseline with "
+                       "the baseline's measured run-to-run noise (sweep.md, sweep.json); prompts are cut to fit the "
+                       "context")
     bench.add_argument("--model", default=None, help="a local transformers model directory to benchmark instead of "
                        "the shipped model: its tokenizer (with a chat template for Spec-Bench questions), heads under "
                        "heads/<name>/ and optional trees/<name>.json (the layout spec build-model writes); needs "
@@ -104,8 +114,28 @@ def check_arguments(args: argparse.Namespace) -> None:
                               "`spec build-model --export --heads medusa`, or give --model.")
     else:
         available = shipped_drafters()
+    from spec.drafters import KangarooDrafter
+    from spec.registry import DRAFTERS
+
+    # Self-drafters hand their drafts to their own verifier whole: they can be neither merged nor pruned.
+    own_verifier = {name for name in available if name in DRAFTERS and issubclass(DRAFTERS[name].drafter, KangarooDrafter)}
+    composed = ["ngram"] + [f"ngram+{name}" for name in available if name not in own_verifier]
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
-                                     available, "drafter")
+                                     list(available) + composed, "drafter")
+    if args.tree_builder == "cost":
+        refused = [name for name in args.drafter_names if name in own_verifier]
+        if refused:
+            raise OptionError(f"--tree-builder cost prunes each draft, which {', '.join(refused)} (self-drafting, "
+                              "its drafts go to its own verifier whole) cannot take; bench it with --tree-builder "
+                              "static.")
+    args.sweep_lengths = []
+    if args.sweep:
+        try:
+            args.sweep_lengths = [int(n) for n in args.sweep.split(",") if n.strip()]
+        except ValueError:
+            raise OptionError(f"--sweep takes comma-separated whole numbers (e.g. 1,16,256), got {args.sweep!r}.") from None
+        for n in args.sweep_lengths:
+            check_int(n, "--sweep value", 1)
     if args.assistant:
         if args.no_transformers:
             raise OptionError("--assistant adds a transformers baseline, which --no-transformers turns off; "
@@ -122,6 +152,28 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_writable_directory(args.out, "--out directory")
 
 
+NGRAM_DEPTH = 8  # deepest lookup path: long enough for code that repeats, short enough to verify cheaply
+
+
+def compose_drafter(name: str, load_heads, calibrate: bool):
+    """``(drafter, tree)`` for a --drafters entry: heads (load_heads(name)), ``ngram``, or ``ngram+NAME``.
+    ``calibrate``: wrap a single source in MergedDrafter, whose scores are measured acceptance rates."""
+    from spec.drafters import MergedDrafter, NGramDrafter
+    from spec.trees import chain_tree, with_chain
+
+    if name == "ngram":
+        drafter, tree = NGramDrafter(max_depth=NGRAM_DEPTH), chain_tree(NGRAM_DEPTH)
+        return (MergedDrafter({"ngram": drafter}) if calibrate else drafter), tree
+    if name.startswith("ngram+"):
+        heads, tree = load_heads(name.split("+", 1)[1])
+        return (MergedDrafter({"ngram": NGramDrafter(max_depth=NGRAM_DEPTH), name.split("+", 1)[1]: heads}),
+                with_chain(tree, NGRAM_DEPTH))
+    heads, tree = load_heads(name)
+    if calibrate and heads.traits.verifier is None:
+        return MergedDrafter({name: heads}), tree
+    return heads, tree
+
+
 def write_report(report, out) -> None:
     """``save_report``: the report replaces ``out``'s as a whole."""
     from spec.bench import save_report
@@ -136,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from spec.bench.report import markdown_table
     from spec.errors import ContextLengthError, InputError
     from spec.models import context_length
-    from spec.apps.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec.apps.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder, chain_tree
     from spec.bench.costs import measure_verify_costs
 
@@ -147,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
         def load_heads(name):
             return load_shipped_drafter(name, model), load_shipped_tree(name)
+
+        calibration = [tokenizer(text, return_tensors="pt").input_ids[0] for text in heldout_prompts()[-2:]]
     else:
         from spec.text import TextGenerator
         from spec.text.generator import load_drafter, tree_builder
@@ -157,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         def load_heads(name):
             drafter, tree = load_drafter(name, model, Path(args.model))
             return drafter, tree_builder(tree, drafter).tree()
+
+        calibration = []
     # Later turns of a Spec-Bench question include the reference (autoregressive, greedy) answers to earlier ones.
     turns = expand_turns(args.questions, tokenizer, first_answer(AutoregressiveDecoder(model), args.max_new_tokens,
                                                                  model.generation_config.eos_token_id))
@@ -180,14 +236,23 @@ def run(args: argparse.Namespace) -> int:
                                                              use_safetensors=True).eval()
             methods.append(TransformersMethod.assisted(model, assistant))
     kinds = args.verifier_kinds
+    calibration = calibration or [prompts[0][0]]
     for name, acceptor_name in itertools.product(args.drafter_names, args.acceptor_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
-        drafter, tree = load_heads(name)
+        drafter, tree = compose_drafter(name, load_heads, args.tree_builder == "cost")
         # Block verification is defined on chains: the same depth, one candidate per depth.
-        builder = StaticTreeBuilder(chain_tree(tree.max_depth) if acceptor_name == "block" else tree)
+        template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for kind in kinds[:1] if own else kinds:
             verifier = verifier_from_options(model, drafter, kind, args.compile)
+            builder = StaticTreeBuilder(template)
+            if args.tree_builder == "cost":
+                from spec.bench.costs import cost_aware_builder
+                from spec.pipelines.step import Stages
+
+                print(f"measuring this machine's step costs for {name}/{kind}...", flush=True)
+                builder = cost_aware_builder(Stages(drafter, builder, verifier, acceptor), template, calibration,
+                                             max_new_tokens=min(args.max_new_tokens, 32))
             decoder = SpeculativeDecoder(model, drafter, builder, verifier, acceptor)
             label = name if own or len(kinds) == 1 else f"{name}/{kind}"
             methods.append(DecoderMethod(label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}",
@@ -208,5 +273,12 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(Path(args.out) / "categories.md", by_category.encode())
     print(markdown_table(report))
     print(by_category)
+    if args.sweep_lengths:
+        from spec.bench.sweep import run_sweep, save_sweep, sweep_table
+
+        sweep = run_sweep(methods, prompts, args.sweep_lengths, context, baseline=methods[0].name,
+                          repeats=args.repeats, warmup=args.warmup, progress=True)
+        save_sweep(sweep, args.out)
+        print(f"### Speedup against max_new_tokens\n\n{sweep_table(sweep)}")
     print(f"written to {args.out}/ (report.json, report.md, categories.md, speedup.png, accepted.png, stages.png)")
     return 0

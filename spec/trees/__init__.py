@@ -1,7 +1,7 @@
 """Candidate trees: construction, interchange formats, optimisation and tree builders."""
 
 from spec.protocols.tree import CandidateTree
-from spec.trees.choices import chain_tree, full_tree, tree_from_choices, tree_to_choices
+from spec.trees.choices import chain_tree, full_tree, tree_from_choices, tree_to_choices, with_chain
 from spec.trees.cost_aware import CostAwareTreeBuilder
 from spec.trees.draw import draw_tree
 from spec.trees.dynamic import DynamicTreeBuilder
@@ -35,4 +35,5 @@ __all__ = [
     "tree_to_choices",
     "tree_to_graph",
     "tree_to_json",
+    "with_chain",
 ]

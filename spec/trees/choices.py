@@ -62,6 +62,12 @@ def chain_tree(depth: int) -> CandidateTree:
     return CandidateTree(parents=[-1] + list(range(depth)), ranks=[0] * (depth + 1))
 
 
+def with_chain(tree: CandidateTree, depth: int) -> CandidateTree:
+    """``tree`` plus a rank-0 chain down to ``depth``: room for a long lookup path beside the heads' tree."""
+    choices = {tuple(c) for c in tree_to_choices(tree)} | {(0,) * d for d in range(1, depth + 1)}
+    return tree_from_choices(sorted(choices, key=lambda c: (len(c), c)))
+
+
 def full_tree(depth: int, width: int) -> CandidateTree:
     """Every rank < ``width`` at every depth <= ``depth`` (width**depth leaves)."""
     if depth < 0 or width < 1:
