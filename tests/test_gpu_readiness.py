@@ -102,3 +102,91 @@ def test_fallback_warns_with_the_whole_error_and_compiled_tells_the_truth(monkey
     with pytest.warns(RuntimeWarning, match="(?s)lowering failed.*head_dim must be >= 16.*see above"):
         step(1)
     assert "head_dim must be >= 16" in step.failure
+
+
+# ---- host<-device conversions per stage -------------------------------------------------------------------
+
+# Per step, after warm-up, in the default Medusa + greedy pipeline on the fast verifier (measured: the same on
+# CPU and, by construction, on CUDA). Before issue 24 the acceptor made 7 conversions and 1 list-index upload a
+# step (plus 2 tree copies), and the step's drafter commit 2 list-index uploads.
+SYNC_BUDGET = {
+    # conversions, uploads
+    "drafter.propose": (1, 1),  # int() of the root on the host-side token buffer (no sync); the root to the device
+    "verifier.verify": (0, 0),
+    "acceptor.accept": (1, 0),  # one tolist: path, tokens, bonus and the finiteness check together
+    "verifier.commit": (0, 0.2),  # a path's index tensor the first time it is accepted, then cached
+    "drafter.commit": (0, 0),
+    "step": (0, 0.2),  # the glue in speculative_step: a path's index tensor the first time it is seen
+    "state.extend": (0, 1),  # the host-side token buffer (torch.tensor on the CPU: no device involved)
+}
+
+
+def test_host_syncs_per_stage_stay_within_budget():
+    from spec import GreedyAcceptor, MedusaDrafter, SamplingParams, StaticTreeBuilder, make_verifier
+    from spec.pipelines.step import DecodeState, Stages, prefill, speculative_step
+    from sync_counter import UPLOADS, counting_conversions
+
+    from helpers import model, prompt
+
+    m = model("llama")
+    stages = Stages(MedusaDrafter.from_model(m, num_heads=3, seed=0),
+                    StaticTreeBuilder.from_choices([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]]), make_verifier(m),
+                    GreedyAcceptor())
+    state = DecodeState.start(prompt(8, seed=0)[0], 200)
+    prefill(stages.drafter, stages.verifier, state.sequence)
+    sampling = SamplingParams()
+
+    def step(counter=None):
+        result = speculative_step(stages, state, sampling, None, budget=8)
+        if counter is None:
+            state.extend(list(result.acceptance.new_tokens))
+        else:
+            with counter.in_stage("state.extend"):
+                state.extend(list(result.acceptance.new_tokens))
+
+    for _ in range(4):  # warm-up: per-shape buffers, plans, first paths
+        step()
+    steps = 20
+    with counting_conversions() as counter:
+        for obj, method, stage in ((stages.drafter, "propose", "drafter.propose"),
+                                   (stages.drafter, "commit", "drafter.commit"),
+                                   (stages.verifier, "verify", "verifier.verify"),
+                                   (stages.verifier, "commit", "verifier.commit"),
+                                   (stages.acceptor, "accept", "acceptor.accept")):
+            counter.wrap(obj, method, stage)
+        for _ in range(steps):
+            with counter.in_stage("step"):
+                step(counter)
+    conversions, uploads = counter.per_stage(steps), counter.per_stage(steps, UPLOADS)
+    assert set(conversions) | set(uploads) <= set(SYNC_BUDGET), (conversions, uploads)
+    for stage, (max_conversions, max_uploads) in SYNC_BUDGET.items():
+        assert conversions.get(stage, 0) <= max_conversions, (stage, conversions, counter.counts)
+        assert uploads.get(stage, 0) <= max_uploads, (stage, uploads, counter.counts)
+    assert conversions["acceptor.accept"] == 1  # the counter sees what it should
+
+
+def test_greedy_acceptor_reads_once_and_still_refuses_non_finite_logits():
+    from spec import GreedyAcceptor, SamplingParams, Verification
+    from spec.errors import NonFiniteLogitsError
+
+    tree = CandidateTree(parents=[-1, 0, 0, 1], ranks=[0, 0, 1, 0])
+    draft = Draft(tree=tree, tokens=torch.tensor([7, 3, 5, 2]))
+    logits = torch.zeros(4, VOCAB)
+    logits[0, 3] = logits[1, 2] = logits[3, 9] = 1.0  # root -> 3 (node 1) -> 2 (node 3) -> bonus 9
+    accept = lambda lg: GreedyAcceptor().accept(draft, Verification(tree=tree, logits=lg, hidden_states=torch.zeros(4, 8)), SamplingParams())  # noqa: E731
+    acceptance = accept(logits)
+    assert (acceptance.path, acceptance.tokens, acceptance.bonus_token) == ((0, 1, 3), (3, 2), 9)
+    single = CandidateTree(parents=[-1], ranks=[0])
+    one = GreedyAcceptor().accept(Draft(tree=single, tokens=torch.tensor([7])),
+                                  Verification(tree=single, logits=logits[3:], hidden_states=torch.zeros(1, 8)),
+                                  SamplingParams())
+    assert (one.path, one.tokens, one.bonus_token) == ((0,), (), 9)
+    for bad, message in ((float("nan"), "NaN or \\+inf"), (float("inf"), "NaN or \\+inf")):
+        broken = logits.clone()
+        broken[2, 4] = bad
+        with pytest.raises(NonFiniteLogitsError, match=message):
+            accept(broken)
+    broken = logits.clone()
+    broken[2] = float("-inf")
+    with pytest.raises(NonFiniteLogitsError, match="entirely -inf"):
+        accept(broken)

@@ -1,14 +1,39 @@
-"""Greedy acceptance: keep the longest path on which every candidate is the target's argmax."""
+"""Greedy acceptance: keep the longest path on which every candidate is the target's argmax.
+
+The whole decision runs on the logits' device, and its result (path, tokens, bonus token and whether
+the logits were finite) comes back to the host in one ``tolist``: on CUDA each read of a device tensor
+blocks the host, and reading per node (an ``int`` per path entry, two checks for non-finite logits)
+cost seven synchronisations a step. The tree's index tensors are copied to the device once per shape.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
 
 from spec.errors import SamplingParamsError
-from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
+from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, CandidateTree, Draft, SamplingParams, Verification
 from spec.sampling import check_finite
+
+
+@lru_cache(maxsize=64)  # thread-safe, unlike a dict shared by the decoders of several threads
+def _tree_indices(tree: CandidateTree, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tree's ``parent_index`` ``[n]`` and ``leaf_paths`` ``[leaves, depth + 1]`` on ``device``."""
+    return tree.parent_index.to(device), tree.leaf_paths.to(device)
+
+
+def _best_path(draft: Draft, target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """On the device: the best leaf path's nodes ``[depth + 1]`` (-1 padded) and its accepted length (a 0-d tensor)."""
+    parent_index, paths = _tree_indices(draft.tree, target_tokens.device)
+    # matches[i]: node i's candidate is what the target chose after its parent (root counts as matched).
+    matches = draft.tokens.to(target_tokens.device) == target_tokens[parent_index]
+    matches[0] = True
+    on_path = torch.where(paths >= 0, matches[paths.clamp(min=0)], torch.zeros_like(paths, dtype=torch.bool))
+    accepted_len = on_path.long().cumprod(dim=1).sum(dim=1)  # nodes accepted along each leaf path, root included
+    best = torch.argmax(accepted_len)  # first maximum
+    return paths[best], accepted_len[best]
 
 
 def greedy_path(draft: Draft, target_tokens: torch.Tensor) -> tuple[int, ...]:
@@ -17,17 +42,11 @@ def greedy_path(draft: Draft, target_tokens: torch.Tensor) -> tuple[int, ...]:
     ``target_tokens``: ``[n]`` the token the target picks after each node. Ties between
     equally long paths go to the first leaf in breadth-first order (lower ranks).
     """
-    tree = draft.tree
-    if tree.num_nodes == 1:
+    if draft.tree.num_nodes == 1:
         return (0,)
-    # matches[i]: node i's candidate is what the target chose after its parent (root counts as matched).
-    matches = draft.tokens.to(target_tokens.device) == target_tokens[tree.parent_index.to(target_tokens.device)]
-    matches[0] = True
-    paths = tree.leaf_paths.to(target_tokens.device)  # [leaves, depth + 1], -1 padded
-    on_path = torch.where(paths >= 0, matches[paths.clamp(min=0)], torch.zeros_like(paths, dtype=torch.bool))
-    accepted_len = on_path.long().cumprod(dim=1).sum(dim=1)  # nodes accepted along each leaf path, root included
-    best = int(torch.argmax(accepted_len))  # first maximum
-    return tuple(paths[best, : int(accepted_len[best])].tolist())
+    row, length = _best_path(draft, target_tokens)
+    values = torch.cat([length[None], row]).tolist()  # one read
+    return tuple(values[1: 1 + values[0]])
 
 
 class GreedyAcceptor:
@@ -47,8 +66,24 @@ class GreedyAcceptor:
                 f"GreedyAcceptor only decodes greedily (temperature=0), got temperature={sampling.temperature}; "
                 "use RejectionSamplingAcceptor to sample."
             )
-        check_finite(verification.logits)
-        target_tokens = verification.logits.argmax(dim=-1)  # [n]
-        path = greedy_path(draft, target_tokens)
-        tokens = draft.tokens[list(path[1:])].tolist()
-        return Acceptance(path=path, tokens=tokens, bonus_token=int(target_tokens[path[-1]]))
+        logits = verification.logits
+        # check_finite's conditions, evaluated on the device and read with the result below.
+        bad = (torch.isnan(logits) | torch.isposinf(logits)).any() | (logits == float("-inf")).all(dim=-1).any()
+        target_tokens = logits.argmax(dim=-1)  # [n]
+        if draft.tree.num_nodes == 1:
+            row, length = torch.zeros(1, dtype=torch.long, device=logits.device), torch.ones((), dtype=torch.long,
+                                                                                              device=logits.device)
+        else:
+            row, length = _best_path(draft, target_tokens)
+        nodes = row.clamp(min=0)
+        tokens = draft.tokens.to(logits.device)
+        # [bad, length, path (padded), candidate at each path node, target's choice after each path node]
+        values = torch.cat([bad.long()[None], length[None], row, tokens[nodes], target_tokens[nodes]]).tolist()
+        if values[0]:
+            check_finite(logits)  # raises the typed error naming what is wrong
+        width = row.shape[0]
+        length = values[1]
+        path = tuple(values[2: 2 + length])
+        candidates = values[2 + width: 2 + width + length]
+        bonus = values[2 + 2 * width + length - 1]
+        return Acceptance(path=path, tokens=candidates[1:], bonus_token=bonus)

@@ -15,6 +15,7 @@ tests all run this function, so they cannot drift apart.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Optional
 
 import attrs
@@ -111,6 +112,13 @@ class StepResult:
     commit_s: float
 
 
+@lru_cache(maxsize=4096)  # a path ends at one node, so a tree shape has as many paths as nodes
+def path_index(path: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``path`` as an int64 index tensor on ``device``, made once: indexing with a Python list copies the
+    list to the device every step, and on CUDA a copy from pageable memory waits for the stream."""
+    return torch.tensor(path, dtype=torch.long, device=device)
+
+
 def prefill(drafter: Drafter, verifier: Verifier, sequence: torch.Tensor) -> None:
     """Start ``sequence`` ``[L]``: cache every token but the root (the last), which is verified with the first tree."""
     verifier.reset()
@@ -140,7 +148,8 @@ def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParam
     acceptance = stages.acceptor.accept(draft, verification, sampling, generator)
     t3 = time.perf_counter()
     stages.verifier.commit(acceptance.path)
-    path = list(acceptance.path)
-    stages.drafter.commit(draft.tokens[path], verification.hidden_states[path])
+    hidden = verification.hidden_states
+    stages.drafter.commit(draft.tokens.index_select(0, path_index(acceptance.path, draft.tokens.device)),
+                          hidden.index_select(0, path_index(acceptance.path, hidden.device)))
     return StepResult(draft=draft, verification=verification, acceptance=acceptance, draft_s=t1 - t0,
                       verify_s=t2 - t1, accept_s=t3 - t2, commit_s=time.perf_counter() - t3)

@@ -8,7 +8,7 @@ whose cost outside the forward pass is close to nothing:
   nothing is ever reallocated or concatenated;
 * per tree shape, the ancestor matrix, depths, row offsets and accepted-path indices are
   built once on the device; a step adds the prefix length to them there, with no
-  host-device synchronisation (the acceptor's read of the logits is the step's only one);
+  host-device synchronisation (verify and commit read nothing back; docs/architecture.md counts every stage's);
 * the verify pass is one function of tensors (``LlamaFamilyForward``), compiled with
   ``torch.compile`` when asked (CUDA graphs on GPU via ``mode="reduce-overhead"``), with
   an eager fallback;
