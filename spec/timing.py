@@ -1,4 +1,4 @@
-"""How much of a decoding step is spent in network forward passes, and how much around them.
+"""How much of a decoding step is spent in network forward passes, and how much around them; stage clocks.
 
 While a :class:`ForwardTimer` is active, it adds up the wall time of every outermost
 ``nn.Module`` call (the target model, draft heads, an lm_head called on its own) and of
@@ -75,6 +75,25 @@ def forward_region():
         yield
     finally:
         timer._exit()
+
+
+def needs_synchronise(device: torch.device) -> bool:
+    """Whether work queued on ``device`` may still be running when the host reads the clock (CUDA's kernels)."""
+    return device.type == "cuda"
+
+
+def device_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device`` has finished its queued work.
+
+    Without the synchronisation, a stage that only launches kernels (drafting, a verify pass) would record
+    its launch time, and the next stage that reads a result (the acceptor) would absorb the GPU's work:
+    per-stage costs, and the tree sizing built on them, would be wrong. On the CPU nothing is queued and
+    no synchronisation is made. On CUDA each boundary drains the GPU, so the host cannot queue the next
+    stage behind the current one; after the acceptor's read the GPU is idle anyway, so this costs little.
+    """
+    if needs_synchronise(device):
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def active_timer() -> Optional[ForwardTimer]:

@@ -190,3 +190,30 @@ def test_greedy_acceptor_reads_once_and_still_refuses_non_finite_logits():
     broken[2] = float("-inf")
     with pytest.raises(NonFiniteLogitsError, match="entirely -inf"):
         accept(broken)
+
+
+# ---- stage timings synchronise on CUDA ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu", "cuda-simulated"])
+def test_stage_timings_synchronise_once_per_boundary_on_cuda_only(monkeypatch, cuda):
+    """Without a sync, draft/verify would record kernel launches and accept would absorb the GPU's work."""
+    from spec import AutoregressiveDecoder, GreedyAcceptor, MedusaDrafter, StaticTreeBuilder, make_verifier
+    from spec import timing
+    from spec.pipelines.speculative import SpeculativeDecoder
+
+    from helpers import model, prompt
+
+    synced = []
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    if cuda:  # the model stays on the CPU: only the device check is forced
+        monkeypatch.setattr(timing, "needs_synchronise", lambda device: True)
+    m = model("llama")
+    decoder = SpeculativeDecoder(m, MedusaDrafter.from_model(m, num_heads=3, seed=0),
+                                 StaticTreeBuilder.from_choices([[0], [1], [0, 0]]), make_verifier(m), GreedyAcceptor())
+    out = decoder.generate(prompt(5, seed=1), max_new_tokens=12)
+    # Five boundaries a step: before drafting, after drafting, verifying, accepting and committing.
+    assert synced == ([torch.device("cpu")] * 5 * len(out.steps) if cuda else [])
+    synced.clear()
+    baseline = AutoregressiveDecoder(m).generate(prompt(5, seed=1), max_new_tokens=6)
+    assert len(synced) == (3 * len(baseline.steps) if cuda else 0)  # before and after the forward, after choosing

@@ -17,7 +17,7 @@ from spec.pipelines.inputs import normalise_request
 from spec.pipelines.outputs import ScoredGenerationOutput, Stream, check_flag, token_logprobs
 from spec.protocols import GenerationOutput, StepStats
 from spec.sampling import check_finite, make_generator, processed_logits
-from spec.timing import active_timer
+from spec.timing import active_timer, device_clock
 
 
 class AutoregressiveDecoder:
@@ -69,16 +69,16 @@ class AutoregressiveDecoder:
         timer = active_timer()
         while not finished and not stream.failed:
             forward_before = timer.seconds if timer else 0.0
-            t0 = time.perf_counter()
+            t0 = device_clock(device)  # on CUDA, waits for queued work so each stage's time is its own
             logits = self.model(input_ids=next_input, **cache_kwargs(self.model, cache), use_cache=True).logits[0, -1]
-            t1 = time.perf_counter()
+            t1 = device_clock(device)
             check_finite(logits)
             if sampling.is_greedy:
                 token = int(logits.argmax())
             else:
                 probs = processed_logits(logits, sampling).softmax(dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
-            t2 = time.perf_counter()
+            t2 = device_clock(device)
             if not steps:
                 prefill_s = t1 - t0
             steps.append(StepStats(tree_size=1, accepted=0, emitted=1, verify_s=t1 - t0, accept_s=t2 - t1,

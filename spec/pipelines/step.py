@@ -14,7 +14,6 @@ tests all run this function, so they cannot drift apart.
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 from typing import Optional
 
@@ -35,6 +34,7 @@ from spec.protocols import (
     Verifier,
     check_composition,
 )
+from spec.timing import device_clock
 
 
 @attrs.define
@@ -133,7 +133,8 @@ def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParam
 
     The caller appends ``acceptance.new_tokens`` (or the prefix it keeps) to ``state``.
     """
-    t0 = time.perf_counter()
+    device = stages.verifier.device
+    t0 = device_clock(device)  # on CUDA each boundary waits for the stage's kernels (spec.timing.device_clock)
     # A step yields at most depth + 1 tokens; drafting deeper than the budget is wasted work.
     tree = stages.tree_builder.tree().truncated(budget - 1)
     draft = stages.tree_builder.select(stages.drafter.propose(tree, DraftContext(tokens=state.sequence), sampling,
@@ -142,14 +143,14 @@ def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParam
         raise IncompatibleStagesError(
             f"{type(stages.drafter).__name__} returned {draft.kind.value} candidates but its traits declare "
             f"only {sorted(k.value for k in stages.drafter.traits.candidate_kinds)}; fix its traits.")
-    t1 = time.perf_counter()
+    t1 = device_clock(device)
     verification = stages.verifier.verify(draft)
-    t2 = time.perf_counter()
+    t2 = device_clock(device)
     acceptance = stages.acceptor.accept(draft, verification, sampling, generator)
-    t3 = time.perf_counter()
+    t3 = device_clock(device)
     stages.verifier.commit(acceptance.path)
     hidden = verification.hidden_states
     stages.drafter.commit(draft.tokens.index_select(0, path_index(acceptance.path, draft.tokens.device)),
                           hidden.index_select(0, path_index(acceptance.path, hidden.device)))
     return StepResult(draft=draft, verification=verification, acceptance=acceptance, draft_s=t1 - t0,
-                      verify_s=t2 - t1, accept_s=t3 - t2, commit_s=time.perf_counter() - t3)
+                      verify_s=t2 - t1, accept_s=t3 - t2, commit_s=device_clock(device) - t3)
