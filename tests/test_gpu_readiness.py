@@ -217,3 +217,53 @@ def test_stage_timings_synchronise_once_per_boundary_on_cuda_only(monkeypatch, c
     synced.clear()
     baseline = AutoregressiveDecoder(m).generate(prompt(5, seed=1), max_new_tokens=6)
     assert len(synced) == (3 * len(baseline.steps) if cuda else 0)  # before and after the forward, after choosing
+
+
+# ---- memory: a capped default cache, counted in the bench ---------------------------------------------------
+
+
+def test_static_cache_defaults_to_a_capped_length_and_can_ask_for_more():
+    from spec import GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
+    from spec.drafters.oracle import OracleDrafter
+    from spec.errors import ContextLengthError
+
+    long_context = tiny_model("llama", seed=0, vocab_size=VOCAB, context=8192)
+    capped = FastTreeVerifier(long_context, spare_rows=16)
+    assert capped.max_length == FastTreeVerifier.DEFAULT_MAX_LENGTH == 4096
+    assert capped.cache.rows == 4096 + 16
+    full = FastTreeVerifier(long_context, max_length=8192, spare_rows=16)  # asked for: the whole context
+    assert full.max_length == 8192 and full.cache.rows == 8192 + 16
+    assert full.cache.nbytes == capped.cache.nbytes * (8192 + 16) // (4096 + 16)
+    short = tiny_model("llama", seed=0, vocab_size=VOCAB, context=512)
+    assert FastTreeVerifier(short).max_length == 512  # a shorter context is not padded up
+    tree = StaticTreeBuilder.from_choices([[0], [1]])
+    decoder = SpeculativeDecoder(long_context, OracleDrafter(torch.zeros(1, 8, dtype=torch.long), VOCAB), tree,
+                                 capped, GreedyAcceptor())
+    with pytest.raises(ContextLengthError, match="verifier's cache .* of 4096"):
+        decoder.generate(torch.zeros(1, 4000, dtype=torch.long), max_new_tokens=100)
+
+
+def test_prefill_skips_the_logits_it_would_discard(monkeypatch):
+    m = tiny_model("llama", seed=0, vocab_size=VOCAB)
+    verifier = FastTreeVerifier(m)
+    calls = []
+    monkeypatch.setattr(verifier.forward, "lm_head", lambda hidden: calls.append(hidden.shape) or m.lm_head(hidden))
+    verifier.prefill(torch.arange(1, 30))
+    assert calls == []
+    verifier.verify(Draft(tree=SMALL, tokens=torch.arange(4)))
+    assert calls == [torch.Size([4, 32])]
+
+
+def test_bench_peak_memory_counts_the_static_cache():
+    from spec import AutoregressiveDecoder, GreedyAcceptor, MedusaDrafter, SpeculativeDecoder, StaticTreeBuilder
+    from spec.bench.methods import DecoderMethod
+    from spec.bench.runner import run_benchmark
+
+    m = tiny_model("llama", seed=0, vocab_size=VOCAB)
+    verifier = FastTreeVerifier(m)
+    decoder = SpeculativeDecoder(m, MedusaDrafter.from_model(m, num_heads=2), StaticTreeBuilder.from_choices([[0]]),
+                                 verifier, GreedyAcceptor())
+    report = run_benchmark([DecoderMethod("baseline", AutoregressiveDecoder(m)), DecoderMethod("fast", decoder)],
+                           [torch.arange(1, 6)], max_new_tokens=4, repeats=1, warmup=0, profile_overhead=False)
+    fast = next(r for r in report.methods if r.name == "fast")
+    assert fast.peak_memory_mb >= verifier.cache.nbytes / 2**20 > 0

@@ -57,7 +57,9 @@ def run_benchmark(
             for method in list(methods[shift:]) + list(methods[:shift]):
                 with PeakMemory(device) as memory:
                     run = method.run(prompt, max_new_tokens, _run_arguments(sampling, index, eos_token_id))
-                peaks[method.name] = max(peaks[method.name], memory.peak_mb)
+                # A static KV cache is allocated with its verifier, before the run: count it like the
+                # dynamic cache a baseline allocates during its run.
+                peaks[method.name] = max(peaks[method.name], memory.peak_mb + _preallocated_mb(method))
                 per_method[method.name].append(run)
                 if bar is not None:
                     bar.update(1)
@@ -97,6 +99,15 @@ def _progress_bar(enabled: bool, total: int, description: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, dynamic_ncols=True)
+
+
+def _preallocated_mb(method: Method) -> float:
+    """MB of the static KV caches a method's stages allocated up front (verifier, self-draft state), else 0."""
+    stages = getattr(getattr(method, "decoder", None), "stages", None)
+    caches = {id(cache): cache for stage in (getattr(stages, "verifier", None), getattr(stages, "drafter", None))
+              for cache in (getattr(stage, "cache", None), getattr(getattr(stage, "state", None), "cache", None))
+              if hasattr(cache, "nbytes")}  # a verifier and its self-drafter share one: count it once
+    return sum(cache.nbytes for cache in caches.values()) / 2**20
 
 
 def _device_of(methods: Sequence[Method]) -> torch.device:

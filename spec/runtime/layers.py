@@ -105,7 +105,8 @@ class LlamaFamilyForward:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, keys: list[torch.Tensor],
                  values: list[torch.Tensor], attend: int, mask,
-                 attention: AttentionKernel, capture: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                 attention: AttentionKernel, capture: tuple[int, ...] = (),
+                 logits: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Run ``tokens`` ``[n]`` at ``positions`` ``[n]``, writing their keys and values at cache ``rows`` ``[n]``.
 
         ``keys``, ``values``: the cache's per-layer ``[kv_heads, rows, d]`` tensors, updated in place;
@@ -116,19 +117,23 @@ class LlamaFamilyForward:
         instead the residual streams after the first ``k`` layers, concatenated in that order
         ``[n, len(capture) * H]`` (``"layers:<a>,<b>,.."`` features). The layers then run in segments
         between the captured counts; with nothing to capture the loop is the plain one.
+
+        ``logits=False``: skip the lm_head and return None for the logits (a prefill discards them, and for a
+        long prompt they are the largest tensor of the pass: prompt length x vocabulary).
         """
+        head = self.lm_head if logits else (lambda hidden: None)
         x = self.embed(tokens)[None]
         if not capture:
             x = self.run_layers(x, range(len(self.layers)), positions, rows, keys, values, attend, mask, attention)
             hidden = self.norm(x)[0]
-            return hidden, self.lm_head(hidden)
+            return hidden, head(hidden)
         captured: dict[int, torch.Tensor] = {}
         done = 0
         for k in sorted(set(capture)):
             x = self.run_layers(x, range(done, k), positions, rows, keys, values, attend, mask, attention)
             captured[k], done = x[0], k
         x = self.run_layers(x, range(done, len(self.layers)), positions, rows, keys, values, attend, mask, attention)
-        return torch.cat([captured[k] for k in capture], dim=-1), self.lm_head(self.norm(x)[0])
+        return torch.cat([captured[k] for k in capture], dim=-1), head(self.norm(x)[0])
 
     def run_layers(self, x: torch.Tensor, layers: range, positions: torch.Tensor, rows: torch.Tensor,
                    keys: list[torch.Tensor], values: list[torch.Tensor], attend: int, mask,

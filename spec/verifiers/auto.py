@@ -17,8 +17,8 @@ def make_verifier(model, kind: str = "auto", *, compile: Optional[bool] = None, 
     """``kind``: ``"auto"`` (fast for Llama-family models, generic otherwise), ``"fast"`` or ``"generic"``.
 
     The other arguments go to :class:`FastTreeVerifier`: its static cache holds ``max_length``
-    (default: the model's whole context) plus ``spare_rows`` positions, allocated up front, so
-    pass a ``max_length`` for long-context models. Asking for ``"fast"`` on a model it cannot run
+    (default: the model's context capped at 4096) plus ``spare_rows`` positions, allocated up front;
+    pass a larger ``max_length`` (up to the model's context) for longer sequences. Asking for ``"fast"`` on a model it cannot run
     raises ``UnsupportedError`` naming the reason. ``features``: the hidden states the verifier reports
     (``"final"``, or the intermediate layers a drafter declares in ``traits.features``, e.g. EAGLE-3's).
     """

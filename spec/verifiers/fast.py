@@ -57,12 +57,17 @@ class FastTreeVerifier:
     ``compile``: None (default) compiles on CUDA only; True or False forces it.
     ``attention``: ``"auto"`` (FlexAttention when compiling on CUDA, else SDPA), ``"sdpa"`` or ``"flex"``.
     ``spare_rows``: cache rows past the context for a tree's scratch entries near the context's end.
-    ``max_length``: cap the cache (and usable context) below the model's, to save memory.
+    ``max_length``: the longest sequence (prompt + new tokens) the static cache holds. By default the model's
+    context capped at ``DEFAULT_MAX_LENGTH`` (4096): the cache is allocated up front, and a model's full context
+    (128K for Llama 3) would cost about 17 GB per verifier for an 8B model, for generations that rarely need
+    it. Pass any length up to the model's context to ask for more (or less); a request that does not fit is
+    refused before its first step with a ``ContextLengthError`` naming the verifier's cache.
     ``features``: the hidden states it reports (``"final"``, or ``"layers:<a>,<b>,.."`` for a drafter that
     reads intermediate layers, e.g. EAGLE-3); only what is asked for is computed.
     """
 
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
+    DEFAULT_MAX_LENGTH = 4096  # the default cache length when the model's context is longer (see max_length)
 
     def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
                  max_length: Optional[int] = None, features: str = "final") -> None:
@@ -84,7 +89,7 @@ class FastTreeVerifier:
         if chosen:
             attention = "flex" if compile and device.type == "cuda" else "sdpa"
         self.attention = attention
-        self._max_length = max_length or self.forward.max_length
+        self._max_length = max_length or min(self.forward.max_length, self.DEFAULT_MAX_LENGTH)
         self.cache = self.forward.new_cache(self._max_length + spare_rows)
         self._cuda_graphs = compile and device.type == "cuda"
         if self._cuda_graphs:
@@ -145,7 +150,7 @@ class FastTreeVerifier:
             mask, kernel = MASKS["sdpa"](chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
-                                     self.cache.values, start + m, mask, kernel, self._capture)
+                                     self.cache.values, start + m, mask, kernel, self._capture, logits=False)
         self._cached += m
         return hidden
 
