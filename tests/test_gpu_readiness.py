@@ -267,3 +267,26 @@ def test_bench_peak_memory_counts_the_static_cache():
                            [torch.arange(1, 6)], max_new_tokens=4, repeats=1, warmup=0, profile_overhead=False)
     fast = next(r for r in report.methods if r.name == "fast")
     assert fast.peak_memory_mb >= verifier.cache.nbytes / 2**20 > 0
+
+
+# ---- the baseline samples in float64 -----------------------------------------------------------------------
+
+
+def test_autoregressive_baseline_samples_from_float64_probabilities(monkeypatch):
+    """Like the acceptors (transformers uses float32): a bfloat16 model's logits are upcast before processing."""
+    from spec import AutoregressiveDecoder
+    from spec.pipelines import autoregressive
+
+    m = tiny_model("llama", seed=0, vocab_size=VOCAB, dtype=torch.bfloat16)
+    seen = []
+    real_processed, real_multinomial = autoregressive.processed_logits, torch.multinomial
+    monkeypatch.setattr(autoregressive, "processed_logits",
+                        lambda logits, sampling: seen.append(("process", logits.dtype)) or real_processed(logits,
+                                                                                                           sampling))
+    monkeypatch.setattr(autoregressive.torch, "multinomial",
+                        lambda probs, *a, **k: seen.append(("draw", probs.dtype)) or real_multinomial(probs, *a, **k))
+    out = AutoregressiveDecoder(m).generate(torch.arange(1, 6)[None], max_new_tokens=4, temperature=0.8, top_p=0.9,
+                                            seed=0, output_logprobs=True)
+    assert out.new_tokens.numel() == 4
+    assert seen and all(dtype == torch.float64 for _, dtype in seen), seen
+    assert {kind for kind, _ in seen} == {"process", "draw"}

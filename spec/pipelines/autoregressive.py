@@ -76,7 +76,9 @@ class AutoregressiveDecoder:
             if sampling.is_greedy:
                 token = int(logits.argmax())
             else:
-                probs = processed_logits(logits, sampling).softmax(dim=-1)
+                # In float64 as the acceptors do (transformers: float32): half-precision processing and
+                # softmax would make the baseline's distribution drift from the speculative decoder's.
+                probs = processed_logits(logits.double(), sampling).softmax(dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             t2 = device_clock(device)
             if not steps:
@@ -86,7 +88,8 @@ class AutoregressiveDecoder:
             kept, finished = request.take([token], generated)
             generated.extend(kept)
             if output_logprobs:
-                logprobs.append(token_logprobs(logits[None], kept, sampling))
+                # The same float64 processing as the draw above, so the same tokens are filtered.
+                logprobs.append(token_logprobs(logits.double()[None], kept, sampling))
             stream.put(kept)
             next_input = torch.tensor([[token]], device=device)
         fields = dict(sequences=torch.tensor([request.prompt.tolist() + generated]),
