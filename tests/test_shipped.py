@@ -102,24 +102,27 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
 
 
 def test_spec_bench_merged_cost_aware_and_sweep(tmp_path):
-    """Lookup alone and merged with heads, pruned by measured cost each step, then a max_new_tokens sweep."""
+    """Lookup merged with heads, on its static tree and pruned by measured cost each step, then a sweep."""
     import json
 
     from spec.apps.cli import main
 
     out = tmp_path / "bench"
-    assert main(["bench", "--drafters", "ngram,ngram+clover", "--tree-builder", "cost", "--num-prompts", "1",
+    assert main(["bench", "--drafters", "ngram+clover", "--tree-builder", "static,cost", "--num-prompts", "1",
                  "--max-new-tokens", "8", "--repeats", "2", "--warmup", "0", "--no-transformers", "--no-profile",
                  "--sweep", "1,3", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "| ngram |" in report and "| ngram+clover |" in report and "DIFFERS" not in report
+    for row in ("ngram+clover/static", "ngram+clover/cost"):
+        assert f"| {row} |" in report
+    assert "DIFFERS" not in report
     sweep = json.loads((out / "sweep.json").read_text())
     assert [p["max_new_tokens"] for p in sweep["points"]] == [1, 3]
-    assert set(sweep["points"][0]["speedup"]) == {"autoregressive", "ngram", "ngram+clover"}
+    assert set(sweep["points"][0]["speedup"]) == {"autoregressive", "ngram+clover/static", "ngram+clover/cost"}
     assert "| 1 |" in (out / "sweep.md").read_text()
     assert main(["bench", "--drafters", "kangaroo", "--tree-builder", "cost", "--out", str(out)]) == 2
     assert main(["bench", "--drafters", "ngram+kangaroo", "--out", str(out)]) == 2
     assert main(["bench", "--sweep", "1,x", "--out", str(out)]) == 2
+    assert main(["bench", "--tree-builder", "dynamic", "--out", str(out)]) == 2
 
 
 def test_spec_bench_compares_acceptors_on_the_same_drafter(tmp_path):

@@ -23,10 +23,11 @@ def add_parser(sub) -> None:
                        "(or with --model the heads under its heads/ directory), ngram (prompt lookup as a tree: no "
                        "weights), or ngram+NAME (lookup merged with NAME's heads in one tree, on NAME's tree plus an "
                        "8-deep chain)")
-    bench.add_argument("--tree-builder", default="static", choices=("static", "cost"),
-                       help="static: each drafter's tree every step; cost: each step keeps the subtree with the most "
-                       "expected tokens per second, from this machine's measured verify costs and per-step overhead "
-                       "(CostAwareTreeBuilder; a single drafter is wrapped in MergedDrafter to calibrate its scores)")
+    bench.add_argument("--tree-builder", default="static",
+                       help="comma-separated, one row each: static (each drafter's tree every step) or cost (each step "
+                       "keeps the subtree with the most expected tokens per second, from this machine's measured "
+                       "verify costs and per-step overhead: CostAwareTreeBuilder; a single drafter is wrapped in "
+                       "MergedDrafter to calibrate its scores)")
     bench.add_argument("--sweep", default=None, help="comma-separated max_new_tokens values (e.g. 1,4,16,64,256,1000): "
                        "after the main run, every method again at each length, reported against the baseline with "
                        "the baseline's measured run-to-run noise (sweep.md, sweep.json); prompts are cut to fit the "
@@ -122,7 +123,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     composed = ["ngram"] + [f"ngram+{name}" for name in available if name not in own_verifier]
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
                                      list(available) + composed, "drafter")
-    if args.tree_builder == "cost":
+    args.builder_names = check_names([b.strip() for b in args.tree_builder.split(",") if b.strip()],
+                                     "--tree-builder", ["static", "cost"], "tree builder")
+    if "cost" in args.builder_names:
         refused = [name for name in args.drafter_names if name in own_verifier]
         if refused:
             raise OptionError(f"--tree-builder cost prunes each draft, which {', '.join(refused)} (self-drafting, "
@@ -237,16 +240,18 @@ def run(args: argparse.Namespace) -> int:
             methods.append(TransformersMethod.assisted(model, assistant))
     kinds = args.verifier_kinds
     calibration = calibration or [prompts[0][0]]
-    for name, acceptor_name in itertools.product(args.drafter_names, args.acceptor_names):
+    for name, acceptor_name, builder_name in itertools.product(args.drafter_names, args.acceptor_names,
+                                                               args.builder_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
-        drafter, tree = compose_drafter(name, load_heads, args.tree_builder == "cost")
+        cost = builder_name == "cost"
+        drafter, tree = compose_drafter(name, load_heads, cost)
         # Block verification is defined on chains: the same depth, one candidate per depth.
         template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for kind in kinds[:1] if own else kinds:
             verifier = verifier_from_options(model, drafter, kind, args.compile)
             builder = StaticTreeBuilder(template)
-            if args.tree_builder == "cost":
+            if cost:
                 from spec.bench.costs import cost_aware_builder
                 from spec.pipelines.step import Stages
 
@@ -255,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
                                              max_new_tokens=min(args.max_new_tokens, 32))
             decoder = SpeculativeDecoder(model, drafter, builder, verifier, acceptor)
             label = name if own or len(kinds) == 1 else f"{name}/{kind}"
-            methods.append(DecoderMethod(label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}",
+            label = label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}"
+            methods.append(DecoderMethod(label if len(args.builder_names) == 1 else f"{label}/{builder_name}",
                                          decoder))
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if prompts[0].shape[1] + n <= context]
