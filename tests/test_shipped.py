@@ -86,6 +86,12 @@ def test_demo_completions_are_identical(capsys):
     for drafter in ("medusa", "kangaroo"):
         assert main(["demo", "--drafter", drafter, "--max-new-tokens", "24"]) == 0
         assert "identical completions: True" in capsys.readouterr().out
+    assert main(["demo", "--drafter", "ngram+clover", "--tree-builder", "cost", "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "identical completions: True" in out and "sized each step by measured cost" in out
+    for bad in (["--drafter", "ngram+kangaroo"], ["--drafter", "kangaroo", "--tree-builder", "cost"],
+                ["--drafter", "ngram+nothing"], ["--random-model", "--tree-builder", "cost"]):
+        assert main(["demo", *bad]) == 2
 
 
 def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):

@@ -6,7 +6,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from spec.apps.options import add_runtime_arguments, verifier_from_options
+from spec.apps.options import add_runtime_arguments, compose_drafter, verifier_from_options
 
 
 def add_parser(sub) -> None:
@@ -153,28 +153,6 @@ def check_arguments(args: argparse.Namespace) -> None:
                           f"pass at most {len(questions)}.")
     args.questions = questions[: args.num_prompts or DEFAULT_PROMPTS]
     check_writable_directory(args.out, "--out directory")
-
-
-NGRAM_DEPTH = 8  # deepest lookup path: long enough for code that repeats, short enough to verify cheaply
-
-
-def compose_drafter(name: str, load_heads, calibrate: bool):
-    """``(drafter, tree)`` for a --drafters entry: heads (load_heads(name)), ``ngram``, or ``ngram+NAME``.
-    ``calibrate``: wrap a single source in MergedDrafter, whose scores are measured acceptance rates."""
-    from spec.drafters import MergedDrafter, NGramDrafter
-    from spec.trees import chain_tree, with_chain
-
-    if name == "ngram":
-        drafter, tree = NGramDrafter(max_depth=NGRAM_DEPTH), chain_tree(NGRAM_DEPTH)
-        return (MergedDrafter({"ngram": drafter}) if calibrate else drafter), tree
-    if name.startswith("ngram+"):
-        heads, tree = load_heads(name.split("+", 1)[1])
-        return (MergedDrafter({"ngram": NGramDrafter(max_depth=NGRAM_DEPTH), name.split("+", 1)[1]: heads}),
-                with_chain(tree, NGRAM_DEPTH))
-    heads, tree = load_heads(name)
-    if calibrate and heads.traits.verifier is None:
-        return MergedDrafter({name: heads}), tree
-    return heads, tree
 
 
 def write_report(report, out) -> None:

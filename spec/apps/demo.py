@@ -6,7 +6,12 @@ import argparse
 
 import torch
 
-from spec.apps.options import add_runtime_arguments, verifier_from_options
+from spec.apps.options import add_runtime_arguments, compose_drafter, verifier_from_options
+
+
+#: The composition the demo runs unless told otherwise (the fastest measured on the shipped model: docs/benchmarks.md).
+DEFAULT_DRAFTER = "medusa"
+DEFAULT_BUILDER = "static"
 
 
 def add_parser(sub) -> None:
@@ -19,8 +24,13 @@ def add_parser(sub) -> None:
         "decoding both completions are identical.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--drafter", default=None, help="which shipped heads draft (see spec/apps/shipped); "
-                      "default: medusa")
+    demo.add_argument("--drafter", default=None, help="which shipped heads draft (see spec/apps/shipped), ngram "
+                      "(prompt lookup as a tree), or ngram+NAME (lookup merged with NAME's heads in one tree); "
+                      f"default: {DEFAULT_DRAFTER}")
+    demo.add_argument("--tree-builder", default=None, choices=("static", "cost"),
+                      help="static: the drafter's tree every step; cost: each step keeps the subtree with the most "
+                      "expected tokens per second, from costs measured on this machine first (a few seconds); "
+                      f"default: {DEFAULT_BUILDER}")
     demo.add_argument("--tree", default=None, help="a tree JSON file or Medusa choices list (JSON text); "
                       "default: the tree shipped for the drafter")
     demo.add_argument("--prompt", default=None, help="text to complete instead of a held-out snippet")
@@ -63,7 +73,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.fallback = not args.random_model and not shipped_names()
     if args.random_model or args.fallback:
         ignored = [option for option, value in (("--drafter", args.drafter), ("--prompt", args.prompt),
-                                                ("--prompt-index", args.prompt_index)) if value is not None]
+                                                ("--prompt-index", args.prompt_index),
+                                                ("--tree-builder", args.tree_builder)) if value is not None]
         if args.temperature:
             ignored.append("--temperature")
         if ignored:
@@ -75,11 +86,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         return
     from spec.apps.shipped import heldout_prompts, shipped_drafters
 
-    args.drafter = args.drafter or "medusa"
+    args.drafter = args.drafter or DEFAULT_DRAFTER
+    args.tree_builder = args.tree_builder or DEFAULT_BUILDER
     args.temperature = args.temperature or 0.0
-    if args.drafter not in shipped_drafters():
-        raise OptionError(f"--drafter {args.drafter!r} has no shipped heads; choose from "
-                          f"{', '.join(shipped_drafters())}.")
+    heads = args.drafter.removeprefix("ngram+") if args.drafter != "ngram" else None
+    if heads is not None and heads not in shipped_drafters():
+        raise OptionError(f"--drafter {args.drafter!r}: no shipped {heads!r} heads; choose from "
+                          f"{', '.join(shipped_drafters())}, ngram, or ngram+NAME.")
+    if args.tree_builder == "cost" and heads == "kangaroo":
+        raise OptionError("--tree-builder cost prunes each draft, which kangaroo (self-drafting: its drafts go to its "
+                          "own verifier whole) cannot take; use --tree-builder static.")
+    if args.drafter.startswith("ngram+") and heads == "kangaroo":
+        raise OptionError("--drafter ngram+kangaroo: a self-drafter cannot be merged with others; use kangaroo alone.")
     if args.prompt is not None:
         if args.prompt_index is not None:
             raise OptionError("--prompt and --prompt-index both choose the text to complete; give one of them.")
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from spec import AutoregressiveDecoder, GreedyAcceptor, RejectionSamplingAcceptor, SpeculativeDecoder
     from spec.errors import ContextLengthError
     from spec.models import context_length
-    from spec.apps.shipped import load_shipped, load_shipped_drafter, load_shipped_tree
+    from spec.apps.shipped import heldout_prompts, load_shipped, load_shipped_drafter, load_shipped_tree
     from spec.trees import StaticTreeBuilder
 
     model, tokenizer = load_shipped(dtype=args.dtype, device=args.device)
@@ -113,11 +131,21 @@ def run(args: argparse.Namespace) -> int:
         raise ContextLengthError(f"The prompt ({prompt.shape[1]} tokens) plus --max-new-tokens {args.max_new_tokens} "
                                  f"is over the model's context of {context_length(model)}; ask for at most "
                                  f"{max(context_length(model) - prompt.shape[1], 0)} new tokens or shorten the prompt.")
-    drafter = load_shipped_drafter(args.drafter, model)
-    tree = args.tree_value if args.tree_value is not None else load_shipped_tree(args.drafter)
+    drafter, tree = compose_drafter(args.drafter, lambda name: (load_shipped_drafter(name, model),
+                                                                load_shipped_tree(name)), args.tree_builder == "cost")
+    tree = args.tree_value if args.tree_value is not None else tree
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
     verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
-    speculative = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), verifier, acceptor)
+    builder = StaticTreeBuilder(tree)
+    if args.tree_builder == "cost":
+        from spec.bench.costs import cost_aware_builder
+        from spec.pipelines.step import Stages
+
+        print("measuring this machine's verify costs and step overhead (two other held-out snippets)...", flush=True)
+        others = [t for t in heldout_prompts()[-2:] if t != text] or [text]
+        builder = cost_aware_builder(Stages(drafter, builder, verifier, acceptor), tree,
+                                     [tokenizer(t, return_tensors="pt").input_ids[0] for t in others])
+    speculative = SpeculativeDecoder(model, drafter, builder, verifier, acceptor)
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
     for decoder in (baseline, speculative):  # warm-up: first calls pay one-off initialisation
@@ -127,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     same = torch.equal(ar.sequences, sd.sequences)
     print(f"--- prompt ({prompt.shape[1]} tokens) ---\n{text}")
     print(f"--- autoregressive ---\n{tokenizer.decode(ar.new_tokens)}")
-    print(f"--- speculative ({args.drafter}, {tree.num_nodes - 1} candidates, depth {tree.max_depth}) ---\n"
+    sizing = ("sized each step by measured cost" if args.tree_builder == "cost" else "static")
+    print(f"--- speculative ({args.drafter}, tree of up to {tree.num_nodes - 1} candidates, depth {tree.max_depth}, "
+          f"{sizing}) ---\n"
           f"{tokenizer.decode(sd.new_tokens)}")
     print("---")
     if args.temperature == 0:

@@ -98,3 +98,25 @@ def check_verifier_kinds(text: str, option: str, several: bool) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()] if several else [text]
     allowed = list(VERIFIER_KINDS) + [f"{k}+compile" for k in VERIFIER_KINDS]
     return check_names(kinds, option, allowed, "verifier")
+
+
+NGRAM_DEPTH = 8  # deepest lookup path: long enough for code that repeats, short enough to verify cheaply
+
+
+def compose_drafter(name: str, load_heads, calibrate: bool):
+    """``(drafter, tree)`` for a --drafters entry: heads (load_heads(name)), ``ngram``, or ``ngram+NAME``.
+    ``calibrate``: wrap a single source in MergedDrafter, whose scores are measured acceptance rates."""
+    from spec.drafters import MergedDrafter, NGramDrafter
+    from spec.trees import chain_tree, with_chain
+
+    if name == "ngram":
+        drafter, tree = NGramDrafter(max_depth=NGRAM_DEPTH), chain_tree(NGRAM_DEPTH)
+        return (MergedDrafter({"ngram": drafter}) if calibrate else drafter), tree
+    if name.startswith("ngram+"):
+        heads, tree = load_heads(name.split("+", 1)[1])
+        return (MergedDrafter({"ngram": NGramDrafter(max_depth=NGRAM_DEPTH), name.split("+", 1)[1]: heads}),
+                with_chain(tree, NGRAM_DEPTH))
+    heads, tree = load_heads(name)
+    if calibrate and heads.traits.verifier is None:
+        return MergedDrafter({name: heads}), tree
+    return heads, tree
