@@ -290,3 +290,51 @@ def test_autoregressive_baseline_samples_from_float64_probabilities(monkeypatch)
     assert out.new_tokens.numel() == 4
     assert seen and all(dtype == torch.float64 for _, dtype in seen), seen
     assert {kind for kind, _ in seen} == {"process", "draw"}
+
+
+# ---- bounded shapes under a compiled step ------------------------------------------------------------------
+
+
+def test_a_compiled_step_sees_a_bounded_set_of_shapes(monkeypatch):
+    """Tree sizes and prefix lengths vary every step; padded, the step's input shapes fall into few buckets.
+
+    ``torch.compile`` is replaced by a recorder (the padding applies whenever the step counts as compiled), so
+    this runs eagerly in a second; the outputs must equal the unpadded eager verifier's.
+    """
+    from spec.runtime.shapes import attend_bucket, tree_bucket
+
+    shapes = set()
+
+    def recording(fn, **kwargs):
+        def call(tokens, positions, rows, keys, values, attend, mask):
+            shapes.add((tokens.shape[0], attend, tuple(mask.shape)))
+            return fn(tokens, positions, rows, keys, values, attend, mask)
+        return call
+
+    monkeypatch.setattr(compiled_module.torch, "compile", recording)
+    m = tiny_model("llama", seed=3, vocab_size=VOCAB, context=1024)
+    g = torch.Generator().manual_seed(0)
+    plan = []
+    for _ in range(120):  # a random tree a step (1 to 24 nodes, chains and bushes), a random accepted path
+        n = int(torch.randint(1, 25, (1,), generator=g))
+        parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+        ranks, seen = [], {}
+        for p in parents:
+            ranks.append(seen.get(p, 0))
+            seen[p] = seen.get(p, 0) + 1
+        tree = CandidateTree.from_parents(parents, ranks)
+        plan.append((tree, tuple(tree.path_to(int(torch.randint(0, n, (1,), generator=g))))))
+    prefix = torch.randint(0, VOCAB, (20,), generator=g)
+    padded = FastTreeVerifier(m, compile=True)
+    assert padded.compiled
+    outputs = run_steps(padded, prefix, plan, seed=4)
+    eager = run_steps(FastTreeVerifier(m, compile=False), prefix, plan, seed=4)
+    for a, b in zip(outputs, eager):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    length = padded.cached_length
+    assert length > 200  # the prefix grew across several attention buckets
+    sizes = {tree_bucket(n) for n in range(1, 25)}
+    lengths = {attend_bucket(r) for r in range(1, length + 32)}
+    assert {s[0] for s in shapes} <= sizes and {s[1] for s in shapes} <= lengths
+    # Unpadded, every tree size (24) in every 64-row prefix bucket would be a shape of its own.
+    assert len(shapes) <= len(sizes) * len(lengths) <= 3 * 8, shapes

@@ -36,7 +36,7 @@ from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import causal, in_window
 from spec.runtime.paths import PendingTree, moves_rows
 from spec.runtime.room import check_room
-from spec.runtime.shapes import PerShape
+from spec.runtime.shapes import PerShape, attend_bucket, tree_bucket
 from spec.timing import forward_region
 
 
@@ -101,6 +101,7 @@ class FastTreeVerifier:
                                   mode="reduce-overhead" if device.type == "cuda" else None,
                                   on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
         self._buffers = PerShape(self._tree_buffers)
+        self._padded = PerShape(self._padded_buffers)
         self.reset()
 
     # ---- Verifier protocol -------------------------------------------------------------
@@ -163,15 +164,23 @@ class FastTreeVerifier:
         buffers = self._buffers(tree)
         positions = buffers.depths + start
         rows = buffers.offsets + start
+        tokens = draft.tokens.to(self.forward.device)
         attend = start + n
         if self._step.compiled:
-            attend = min(-(-attend // self.PAD_TO) * self.PAD_TO, self.cache.rows)
+            # A compiled step sees a bounded set of shapes (each new one a recompile, or a CUDA graph recorded):
+            # the tree padded to a bucket, the rows attended to rounded up geometrically (shape_buckets).
+            width = tree_bucket(n)
+            if width > n and start + width <= self.cache.rows:  # near the cache's end, run unpadded
+                buffers = self._padded(tree)
+                positions, rows = buffers.depths + start, buffers.offsets + start
+                tokens = torch.nn.functional.pad(tokens, (0, width - n))
+            attend = min(attend_bucket(start + buffers.offsets.shape[0], self.PAD_TO), self.cache.rows)
         mask = MASKS[self.attention](buffers.ancestors, start, attend, positions, self.forward.window)
         with forward_region():
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            hidden, logits = self._step(draft.tokens.to(self.forward.device), positions, rows, self.cache.keys,
-                                        self.cache.values, attend, mask)
+            hidden, logits = self._step(tokens, positions, rows, self.cache.keys, self.cache.values, attend, mask)
+            hidden, logits = hidden[:n], logits[:n]  # padding nodes' outputs dropped
             if self._cuda_graphs and self._step.compiled:
                 # A graph replay reuses its output memory; the drafter and acceptor hold these across steps.
                 hidden, logits = hidden.clone(), logits.clone()
@@ -193,6 +202,18 @@ class FastTreeVerifier:
     def _verify_pass(self, tokens, positions, rows, keys, values, attend, mask):
         return self.forward(tokens, positions, rows, keys, values, attend, mask, KERNELS[self.attention],
                             self._capture)
+
+    def _padded_buffers(self, tree: CandidateTree) -> TreeBuffers:
+        """``_tree_buffers`` with padding nodes up to ``tree_bucket(n)``: each sees the prefix and itself only (a
+        row with nothing visible would be NaN), sits at the root's position, and writes a scratch row past the
+        tree; no real node sees them and commit never moves their rows."""
+        real, n = self._buffers(tree), tree.num_nodes
+        width = tree_bucket(n)
+        ancestors = torch.eye(width, dtype=torch.bool, device=real.ancestors.device)
+        ancestors[:n, :n] = real.ancestors
+        depths = torch.zeros(width, dtype=torch.int64, device=real.depths.device)
+        depths[:n] = real.depths
+        return TreeBuffers(ancestors=ancestors, depths=depths, offsets=torch.arange(width, device=depths.device))
 
     def _tree_buffers(self, tree: CandidateTree) -> TreeBuffers:
         device, depths = self.forward.device, tree.depths.to(torch.int64)
