@@ -156,3 +156,27 @@ def test_merged_drafter_samples_the_models_distribution():
     p_value, mean_accepted = sampled_counts(RejectionSamplingAcceptor())
     assert p_value > grid.ALPHA and mean_accepted > 1.05
     assert sampled_counts(BonusFromTarget())[0] < grid.ALPHA * 1e-4
+
+
+def test_merged_drafter_asks_for_the_hidden_states_its_sources_read():
+    """Lookup reads no hidden states; merged with EAGLE-3 the merge reads EAGLE-3's layers, and the verifier
+    chosen for it reports them: greedy output still equals the model's own."""
+    from spec.bench.pairing import verifier_for
+    from spec.drafters import Eagle3Drafter
+    from spec.errors import IncompatibleStagesError
+
+    m = model("llama")
+    eagle3 = Eagle3Drafter.from_model(m, max_depth=3, seed=0)
+    drafter = MergedDrafter({"ngram": NGramDrafter(), "eagle3": eagle3})
+    assert drafter.traits.features == eagle3.traits.features != "final"
+    assert not NGramDrafter().traits.reads_hidden_states and MergedDrafter([NGramDrafter()]).traits.features == "final"
+    p = repetitive_prompt(2)
+    out = SpeculativeDecoder(m, drafter, StaticTreeBuilder(TREE), verifier_for(m, drafter), GreedyAcceptor()).generate(
+        p, max_new_tokens=32)
+    assert_same_tokens(out.sequences, AutoregressiveDecoder(m).generate(p, max_new_tokens=32).sequences)
+    # Lookup alone composes with a verifier reporting any features.
+    SpeculativeDecoder(m, NGramDrafter(), StaticTreeBuilder(TREE), verifier_for(m, eagle3), GreedyAcceptor())
+    with pytest.raises(IncompatibleStagesError, match="hidden states"):
+        SpeculativeDecoder(m, drafter, StaticTreeBuilder(TREE), make_verifier(m), GreedyAcceptor())
+    with pytest.raises(ConfigurationError, match="read different hidden states"):
+        MergedDrafter({"medusa": MedusaDrafter.from_model(m, num_heads=2, seed=0), "eagle3": eagle3})

@@ -39,8 +39,6 @@ MAX_RANK = 4  # ranks at or beyond share one rate
 class MergedDrafter:
     """``sources``: the drafters to merge, by name (``{"ngram": NGramDrafter(), "medusa": ...}``) or in a list."""
 
-    traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True)
-
     def __init__(self, sources) -> None:
         named = dict(sources) if isinstance(sources, dict) else {
             f"{i}:{type(s).__name__}": s for i, s in enumerate(sources)}
@@ -52,6 +50,15 @@ class MergedDrafter:
                 raise ConfigurationError(
                     f"MergedDrafter cannot merge {name} ({type(source).__name__}): its drafts must reach its own "
                     "verifier whole. Use it on its own.")
+        readers = {name: s.traits.features for name, s in named.items() if s.traits.reads_hidden_states}
+        if len(set(readers.values())) > 1:
+            raise ConfigurationError(
+                f"MergedDrafter cannot merge drafters that read different hidden states ({readers}): one verifier "
+                "reports one kind. Merge drafters reading the same features, or lookup with any one of them.")
+        # Commits hand every source the hidden states the verifier reports: those its readers ask for.
+        self.traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True,
+                                    features=next(iter(readers.values()), "final"),
+                                    reads_hidden_states=bool(readers))
         self.sources = named
         self._names = list(named)
         # successes and opportunities per (source, depth, rank)

@@ -28,7 +28,8 @@ class NGramDrafter:
     """``max_ngram`` / ``min_ngram``: the suffix lengths tried, longest first. ``max_matches``: the
     most recent occurrences whose continuations are used. ``max_depth``: the deepest path proposed."""
 
-    traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True)
+    traits = DrafterTraits(candidate_kinds={CandidateKind.DETERMINISTIC}, log_confidence=True,
+                           reads_hidden_states=False)
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, max_matches: int = 8, max_depth: int = 10) -> None:
         if not 1 <= min_ngram <= max_ngram:

@@ -61,13 +61,16 @@ class DrafterTraits:
     ``prunable``: a tree builder may drop nodes from its drafts. False when state outside
     the draft is keyed by node (per-node work must travel in the draft, as ``Draft.node_states``).
     ``verifier``: the one verifier it must be composed with (self-drafting shares work with it).
-    ``features``: the hidden states its ``commit`` reads (see :func:`_features`)."""
+    ``features``: the hidden states its ``commit`` reads (see :func:`_features`).
+    ``reads_hidden_states``: False for drafters that draft from the tokens alone (n-gram lookup); any
+    verifier's hidden states suit them, and ``features`` is not checked."""
 
     candidate_kinds: frozenset[CandidateKind] = attrs.field(converter=frozenset, validator=_kinds)
     log_confidence: bool = False
     prunable: bool = True
     verifier: Optional[Any] = attrs.field(default=None, eq=False)
     features: str = attrs.field(default="final", validator=_features)
+    reads_hidden_states: bool = True
 
 
 @attrs.frozen
@@ -163,7 +166,7 @@ def check_composition(drafter: Any, tree_builder: Any, verifier: Any, acceptor: 
             f"{V} only verifies drafts of the drafter that shares its state, and {D} is not that drafter; "
             f"use make_verifier(model) with {D}, or the self-drafter whose `verifier` this is."
         )
-    if d.features != v.features:
+    if d.reads_hidden_states and d.features != v.features:
         raise IncompatibleStagesError(
             f"{D} reads the target's {d.features!r} hidden states but {V} reports {v.features!r} ones; "
             "compose it with a verifier that reports what it reads (a self-drafter: its own `drafter.verifier`)."
