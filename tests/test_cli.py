@@ -1,7 +1,14 @@
 import subprocess
 import sys
 
+import torch
+
 from spec.apps.cli import main
+from spec.models.placement import resolve_placement
+
+# The demo's --device defaults to auto (CUDA when visible): these tests pin the CPU, where their expectations
+# (float16 refused, exact greedy equality, no compile) hold; test_cpu_pinned_tests_hold_with_a_gpu_visible shows it.
+CPU = ["--device", "cpu"]
 
 
 def test_help_explains_itself():
@@ -18,13 +25,23 @@ def test_help_explains_itself():
 
 def test_demo_with_each_verifier_and_a_bad_dtype(capsys):
     for verifier in ("fast", "generic"):
-        assert main(["demo", "--random-model", "--max-new-tokens", "16", "--verifier", verifier]) == 0
+        assert main(["demo", "--random-model", *CPU, "--max-new-tokens", "16", "--verifier", verifier]) == 0
         assert "identical completions: True" in capsys.readouterr().out
     for model in ([], ["--random-model"]):
-        assert main(["demo", *model, "--dtype", "float16", "--max-new-tokens", "4"]) == 2
+        assert main(["demo", *model, *CPU, "--dtype", "float16", "--max-new-tokens", "4"]) == 2
         assert "float16 is not supported on cpu" in capsys.readouterr().err
 
 
 def test_random_model_demo_outputs_are_identical(capsys):
-    assert main(["demo", "--random-model", "--max-new-tokens", "24"]) == 0
+    assert main(["demo", "--random-model", *CPU, "--max-new-tokens", "24"]) == 0
     assert "identical completions: True" in capsys.readouterr().out
+
+
+def test_cpu_pinned_tests_hold_with_a_gpu_visible(monkeypatch, capsys):
+    """Simulate a GPU host (only the device decision: nothing is allocated on it): auto would pick CUDA, and a
+    pinned CPU run still gets the CPU's answer (float16 refused)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_placement("auto", "float32")[0].type == "cuda"
+    assert resolve_placement("cpu", "auto") == (torch.device("cpu"), torch.float32)
+    assert main(["demo", "--random-model", *CPU, "--dtype", "float16", "--max-new-tokens", "4"]) == 2
+    assert "float16 is not supported on cpu" in capsys.readouterr().err
