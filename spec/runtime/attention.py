@@ -45,19 +45,20 @@ def sdpa_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
-                   scale: float) -> torch.Tensor:
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1 and q.is_cuda:
+                   scale: float, gqa: bool) -> torch.Tensor:
+    if gqa and q.is_cuda:
         # On CUDA, the fused kernels that take a mask do not take grouped KV heads (only the math
         # kernel does both); repeating the heads keeps a masked SDPA fused.
+        groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None], scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+        gqa = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None], scale=scale, enable_gqa=gqa)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None, scale: float) -> torch.Tensor:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None, scale: float,
+                     gqa: bool) -> torch.Tensor:
     """A prefill on an empty cache with full attention: plain causal SDPA, no mask (flash on CUDA)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
 
 
 def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor, window: Optional[int]):
@@ -80,10 +81,11 @@ def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
     return create_block_mask(tree_mask, None, None, n, attend, device=ancestors.device)
 
 
-def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float,
+                   gqa: bool) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention as flex
 
-    return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 MASKS = {"sdpa": sdpa_mask, "flex": flex_mask}

@@ -25,6 +25,9 @@ from typing import Callable, Optional
 import torch
 
 
+RECOMPILE_LIMIT = 64
+
+
 class CompiledStep:
     """Calls ``fn`` compiled (``mode``: inductor mode, e.g. ``reduce-overhead`` for CUDA graphs) or eagerly."""
 
@@ -36,6 +39,12 @@ class CompiledStep:
         self.failure: Optional[str] = None
         self._compiled: Optional[Callable] = None
         if enabled:
+            # Dynamo's recompile limit counts per code object, and every verifier runs the same step function:
+            # each model structure (or feature set) a process verifies is one more compile of it. The default (8)
+            # is reached by a benchmark of a few drafters, or a test session, after which the step would fall
+            # back to eager; raise it (never lower it) so that only genuinely unbounded shapes exhaust it.
+            dynamo_config = torch._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
             try:
                 self._compiled = torch.compile(fn, mode=mode, dynamic=None, fullgraph=True)
             except Exception as error:  # torch.compile itself can refuse (e.g. unsupported Python)

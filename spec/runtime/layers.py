@@ -67,8 +67,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
-# attention(q [1, heads, n, d], k, v [1, kv_heads, attend, d], mask, scale) -> [1, heads, n, d]
-AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object, float], torch.Tensor]
+# attention(q [1, heads, n, d], k, v [1, kv_heads, attend, d], mask, scale, gqa) -> [1, heads, n, d].
+# ``gqa`` (kv_heads < heads) comes from the config, not the tensors' shapes: a compiled step shared by models of
+# other head counts sees symbolic head dims, and SDPA's enable_gqa takes a Python bool only.
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object, float, bool], torch.Tensor]
 
 
 class LlamaFamilyForward:
@@ -92,6 +94,7 @@ class LlamaFamilyForward:
         self.head_dim = attention.head_dim
         self.scale = float(getattr(attention, "scaling", self.head_dim ** -0.5))
         self.kv_heads = config.num_key_value_heads
+        self.gqa = bool(config.num_attention_heads != config.num_key_value_heads)
         self.dtype = model_dtype(model)
         self.device = self.embed.weight.device
         positions = torch.arange(self.max_length, device=self.device)[None]
@@ -152,7 +155,8 @@ class LlamaFamilyForward:
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             keys[index].index_copy_(1, rows, k[0])
             values[index].index_copy_(1, rows, v[0])
-            out = attention(q, keys[index][:, :attend][None], values[index][:, :attend][None], mask, self.scale)
+            out = attention(q, keys[index][:, :attend][None], values[index][:, :attend][None], mask, self.scale,
+                            self.gqa)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x

@@ -64,13 +64,16 @@ class FastTreeVerifier:
     refused before its first step with a ``ContextLengthError`` naming the verifier's cache.
     ``features``: the hidden states it reports (``"final"``, or ``"layers:<a>,<b>,.."`` for a drafter that
     reads intermediate layers, e.g. EAGLE-3); only what is asked for is computed.
+    ``pad_trees``: a compiled step pads each tree to 8/16/32/64/... nodes so it sees few shapes; None (default)
+    pads with CUDA graphs only (on a CPU the padded rows are real compute and inductor's one dynamic-shape
+    graph serves every size).
     """
 
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
     DEFAULT_MAX_LENGTH = 4096  # the default cache length when the model's context is longer (see max_length)
 
     def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
-                 max_length: Optional[int] = None, features: str = "final") -> None:
+                 max_length: Optional[int] = None, features: str = "final", pad_trees: Optional[bool] = None) -> None:
         self.model = model.eval()
         self.forward = LlamaFamilyForward(model)
         # Verifies any drafter's drafts; reports the hidden states the drafter reads.
@@ -92,6 +95,10 @@ class FastTreeVerifier:
         self._max_length = max_length or min(self.forward.max_length, self.DEFAULT_MAX_LENGTH)
         self.cache = self.forward.new_cache(self._max_length + spare_rows)
         self._cuda_graphs = compile and device.type == "cuda"
+        # Padding a compiled step's tree to a bucket bounds the shapes (CUDA graphs record one per shape), and
+        # the extra rows are nearly free on a GPU. On a CPU they are real compute (a 1-node step padded to 8
+        # costs about 1.4x), while inductor compiles one dynamic-shape graph for all sizes: pad on CUDA only.
+        self._pad_trees = self._cuda_graphs if pad_trees is None else bool(pad_trees)
         if self._cuda_graphs:
             # CUDA graphs need the cache at a fixed address.
             for tensor in self.cache.tensors:
@@ -169,7 +176,7 @@ class FastTreeVerifier:
         if self._step.compiled:
             # A compiled step sees a bounded set of shapes (each new one a recompile, or a CUDA graph recorded):
             # the tree padded to a bucket, the rows attended to rounded up geometrically (shape_buckets).
-            width = tree_bucket(n)
+            width = tree_bucket(n) if self._pad_trees else n
             if width > n and start + width <= self.cache.rows:  # near the cache's end, run unpadded
                 buffers = self._padded(tree)
                 positions, rows = buffers.depths + start, buffers.offsets + start
