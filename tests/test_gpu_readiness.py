@@ -339,3 +339,19 @@ def test_a_compiled_step_sees_a_bounded_set_of_shapes(monkeypatch):
     assert {s[0] for s in shapes} <= sizes and {s[1] for s in shapes} <= lengths
     # Unpadded, every tree size (24) in every 64-row prefix bucket would be a shape of its own.
     assert len(shapes) <= len(sizes) * len(lengths) <= 3 * 8, shapes
+
+
+def test_grouped_query_attention_folded_into_the_query_axis_equals_grouped_sdpa():
+    """What the SDPA kernel does on CUDA for grouped KV heads (no K/V copy), checked on the CPU against SDPA's own
+    grouped attention, with a tree mask, a prefix and 1 to 4 query heads per KV head."""
+    from spec.runtime.attention import folded_gqa_attention
+
+    g = torch.Generator().manual_seed(0)
+    for kv_heads, groups, n, attend in [(2, 4, 5, 37), (1, 3, 1, 9), (4, 1, 7, 20)]:
+        q = torch.randn(1, kv_heads * groups, n, 16, generator=g, dtype=torch.float64)
+        k, v = (torch.randn(1, kv_heads, attend, 16, generator=g, dtype=torch.float64) for _ in range(2))
+        visible = torch.rand(n, attend, generator=g) < 0.6
+        visible[:, 0] = True  # every row sees something
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None],
+                                                                    scale=0.25, enable_gqa=True)
+        torch.testing.assert_close(folded_gqa_attention(q, k, v, visible, 0.25), expected, rtol=1e-12, atol=1e-12)

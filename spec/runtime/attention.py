@@ -47,12 +47,24 @@ def sdpa_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
                    scale: float, gqa: bool) -> torch.Tensor:
     if gqa and q.is_cuda:
-        # On CUDA, the fused kernels that take a mask do not take grouped KV heads (only the math
-        # kernel does both); repeating the heads keeps a masked SDPA fused.
-        groups = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        gqa = False
+        # On CUDA, the fused kernels that take a mask do not take grouped KV heads (only the math kernel does
+        # both). Folding each group's query heads into the query axis keeps SDPA fused without copying the
+        # keys and values (repeating them copied the whole prefix, every layer, every step).
+        return folded_gqa_attention(q, k, v, visible, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[None, None], scale=scale, enable_gqa=gqa)
+
+
+def folded_gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """Grouped-query attention as plain attention: ``q`` ``[1, heads, n, d]`` regrouped to ``[1, kv_heads,
+    groups * n, d]`` (query head ``i * groups + j`` reads KV head ``i``), the mask ``[n, attend]`` tiled once per
+    group member; the result is regrouped back to ``[1, heads, n, d]``."""
+    _, heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    folded = q.reshape(1, kv_heads, groups * n, d)
+    out = F.scaled_dot_product_attention(folded, k, v, attn_mask=visible.repeat(groups, 1)[None, None], scale=scale)
+    return out.reshape(1, heads, n, d)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None, scale: float,
