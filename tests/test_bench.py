@@ -176,3 +176,18 @@ def test_ablation_builds_verifiers_reporting_what_each_drafter_reads():
     rows = ablation.pipelines({})
     assert [label["drafter"] for label, _ in rows] == ["eagle3", "medusa"]
     assert rows[0][1].decoder.verifier.traits.features == eagle3.traits.features != "final"
+
+
+def test_first_divergence_names_the_token_and_the_models_top2_gap():
+    from spec.bench.divergence import first_divergence
+
+    m = model("llama")
+    p = torch.tensor([[3, 1, 4, 1, 5]])
+    ref = AutoregressiveDecoder(m).generate(p, max_new_tokens=6).sequences
+    assert first_divergence(m, ref, ref, 5) is None
+    other = ref.clone()
+    other[0, 8] = (other[0, 8] + 1) % VOCAB
+    found = first_divergence(m, ref, other, 5)
+    assert (found.index, found.expected, found.got) == (3, int(ref[0, 8]), int(other[0, 8]))
+    top = torch.topk(m(ref[:, :8]).logits[0, -1].float(), 2).values
+    assert found.top2_gap == pytest.approx(float(top[0] - top[1])) and found.top2_gap >= 0
