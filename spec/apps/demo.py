@@ -10,7 +10,7 @@ from spec.apps.options import add_runtime_arguments, compose_drafter, verifier_f
 
 
 #: The composition the demo runs unless told otherwise (the fastest measured on the shipped model: docs/benchmarks.md).
-DEFAULT_DRAFTER = "medusa"
+DEFAULT_DRAFTER = "eagle3"
 DEFAULT_BUILDER = "static"
 
 

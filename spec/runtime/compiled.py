@@ -32,7 +32,7 @@ class CompiledStep:
     """Calls ``fn`` compiled (``mode``: inductor mode, e.g. ``reduce-overhead`` for CUDA graphs) or eagerly."""
 
     def __init__(self, fn: Callable, enabled: bool, mode: Optional[str] = None,
-                 on_fallback: Optional[Callable[[], None]] = None) -> None:
+                 on_fallback: Optional[Callable[[], None]] = None, dynamic: Optional[bool] = None) -> None:
         self.fn = fn
         self.mode = mode
         self.on_fallback = on_fallback
@@ -46,7 +46,7 @@ class CompiledStep:
             dynamo_config = torch._dynamo.config
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
             try:
-                self._compiled = torch.compile(fn, mode=mode, dynamic=None, fullgraph=True)
+                self._compiled = torch.compile(fn, mode=mode, dynamic=dynamic, fullgraph=True)
             except Exception as error:  # torch.compile itself can refuse (e.g. unsupported Python)
                 self._give_up(error)
 

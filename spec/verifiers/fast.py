@@ -104,8 +104,12 @@ class FastTreeVerifier:
             for tensor in self.cache.tensors:
                 torch._dynamo.mark_static_address(tensor)
         # Eager FlexAttention is unfused and slow: if compiling fails, an automatic choice falls back to SDPA.
+        # Unpadded (a CPU), tree sizes and prefix lengths change every step: compile SDPA steps for dynamic shapes
+        # at once rather than once static and again, seconds into a generation, when the second shape arrives.
+        # (Inductor's CPU FlexAttention kernel does not build with dynamic shapes: it keeps the default.)
         self._step = CompiledStep(self._verify_pass, enabled=compile,
                                   mode="reduce-overhead" if device.type == "cuda" else None,
+                                  dynamic=True if not self._pad_trees and attention == "sdpa" else None,
                                   on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
         self._buffers = PerShape(self._tree_buffers)
         self._padded = PerShape(self._padded_buffers)
