@@ -21,13 +21,12 @@ from spec.testing.assertions import assert_same_tokens
 from spec.testing.drafters import TableDrafter
 from spec.testing.exact import composition_gap
 from spec.testing.mutants import BonusFromTarget
-from spec.testing.stats import chi_square_pvalue
 from spec.testing.strategies import candidate_trees
 from spec.trees import CostAwareTreeBuilder, full_tree, tree_from_choices
 from spec.trees.cost_aware import best_size
 from spec.verifiers import make_verifier
 
-from helpers import VOCAB, model
+from helpers import VOCAB, LogitsTable, model
 
 TEMPLATE = tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
 
@@ -125,25 +124,15 @@ def test_greedy_output_equals_transformers_generate_and_trees_shrink():
     assert drafter.rates()["ngram"][0] > 0.6 > drafter.rates()["medusa"][0]
 
 
-class Table:
-    def __init__(self, vocab, seed, sharpness):
-        self.vocab, self.sharpness, self.g, self.cache = vocab, sharpness, torch.Generator().manual_seed(seed), {}
-
-    def __call__(self, path):
-        if path not in self.cache:
-            self.cache[path] = torch.randn(self.vocab, generator=self.g, dtype=torch.float64) * self.sharpness
-        return self.cache[path]
-
-
 @pytest.mark.parametrize("candidates", ["top_k", "sample_with_replacement", "sample_without_replacement"])
 @given(seed=st.integers(0, 2**16), temperature=st.sampled_from([0.6, 1.0, 1.5]), curve=cost_curves,
        overhead=st.floats(0, 0.05), merged=st.booleans())
 def test_cost_aware_compositions_are_exactly_lossless(candidates, seed, temperature, curve, overhead, merged):
     """Every draft and acceptance coin enumerated: the emitted distribution equals the target's sampler."""
-    table = TableDrafter(Table(3, seed + 1, 1.0), 2, candidates)
+    table = TableDrafter(LogitsTable(3, seed + 1, 1.0), 2, candidates)
     drafter = MergedDrafter([table, NGramDrafter(max_depth=2)]) if merged else table
     builder = CostAwareTreeBuilder(tree_from_choices([[0], [1], [0, 0]]), curve, overhead)
-    gap = composition_gap(drafter, builder, RejectionSamplingAcceptor(), Table(3, seed, 2.0),
+    gap = composition_gap(drafter, builder, RejectionSamplingAcceptor(), LogitsTable(3, seed, 2.0),
                           DraftContext(tokens=torch.tensor([2, 1, 0, 2])), SamplingParams(temperature=temperature))
     assert gap < 1e-9
 
@@ -158,9 +147,9 @@ def test_a_sampled_draft_kept_whole_is_handed_on_as_deterministic():
             return draft if keep is None else draft.select_nodes(keep, kind=CandidateKind.DETERMINISTIC)
 
     def gap(builder_class):
-        drafter = TableDrafter(Table(3, 1, 1.0), 2, "sample_with_replacement")
+        drafter = TableDrafter(LogitsTable(3, 1, 1.0), 2, "sample_with_replacement")
         builder = builder_class(full_tree(2, 2), {1: 0.00390625, 2: 0.0078125})
-        return composition_gap(drafter, builder, RejectionSamplingAcceptor(), Table(3, 0, 2.0),
+        return composition_gap(drafter, builder, RejectionSamplingAcceptor(), LogitsTable(3, 0, 2.0),
                                DraftContext(tokens=torch.tensor([2, 1, 0, 2])), SamplingParams(temperature=0.6))
 
     assert gap(CostAwareTreeBuilder) < 1e-9
@@ -171,10 +160,8 @@ def sampled_counts(acceptor):
     m = grid.target_model()
     medusa = MedusaDrafter.from_model(m, num_heads=2, seed=0, candidates="sample_without_replacement")
     builder = CostAwareTreeBuilder(full_tree(2, 2), {1: 0.005, 7: 0.011}, overhead_s=0.001)
-    decoder = SpeculativeDecoder(m, MergedDrafter([NGramDrafter(), medusa]), builder, make_verifier(m), acceptor)
-    counts, mean_accepted = grid.sample_counts(decoder, grid.SAMPLINGS["top_p"])
-    return chi_square_pvalue(counts, grid.exact_distribution(grid.GridCase("-", "-", "-", "top_p").params)), \
-        mean_accepted
+    return grid.decoder_chi_square(
+        SpeculativeDecoder(m, MergedDrafter([NGramDrafter(), medusa]), builder, make_verifier(m), acceptor))
 
 
 def test_cost_aware_decoder_samples_the_models_distribution():

@@ -36,7 +36,7 @@ from spec.testing.strategies import candidate_trees
 from spec.runtime import compiled as compiled_module
 from spec.runtime import unsupported_reason
 
-from helpers import LLAMA_FAMILY, VOCAB, config_override, model, prompt, reference
+from helpers import LLAMA_FAMILY, VOCAB, config_override, model, prompt, reference, verify_steps
 
 NEW_TOKENS = 64
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -88,15 +88,8 @@ def test_fast_path_equals_transformers_generate():
 
 
 def _steps(make, m, prefix, trees_and_paths, seed):
-    """Prefill, then verify/commit each (tree, path); returns every step's logits."""
-    g = torch.Generator().manual_seed(seed)
-    verifier = make(m)
-    outputs = [verifier.prefill(prefix)]
-    for tree, path in trees_and_paths:
-        tokens = torch.randint(0, VOCAB, (tree.num_nodes,), generator=g)
-        outputs.append(verifier.verify(Draft(tree=tree, tokens=tokens)).logits)
-        verifier.commit(path)
-    return outputs
+    """Prefill, then verify/commit each (tree, path) with a verifier ``make(m)``; returns every step's logits."""
+    return verify_steps(make(m), prefix, trees_and_paths, seed)
 
 
 @st.composite

@@ -15,7 +15,7 @@ from spec import CandidateTree, Draft, FastTreeVerifier, TreeAttentionVerifier
 from spec.runtime import compiled as compiled_module
 from spec.testing.models import tiny_model
 
-from helpers import VOCAB
+from helpers import VOCAB, verify_steps
 
 # 4 heads of 16: the smallest head_dim inductor's FlexAttention lowering takes (the suite's models have 8).
 HEAD_DIM_16 = dict(vocab_size=VOCAB, hidden_size=64)
@@ -26,26 +26,15 @@ CHAIN = CandidateTree(parents=[-1, 0, 1], ranks=[0, 0, 0])
 WIDE = CandidateTree(parents=[-1, 0, 0, 0, 1, 1], ranks=[0, 0, 1, 2, 0, 1])
 
 
-def run_steps(verifier, prefix: torch.Tensor, plan, seed: int = 0) -> list[torch.Tensor]:
-    """Prefill, then verify/commit each (tree, path); every step's logits (prefill's hidden states first)."""
-    g = torch.Generator().manual_seed(seed)
-    outputs = [verifier.prefill(prefix)]
-    for tree, path in plan:
-        tokens = torch.randint(0, VOCAB, (tree.num_nodes,), generator=g)
-        outputs.append(verifier.verify(Draft(tree=tree, tokens=tokens)).logits)
-        verifier.commit(path)
-    return outputs
-
-
 def assert_really_compiled(model, attention: str, prefix: torch.Tensor, plan) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         verifier = FastTreeVerifier(model, compile=True, attention=attention)
-        compiled = run_steps(verifier, prefix, plan)
+        compiled = verify_steps(verifier, prefix, plan)
     fallbacks = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
     assert not fallbacks, fallbacks
     assert verifier.compiled and verifier._step.failure is None, verifier._step.failure
-    generic = run_steps(TreeAttentionVerifier(model), prefix, plan)
+    generic = verify_steps(TreeAttentionVerifier(model), prefix, plan)
     for a, b in zip(compiled, generic):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -328,8 +317,8 @@ def test_a_compiled_step_sees_a_bounded_set_of_shapes(monkeypatch):
     prefix = torch.randint(0, VOCAB, (20,), generator=g)
     padded = FastTreeVerifier(m, compile=True, pad_trees=True)  # the default on CUDA only
     assert padded.compiled
-    outputs = run_steps(padded, prefix, plan, seed=4)
-    eager = run_steps(FastTreeVerifier(m, compile=False), prefix, plan, seed=4)
+    outputs = verify_steps(padded, prefix, plan, seed=4)
+    eager = verify_steps(FastTreeVerifier(m, compile=False), prefix, plan, seed=4)
     for a, b in zip(outputs, eager):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     length = padded.cached_length

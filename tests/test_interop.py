@@ -26,7 +26,7 @@ from spec.testing.strategies import candidate_trees
 from spec.trees import tree_from_choices, tree_to_choices
 
 from drafter_checks import perturb
-from helpers import model, prompt, reference
+from helpers import eagle3_published_tensors, model, prompt, reference
 
 TREE = tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0]])
 H, V = 32, 96
@@ -346,14 +346,8 @@ def trained_eagle3(seed=0):
 def write_eagle3(directory, drafter):
     """SafeAILab's EAGLE-3 names: fc, midlayer.* (with hidden_norm), norm, lm_head [K, H], d2t offsets, t2d mask."""
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, v in drafter.heads.state_dict().items():
-        name = "midlayer.hidden_norm.weight" if k == "hidden_norm.weight" else (
-            "midlayer." + k[len("layer."):] if k.startswith("layer.") else k)
-        tensors[name] = v.detach().clone()
-    ids = drafter.heads.d2t.to(torch.long)
-    tensors["d2t"] = ids - torch.arange(ids.numel())
-    tensors["t2d"] = torch.zeros(V, dtype=torch.bool).index_fill_(0, ids, True)
+    tensors = eagle3_published_tensors(drafter, "midlayer.", V)
+    ids = drafter.heads.d2t
     (directory / "config.json").write_text(json.dumps({"draft_vocab_size": int(ids.numel()), "target_hidden_size": H,
                                                        "num_hidden_layers": 1}))
     save_file(tensors, str(directory / "model.safetensors"))

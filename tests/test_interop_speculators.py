@@ -25,7 +25,7 @@ from spec.testing.assertions import assert_same_tokens
 from spec.trees import tree_from_choices
 
 from drafter_checks import perturb
-from helpers import model, prompt
+from helpers import eagle3_published_tensors, model, prompt
 
 V = 96
 LAYERS = 4
@@ -65,14 +65,8 @@ def layer_config() -> dict:
 def write_speculators_eagle3(directory, drafter, ids=None, **config_edits):
     """speculators' Eagle3 names: embed_tokens, fc, layers.0.* (hidden_norm inside), norm, lm_head, d2t, t2d."""
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, v in drafter.heads.state_dict().items():
-        name = "layers.0.hidden_norm.weight" if k == "hidden_norm.weight" else (
-            "layers.0." + k[len("layer."):] if k.startswith("layer.") else k)
-        tensors[name] = v.detach().clone()
+    tensors = eagle3_published_tensors(drafter, "layers.0.", V)
     token_ids = drafter.heads.d2t.to(torch.long)
-    tensors["d2t"] = token_ids - torch.arange(token_ids.numel())
-    tensors["t2d"] = torch.zeros(V, dtype=torch.bool).index_fill_(0, token_ids, True)
     tensors["embed_tokens.weight"] = target().get_input_embeddings().weight.detach().clone()
     config = {"speculators_model_type": "eagle3", "architectures": ["Eagle3Speculator"],
               "speculators_version": "0.2.0", "transformer_layer_config": layer_config(),

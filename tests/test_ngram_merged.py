@@ -16,11 +16,10 @@ from spec.testing.assertions import assert_same_tokens
 from spec.testing.mutants import BonusFromTarget
 from spec.testing.drafters import TableDrafter
 from spec.testing.exact import composition_gap
-from spec.testing.stats import chi_square_pvalue
 from spec.trees import chain_tree, full_tree, tree_from_choices
 from spec.verifiers import make_verifier
 
-from helpers import VOCAB, model
+from helpers import VOCAB, LogitsTable, model
 
 TREE = tree_from_choices([[0], [1], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
 
@@ -119,24 +118,14 @@ def test_merged_drafter_learns_which_source_to_trust():
 
 
 # ---- losslessness when sampling -------------------------------------------------------------------------
-class Table:
-    def __init__(self, vocab, seed, sharpness):
-        self.vocab, self.sharpness, self.g, self.cache = vocab, sharpness, torch.Generator().manual_seed(seed), {}
-
-    def __call__(self, path):
-        if path not in self.cache:
-            self.cache[path] = torch.randn(self.vocab, generator=self.g, dtype=torch.float64) * self.sharpness
-        return self.cache[path]
-
-
 @pytest.mark.parametrize("candidates", ["top_k", "sample_with_replacement", "sample_without_replacement"])
 @given(seed=st.integers(0, 2**16), temperature=st.sampled_from([0.6, 1.0, 1.5]),
        tokens=st.lists(st.integers(0, 2), min_size=3, max_size=9))
 def test_merged_composition_is_exactly_lossless(candidates, seed, temperature, tokens):
     """A sampled head merged with lookup: the merge turns it into deterministic candidates, exactly lossless."""
-    drafter = MergedDrafter([TableDrafter(Table(3, seed + 1, 1.0), 2, candidates), NGramDrafter(max_depth=2)])
+    drafter = MergedDrafter([TableDrafter(LogitsTable(3, seed + 1, 1.0), 2, candidates), NGramDrafter(max_depth=2)])
     builder = StaticTreeBuilder(tree_from_choices([[0], [1], [0, 0]]))
-    gap = composition_gap(drafter, builder, RejectionSamplingAcceptor(), Table(3, seed, 2.0), context(tokens),
+    gap = composition_gap(drafter, builder, RejectionSamplingAcceptor(), LogitsTable(3, seed, 2.0), context(tokens),
                           SamplingParams(temperature=temperature, top_k=2))
     assert gap < 1e-9
 
@@ -144,11 +133,9 @@ def test_merged_composition_is_exactly_lossless(candidates, seed, temperature, t
 def sampled_counts(acceptor):
     m = grid.target_model()
     medusa = MedusaDrafter.from_model(m, num_heads=2, seed=0, candidates="sample_without_replacement")
-    decoder = SpeculativeDecoder(m, MergedDrafter([NGramDrafter(), medusa]),
-                                 StaticTreeBuilder(tree_from_choices([[0], [1], [0, 0]])), make_verifier(m), acceptor)
-    counts, mean_accepted = grid.sample_counts(decoder, grid.SAMPLINGS["top_p"])
-    return chi_square_pvalue(counts, grid.exact_distribution(grid.GridCase("-", "-", "-", "top_p").params)), \
-        mean_accepted
+    return grid.decoder_chi_square(SpeculativeDecoder(m, MergedDrafter([NGramDrafter(), medusa]),
+                                                      StaticTreeBuilder(tree_from_choices([[0], [1], [0, 0]])),
+                                                      make_verifier(m), acceptor))
 
 
 def test_merged_drafter_samples_the_models_distribution():

@@ -224,11 +224,16 @@ def sample_counts(decoder, sampling: dict[str, Any], samples: int = SAMPLES) -> 
 def chi_square(case: GridCase, samples: int = SAMPLES, acceptor=None, builder_class=None) -> tuple[float, float]:
     """(p-value, mean accepted length over every step) of ``samples`` end-to-end generations against the
     exact distribution."""
+    return decoder_chi_square(make_decoder(case, acceptor, builder_class), case.sampling, samples)
+
+
+def decoder_chi_square(decoder, sampling: str = "top_p", samples: int = SAMPLES) -> tuple[float, float]:
+    """:func:`chi_square` for any decoder of :func:`target_model` (e.g. a composition outside the grid), at
+    the ``SAMPLINGS[sampling]`` setting."""
     from spec.testing.stats import chi_square_pvalue
 
-    counts, mean_accepted = sample_counts(make_decoder(case, acceptor, builder_class), SAMPLINGS[case.sampling],
-                                          samples)
-    return chi_square_pvalue(counts, exact_distribution(case.params)), mean_accepted
+    counts, mean_accepted = sample_counts(decoder, SAMPLINGS[sampling], samples)
+    return chi_square_pvalue(counts, exact_distribution(GridCase("-", "-", "-", sampling).params)), mean_accepted
 
 
 def run_grid(cases: list[GridCase], samples: int = SAMPLES, progress: bool = True) -> list[dict[str, Any]]:
