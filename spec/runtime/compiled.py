@@ -44,7 +44,10 @@ class CompiledStep:
             # is reached by a benchmark of a few drafters, or a test session, after which the step would fall
             # back to eager; raise it (never lower it) so that only genuinely unbounded shapes exhaust it.
             dynamo_config = torch._dynamo.config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+            try:
+                dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+            except AttributeError:  # another torch version's name for it (or none): keep its default
+                pass
             try:
                 self._compiled = torch.compile(fn, mode=mode, dynamic=dynamic, fullgraph=True)
             except Exception as error:  # torch.compile itself can refuse (e.g. unsupported Python)
