@@ -115,11 +115,10 @@ def check_arguments(args: argparse.Namespace) -> None:
                               "`spec build-model --export --heads medusa`, or give --model.")
     else:
         available = shipped_drafters()
-    from spec.drafters import KangarooDrafter
-    from spec.registry import DRAFTERS
+    from spec.apps.options import self_drafting
 
     # Self-drafters hand their drafts to their own verifier whole: they can be neither merged nor pruned.
-    own_verifier = {name for name in available if name in DRAFTERS and issubclass(DRAFTERS[name].drafter, KangarooDrafter)}
+    own_verifier = {name for name in available if self_drafting(name)}
     composed = ["ngram"] + [f"ngram+{name}" for name in available if name not in own_verifier]
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
                                      list(available) + composed, "drafter")

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from spec.apps.options import add_runtime_arguments, compose_drafter, verifier_from_options
+from spec.apps.options import add_runtime_arguments, compose_drafter, self_drafting, verifier_from_options
 
 
 #: The composition the demo runs unless told otherwise (the fastest measured on the shipped model: docs/benchmarks.md).
@@ -93,11 +93,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     if heads is not None and heads not in shipped_drafters():
         raise OptionError(f"--drafter {args.drafter!r}: no shipped {heads!r} heads; choose from "
                           f"{', '.join(shipped_drafters())}, ngram, or ngram+NAME.")
-    if args.tree_builder == "cost" and heads == "kangaroo":
-        raise OptionError("--tree-builder cost prunes each draft, which kangaroo (self-drafting: its drafts go to its "
+    if args.tree_builder == "cost" and heads is not None and self_drafting(heads):
+        raise OptionError(f"--tree-builder cost prunes each draft, which {heads} (self-drafting: its drafts go to its "
                           "own verifier whole) cannot take; use --tree-builder static.")
-    if args.drafter.startswith("ngram+") and heads == "kangaroo":
-        raise OptionError("--drafter ngram+kangaroo: a self-drafter cannot be merged with others; use kangaroo alone.")
+    if args.drafter.startswith("ngram+") and self_drafting(heads):
+        raise OptionError(f"--drafter {args.drafter}: a self-drafter cannot be merged with others; use {heads} alone.")
     if args.prompt is not None:
         if args.prompt_index is not None:
             raise OptionError("--prompt and --prompt-index both choose the text to complete; give one of them.")

@@ -100,6 +100,15 @@ def check_verifier_kinds(text: str, option: str, several: bool) -> list[str]:
     return check_names(kinds, option, allowed, "verifier")
 
 
+def self_drafting(name: str) -> bool:
+    """Whether the registered drafter ``name`` drafts with the target's own layers (Kangaroo): its drafts go to its
+    own verifier whole, so they can be neither merged with other drafters' nor pruned."""
+    from spec.drafters import KangarooDrafter
+    from spec.registry import DRAFTERS
+
+    return name in DRAFTERS and issubclass(DRAFTERS[name].drafter, KangarooDrafter)
+
+
 NGRAM_DEPTH = 8  # deepest lookup path: long enough for code that repeats, short enough to verify cheaply
 
 

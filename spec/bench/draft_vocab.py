@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from spec.acceptors import GreedyAcceptor
+from spec.bench.metrics import mean_accepted_tokens
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.errors import ConfigurationError
 from spec.models import output_vocab_size
@@ -33,12 +34,7 @@ class VocabChoice:
 
 def mean_accepted(model, drafter, tree: CandidateTree, prompts: Sequence[torch.Tensor], max_new_tokens: int) -> float:
     decoder = SpeculativeDecoder(model, drafter, StaticTreeBuilder(tree), make_verifier(model), GreedyAcceptor())
-    accepted = steps = 0
-    for prompt in prompts:
-        out = decoder.generate(prompt, max_new_tokens=max_new_tokens)
-        accepted += sum(s.accepted for s in out.steps)
-        steps += len(out.steps)
-    return 1 + accepted / max(steps, 1)
+    return mean_accepted_tokens([decoder.generate(prompt, max_new_tokens=max_new_tokens) for prompt in prompts])
 
 
 def choose_draft_vocab(model, drafter, tree: CandidateTree, prompts: Sequence[torch.Tensor],

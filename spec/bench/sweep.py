@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from spec.bench.methods import Method
+from spec.bench.metrics import median
 from spec.bench.runner import run_benchmark
 from spec.errors import ConfigurationError
 
@@ -64,7 +65,7 @@ def run_sweep(methods: Sequence[Method], prompts: Sequence[torch.Tensor], length
         report = run_benchmark(methods, fit_prompts(prompts, n, context), n, baseline=baseline, repeats=repeats,
                                warmup=warmup, progress=progress, profile_overhead=False)
         base = report.method(baseline).repeat_tokens_per_second
-        spread = (max(base) - min(base)) / sorted(base)[len(base) // 2] if len(base) > 1 else 0.0
+        spread = (max(base) - min(base)) / median(base) if len(base) > 1 else 0.0
         points.append(SweepPoint(n, {m.name: m.tokens_per_second for m in report.methods},
                                  {m.name: m.speedup for m in report.methods}, spread))
     return SweepReport(baseline, tuple(points), {"lengths": list(lengths), "repeats": repeats, "warmup": warmup,

@@ -20,7 +20,6 @@ from spec.drafters.checkpointing import (
     load_drafter,
     load_state_strict,
     save_drafter,
-    saved_draft_vocab,
 )
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
@@ -101,13 +100,12 @@ class HeadDrafter:
     def from_pretrained(cls, directory: str | os.PathLike, model, candidates: str = "top_k"):
         """Heads saved by ``save_pretrained`` for this exact model (with the draft vocabulary they were saved
         with); anything else is refused before loading."""
-        hyper, state = load_drafter(directory, model, cls.drafter_type, set(cls.hyperparameter_names),
-                                    build=lambda h: cls.build_heads(model, h))
+        hyper, state, ids = load_drafter(directory, model, cls.drafter_type, set(cls.hyperparameter_names),
+                                         build=lambda h: cls.build_heads(model, h))
         heads = cls.build_heads(model, hyper).to(**model_placement(model))
         load_state_strict(heads, state, directory)
         drafter = cls(model, heads, candidates)
-        ids = None if cls.draft_vocab_in_heads else saved_draft_vocab(directory, output_vocab_size(model))
-        if ids is not None:
+        if ids is not None and not cls.draft_vocab_in_heads:
             drafter.use_draft_vocab(DraftVocabulary(output_vocab_size(model), torch.tensor(ids, dtype=torch.long)))
         return drafter
 

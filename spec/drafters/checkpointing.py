@@ -16,7 +16,6 @@ import torch
 
 from spec.errors import CheckpointError, IncompatibleDrafterError, SpecError
 from spec.io import check_config_fields, load_checkpoint, save_checkpoint
-from spec.io.checkpoint import checkpoint_directory, read_checkpoint_config
 from spec.io.files import is_int, is_real
 from spec.models import ModelFingerprint, hidden_size, lm_head, model_placement, output_vocab_size
 
@@ -164,8 +163,10 @@ def _check_against_model(hyper: dict[str, Any], drafter_type: str, model, direct
 
 
 def load_drafter(directory: str | os.PathLike, model, drafter_type: str, hyperparameter_names: set[str],
-                 build: Callable[[dict[str, Any]], torch.nn.Module]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a drafter checkpoint for ``model``; returns ``(hyperparameters, state_dict)``.
+                 build: Callable[[dict[str, Any]], torch.nn.Module]
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Optional[list[int]]]:
+    """Read a drafter checkpoint for ``model``; returns ``(hyperparameters, state_dict, draft_vocab)``, the last
+    the token ids of a reduced draft vocabulary saved with the heads (None when there is none).
 
     Everything is checked before any tensor or module is built: the config's fields and their types,
     the weights' checksum, that the heads belong to ``model`` (sizes and fingerprint), and that the
@@ -208,16 +209,10 @@ def load_drafter(directory: str | os.PathLike, model, drafter_type: str, hyperpa
         found = {name: shape for name, (_, shape) in header.items()}
         _refuse_mismatch(_expected_shapes(build, hyper, where), found, directory)
         result["hyper"] = hyper
-        read_draft_vocab(config, saved.vocab_size, where)  # refused before any tensor is read
+        result["draft_vocab"] = read_draft_vocab(config, saved.vocab_size, where)  # refused before any tensor is read
 
     _, tensors = load_checkpoint(directory, check)
-    return result["hyper"], {k: v.to(**model_placement(model)) for k, v in tensors.items()}
-
-
-def saved_draft_vocab(directory: str | os.PathLike, vocab_size: int) -> Optional[list[int]]:
-    """The draft vocabulary a checkpoint was saved with (checked by ``load_drafter`` already), or None."""
-    directory = checkpoint_directory(directory)
-    return read_draft_vocab(read_checkpoint_config(directory), vocab_size, f"{directory}/config.json")
+    return result["hyper"], {k: v.to(**model_placement(model)) for k, v in tensors.items()}, result["draft_vocab"]
 
 
 def _refuse_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], directory) -> None:

@@ -100,7 +100,7 @@ class KangarooDrafter:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None) -> "KangarooDrafter":
-        hyper, state = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"},
+        hyper, state, _ = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"},
                                     build=lambda hyper: KangarooAdapter(model))
         adapter = KangarooAdapter(model).to(**model_placement(model))
         load_state_strict(adapter, state, directory)

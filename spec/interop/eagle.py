@@ -53,19 +53,7 @@ def eagle_from_state(state: dict[str, torch.Tensor], model, where: str, describe
     """An :class:`EagleDrafter` for ``model`` from tensors already renamed to spec's names; ``describe`` turns
     one of spec's names back into the file's for messages. Shared by the SafeAILab and speculators layouts."""
     drafter = EagleDrafter.from_model(model, max_depth=max_depth, fc_bias="fc.bias" in state, candidates=candidates)
-    expected = drafter.heads.state_dict()
-    unknown = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        raise CheckpointError(f"{where} is not EAGLE-1's layout: unexpected {[describe(k) for k in unknown][:5]}, "
-                              f"missing {[describe(k) for k in missing][:5]}.")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise IncompatibleDrafterError(
-                f"{where}: {describe(name)} is {tuple(tensor.shape)} but this model's layer needs "
-                f"{tuple(expected[name].shape)}; these EAGLE heads were trained for another model.")
-    drafter.heads.load_state_dict({k: v.to(expected[k]) for k, v in state.items()})
-    return drafter
+    return load_heads(drafter, state, where, describe, "EAGLE-1's layout")
 
 
 def export_eagle(drafter: EagleDrafter, directory: str | os.PathLike) -> Path:
@@ -187,12 +175,18 @@ def eagle3_from_state(state: dict[str, torch.Tensor], d2t: torch.Tensor, t2d: to
         raise CheckpointError(f"{where}: t2d does not mark exactly the tokens d2t maps to; the maps are inconsistent.")
     drafter = Eagle3Drafter.from_model(model, max_depth=max_depth, draft_vocab=draft_vocab, layers=layers,
                                        candidates=candidates)
+    return load_heads(drafter, state, where, describe, "EAGLE-3's layout for this model")
+
+
+def load_heads(drafter, state: dict[str, torch.Tensor], where: str, describe, layout: str):
+    """Load ``state`` (spec's names) into ``drafter.heads``: exactly the expected tensors (else ``CheckpointError``
+    naming ``layout``), each of the shape this model needs (else ``IncompatibleDrafterError``)."""
     expected = drafter.heads.state_dict()
     unknown = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
     if unknown or missing:
-        raise CheckpointError(f"{where} is not EAGLE-3's layout for this model: unexpected "
-                              f"{[describe(k) for k in unknown][:5]}, missing {[describe(k) for k in missing][:5]}.")
+        raise CheckpointError(f"{where} is not {layout}: unexpected {[describe(k) for k in unknown][:5]}, "
+                              f"missing {[describe(k) for k in missing][:5]}.")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise IncompatibleDrafterError(f"{where}: {describe(name)} is {tuple(tensor.shape)} but this model needs "
