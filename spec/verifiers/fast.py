@@ -12,8 +12,8 @@ whose cost outside the forward pass is close to nothing:
 * the verify pass is one function of tensors (``LlamaFamilyForward``), compiled with
   ``torch.compile`` when asked (CUDA graphs on GPU via ``mode="reduce-overhead"``), with
   an eager fallback;
-* attention is ``sdpa`` with a boolean mask, or FlexAttention with a block mask built from
-  the tree (the CUDA default when compiling).
+* attention is ``sdpa`` with a boolean mask, or FlexAttention with a block mask from the
+  tree's ancestors on block tensors kept per layout (the CUDA default when compiling).
 
 Llama-family models only (Llama, Qwen2, Mistral); ``make_verifier`` picks the generic
 verifier for everything else.
@@ -29,7 +29,7 @@ import torch
 from spec.errors import ConfigurationError, ShapeError
 from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
-from spec.runtime.attention import ATTENTION_KINDS, KERNELS, MASKS, causal_attention
+from spec.runtime.attention import ATTENTION_KINDS, KERNELS, causal_attention, mask_builders, sdpa_mask
 from spec.runtime.compiled import CompiledStep
 from spec.runtime.features import check_features
 from spec.runtime.layers import LlamaFamilyForward
@@ -111,6 +111,7 @@ class FastTreeVerifier:
                                   mode="reduce-overhead" if device.type == "cuda" else None,
                                   dynamic=True if not self._pad_trees and attention == "sdpa" else None,
                                   on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
+        self._masks = mask_builders()  # FlexAttention's block tensors kept per layout, not rebuilt every step
         self._buffers = PerShape(self._tree_buffers)
         self._padded = PerShape(self._padded_buffers)
         self.reset()
@@ -159,7 +160,7 @@ class FastTreeVerifier:
             mask, kernel = None, causal_attention  # no mask: SDPA's fused causal kernels apply
         else:
             chain = causal(offsets, offsets, self.forward.window)
-            mask, kernel = MASKS["sdpa"](chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
+            mask, kernel = sdpa_mask(chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
             hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
                                      self.cache.values, start + m, mask, kernel, self._capture, logits=False)
@@ -186,7 +187,7 @@ class FastTreeVerifier:
                 positions, rows = buffers.depths + start, buffers.offsets + start
                 tokens = torch.nn.functional.pad(tokens, (0, width - n))
             attend = min(attend_bucket(start + buffers.offsets.shape[0], self.PAD_TO), self.cache.rows)
-        mask = MASKS[self.attention](buffers.ancestors, start, attend, positions, self.forward.window)
+        mask = self._masks[self.attention](buffers.ancestors, start, attend, positions, self.forward.window)
         with forward_region():
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
