@@ -142,14 +142,59 @@ def test_fp16_on_the_cpu_is_refused_not_silently_ignored(tmp_path):
         train(objective(), blocks(), config(tmp_path, mixed_precision="fp16"))
 
 
-@pytest.mark.parametrize("variable", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
-def test_a_sharded_accelerate_config_is_refused_not_silently_unsharded(tmp_path, monkeypatch, variable):
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM"])
+def test_deepspeed_and_megatron_configs_are_refused_naming_fsdp(tmp_path, monkeypatch, variable):
     from spec.errors import UnsupportedError
 
-    monkeypatch.setenv(variable, "true")  # what `accelerate launch` sets for a DeepSpeed or FSDP config
-    with pytest.raises(UnsupportedError, match="sharded training.*no DeepSpeed, no FSDP"):
+    monkeypatch.setenv(variable, "true")  # what `accelerate launch` sets for a DeepSpeed or Megatron-LM config
+    with pytest.raises(UnsupportedError, match=f"{variable}.*use FSDP"):
         train(objective(), blocks(), config(tmp_path))
     assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.parametrize("how", ["env", "config"])
+def test_fsdp_for_a_head_only_recipe_is_refused_not_silently_unsharded(tmp_path, monkeypatch, how):
+    from spec.errors import UnsupportedError
+
+    if how == "env":
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(UnsupportedError, match="FSDP sharding is for training a base model.*MedusaObjective"):
+        train(objective(), blocks(), config(tmp_path, sharding="fsdp" if how == "config" else "no"))
+    assert not (tmp_path / "run.json").exists()
+
+
+def medusa2_objective():
+    from spec.training import Medusa2Objective
+
+    model = tiny_model("llama", seed=0, vocab_size=VOCAB, dtype=torch.float32)
+    return Medusa2Objective(model, MedusaDrafter.from_model(model, num_heads=2, num_layers=1).heads)
+
+
+@pytest.mark.parametrize("variable, value, match", [("FSDP_VERSION", "1", "FSDP version 1.*FSDP2"),
+                                                    ("FSDP_OFFLOAD_PARAMS", "true", "offload"),
+                                                    ("FSDP_ACTIVATION_CHECKPOINTING", "true", "activation")])
+def test_fsdp_options_spec_does_not_honour_are_refused(tmp_path, monkeypatch, variable, value, match):
+    from spec.errors import UnsupportedError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(UnsupportedError, match=match):
+        train(medusa2_objective(), blocks(), config(tmp_path))
+
+
+def test_fsdp_in_one_process_says_how_to_start_several(tmp_path):
+    with pytest.raises(ConfigurationError, match="accelerate launch.*torchrun"):
+        train(medusa2_objective(), blocks(), config(tmp_path, sharding="fsdp"))
+
+
+def test_an_unknown_sharding_and_a_batch_that_does_not_split_over_the_processes_are_refused(tmp_path):
+    from spec.training.loop import _check_batch_splits
+
+    with pytest.raises(ConfigurationError, match="sharding must be one of"):
+        config(tmp_path, sharding="zero3")
+    _check_batch_splits(4, 2)
+    with pytest.raises(ConfigurationError, match="batch_size 5 does not split evenly over 2 processes"):
+        _check_batch_splits(5, 2)
 
 
 def test_training_text_that_is_not_utf8_is_refused_not_replaced(tmp_path):

@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +26,15 @@ from spec.io.checkpoint import MANIFEST_NAME, manifest_bytes, verify_manifest
 from spec.io.files import child_path
 
 LATEST = "latest"
+
+
+class OptimizerState(Protocol):
+    """What a checkpoint saves and restores of an optimizer: a torch optimizer, or
+    :class:`spec.training.sharding.FullOptimizerState` (the full state of one over a sharded module)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], Any]:
@@ -56,7 +65,7 @@ def _unflatten_optimizer(skeleton: Any, tensors: dict[str, torch.Tensor]):
 
 
 def save_training_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor],
-                             optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any],
+                             optimizer: OptimizerState, scheduler, state: dict[str, Any],
                              keep: int = 2) -> Path:
     run_dir = Path(run_dir)
     final = run_dir / f"step-{step:08d}"
@@ -72,7 +81,7 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, weights: dic
 
 
 def _write_checkpoint(run_dir: Path, tmp: Path, final: Path, step: int, weights: dict[str, torch.Tensor],
-                      optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
+                      optimizer: OptimizerState, scheduler, state: dict[str, Any], keep: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, tmp / "weights.safetensors")
@@ -109,7 +118,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
     return path
 
 
-def load_training_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, dict, dict]:
+def load_training_checkpoint(path: Path, optimizer: OptimizerState, scheduler) -> tuple[int, dict, dict]:
     """Restore optimizer, scheduler and RNG; returns ``(step, weights, state)``.
 
     Everything is read and checked before anything is restored, so a refused checkpoint leaves the optimizer
@@ -137,7 +146,18 @@ def load_training_checkpoint(path: Path, optimizer: torch.optim.Optimizer, sched
     return meta["step"], weights, meta["state"] or {}
 
 
-def load_latest_intact(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
+def load_trained_weights(run_dir: str | os.PathLike, module: torch.nn.Module) -> int:
+    """Load the weights of ``run_dir``'s latest checkpoint (checked against its manifest) into ``module``;
+    returns its step. For a run trained sharded: its checkpoints hold the whole module."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(f"{run_dir} holds no training checkpoint; train there first.")
+    verify_manifest(path)
+    module.load_state_dict(load_file(path / "weights.safetensors"))
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def load_latest_intact(run_dir: str | os.PathLike, optimizer: OptimizerState,
                        scheduler) -> Optional[tuple[int, dict, dict]]:
     """The newest checkpoint of ``run_dir`` that loads, restored into ``optimizer`` and ``scheduler``.
 

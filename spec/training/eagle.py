@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from spec.runtime.draft_layer import attend, qkv, rotary_table
 from spec.training.data import Blocks, split_batch
-from spec.training.objectives import HeadResult, PerHeadObjective, masked_mean, window
+from spec.training.objectives import HeadResult, PerHeadObjective, counted_mean, masked_loss_mean, masked_mean, window
 
 
 def target_outputs(model: nn.Module, batch: torch.Tensor, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,11 +133,11 @@ class EagleObjective(_EagleFamilyObjective):
         if keep is None:  # the unmasked path stays the one plain-text runs (and the shipped heads) were trained with
             regression = F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float())
         else:
-            regression = masked_mean(F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float(),
-                                                      reduction="none").mean(-1), keep)
+            regression = masked_loss_mean(F.smooth_l1_loss(predicted.float(), features[:, 1: 1 + valid].float(),
+                                                           reduction="none").mean(-1), keep)
         logits = self.logits(module, predicted).float()
         teacher = target_logits[:, 1: 1 + valid].float().softmax(-1)
-        classification = masked_mean(-(teacher * logits.log_softmax(-1)).sum(-1), keep)
+        classification = masked_loss_mean(-(teacher * logits.log_softmax(-1)).sum(-1), keep)
         total = regression + self.w_cls * classification
         accuracy = float(masked_mean((logits.argmax(-1) == tokens[:, 2: 2 + valid]).float(), keep))
         return total, {"regression": float(regression.detach()), "classification": float(classification.detach()),
@@ -172,7 +172,7 @@ class Eagle3Objective(_EagleFamilyObjective):
             teacher = teacher_logits[..., d2t].softmax(-1)
             logits = module.logits(predicted[:, :valid]).float()
             per_position = -(teacher * logits.log_softmax(-1)).sum(-1)
-            loss = (per_position * mask).sum() / mask.sum().clamp(min=1.0)
+            loss = counted_mean((per_position * mask).sum(), mask.sum())
             total = total + self.decay ** j * loss
             hits = d2t[logits.argmax(-1)] == teacher_logits.argmax(-1)
             metrics[f"acc1_head{j}"] = float(masked_mean(hits.float(), keep))

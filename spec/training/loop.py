@@ -27,6 +27,10 @@ from spec.errors import CheckpointError, ConfigurationError, TrainingDivergedErr
 from spec.io import atomic_write_bytes
 from spec.training.checkpoint import latest_checkpoint, load_latest_intact, save_training_checkpoint
 from spec.training.data import Blocks, TokenBlocks
+from spec.training.objectives import counted_over_processes
+from spec.training.sharding import SHARDING_ENV  # noqa: F401  (re-exported: where it was defined before)
+from spec.training.sharding import (SHARDING_CHOICES, FullOptimizerState, ShardedRoot, full_weights,
+                                    load_full_weights, resolve_sharding, shard)
 
 
 class Objective(Protocol):
@@ -41,6 +45,10 @@ class Objective(Protocol):
 
     def evaluate(self, module: nn.Module, blocks: Blocks) -> dict[str, float]:
         """Held-out metrics on ``blocks``."""
+
+    # Optional, for sharded training (``TrainConfig.sharding="fsdp"``): ``shard_units(module)`` returns the
+    # submodules of the trainable ``module`` that are each one FSDP group (decoder layers, heads). An objective
+    # without it is refused under FSDP.
 
 
 def _number(value) -> bool:
@@ -60,6 +68,11 @@ def _non_negative(instance, attribute, value):
 def _ratio(instance, attribute, value):
     if not _number(value) or not 0 <= value <= 1:
         raise ConfigurationError(f"TrainConfig.{attribute.name} must be a number in [0, 1], got {value!r}.")
+
+
+def _sharding(instance, attribute, value):
+    if value not in SHARDING_CHOICES:
+        raise ConfigurationError(f"TrainConfig.sharding must be one of {SHARDING_CHOICES}, got {value!r}.")
 
 
 def _precision(instance, attribute, value):
@@ -84,6 +97,9 @@ class TrainConfig:
     log_every: int = attrs.field(default=10, validator=_positive)
     seed: int = 0
     progress: bool = True
+    #: "fsdp": shard the trainable module over the processes with FSDP2 (spec.training.sharding); an accelerate
+    #: FSDP config (ACCELERATE_USE_FSDP) asks for it too.
+    sharding: str = attrs.field(default="no", validator=_sharding)
 
 
 #: The settings a resumed run must share with the run it resumes (the others only change logging).
@@ -135,8 +151,10 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
     """
     from accelerate import Accelerator  # heavy import, only when training
 
-    _refuse_sharding()
+    sharding = resolve_sharding(config.sharding)
     out = Path(config.out_dir)
+    if sharding == "fsdp":
+        _check_shardable(objective, config)
     out.mkdir(parents=True, exist_ok=True)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigurationError("mixed_precision 'fp16' needs a CUDA GPU (on the CPU it would silently train in "
@@ -145,31 +163,50 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
     # run several CPU processes (gloo) instead of silently one copy of the run per process.
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=1,
                               cpu=not torch.cuda.is_available())
-    _refuse_sharding(str(accelerator.distributed_type))
+    sharding = resolve_sharding(sharding, str(accelerator.distributed_type))
+    if sharding == "fsdp":
+        _check_shardable(objective, config)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    _check_batch_splits(config.batch_size, world)
     torch.manual_seed(config.seed)
     module = objective.trainable()
+    root: Optional[ShardedRoot] = None
+    if sharding == "fsdp":
+        # Before the optimizer is built: sharding replaces the parameters with their DTensor shards.
+        root = shard(module, objective.shard_units(module), accelerator.device)  # type: ignore[attr-defined]
     optimizer = torch.optim.AdamW(objective.param_groups(module, config.lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    # Checkpoints see the optimizer of a sharded module as one over the whole module (full state, by name).
+    saved_optimizer = FullOptimizerState(module, optimizer) if root is not None else optimizer
 
-    identity = _run_identity(config, train_blocks, run)
+    identity = _run_identity(config, train_blocks, run, sharding)
     start_step, state = 0, {}
     if resume:
         _check_same_run(out, identity)
-        loaded = load_latest_intact(out, optimizer, scheduler)
+        loaded = load_latest_intact(out, saved_optimizer, scheduler)
         if loaded is not None:
             start_step, weights, state = loaded
             try:
-                module.load_state_dict(weights)
-            except RuntimeError as error:
+                if root is not None:
+                    load_full_weights(module, weights)
+                else:
+                    module.load_state_dict(weights)
+            except (RuntimeError, KeyError) as error:
                 raise CheckpointError(f"The checkpoint in {out} does not fit this run's module ({str(error).splitlines()[0]}); "
                                       "resume with the options it was started with, or use a new --out.") from error
     if accelerator.is_main_process:
         atomic_write_bytes(out / RUN_FILE, json.dumps(identity, indent=2).encode())
-    # The module is not wrapped for DDP: objectives call its parts (heads, layers) directly, which a wrapper
-    # would hide and whose forward would bypass its gradient hooks. Gradients are averaged explicitly instead.
-    module = module.to(accelerator.device)
-    optimizer = accelerator.prepare(optimizer)
+    if root is None:
+        # The module is not wrapped for DDP: objectives call its parts (heads, layers) directly, which a wrapper
+        # would hide and whose forward would bypass its gradient hooks. Gradients are averaged explicitly instead.
+        module = module.to(accelerator.device)
+        optimizer = accelerator.prepare(optimizer)
+
+    def call(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(module, *args)``; through FSDP's root when sharded, so its hooks gather the parameters."""
+        return root(fn, *args) if root is not None else fn(module, *args)
+
     log_path = out / "log.jsonl"
     _truncate_log(log_path, start_step)
 
@@ -180,7 +217,6 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
         progress = tqdm(total=config.steps, initial=start_step, desc="training", dynamic_ncols=True)
     # A finished run started again reports the metrics of its last evaluation, not nothing.
     metrics: dict[str, float] = dict(state.get("metrics") or {})
-    rank, world = accelerator.process_index, accelerator.num_processes
     step_time = time.perf_counter()
     for step in range(start_step, config.steps):
         module.train()
@@ -188,16 +224,22 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
         for micro in range(config.grad_accumulation):
             rows = batch_indices(step, micro, config, train_blocks.shape[0])[rank::world]
             batch = train_blocks[rows].to(accelerator.device)
-            with accelerator.autocast():
-                loss, parts = objective.loss(module, batch, step)
+            # counted_over_processes: a mean over counted (e.g. assistant) tokens is over every process's.
+            with accelerator.autocast(), counted_over_processes(world):
+                loss, parts = call(objective.loss, batch, step)
             if not torch.isfinite(loss.detach()).all():
                 _diverged(out, step, f"the loss is {float(loss.detach())}")
             accelerator.backward(loss / config.grad_accumulation)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value / config.grad_accumulation
-        if world > 1:
-            _average_gradients(accelerator, module)
-        norm = accelerator.clip_grad_norm_(module.parameters(), config.grad_clip or math.inf)
+        if root is not None:
+            # FSDP reduce-scattered (averaged) each gradient in backward; the norm of DTensor gradients is the
+            # whole gradient's, summed over the shards.
+            norm = _full(torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip or math.inf))
+        else:
+            if world > 1:
+                _average_gradients(accelerator, module)
+            norm = accelerator.clip_grad_norm_(module.parameters(), config.grad_clip or math.inf)
         if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
             _diverged(out, step, f"the gradient norm is {float(norm)}")
         optimizer.step()
@@ -212,7 +254,7 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
         if eval_blocks is not None and (done % config.eval_every == 0 or done == config.steps):
             module.eval()
             with torch.no_grad():
-                metrics = {f"eval_{k}": v for k, v in objective.evaluate(module, eval_blocks).items()}
+                metrics = {f"eval_{k}": v for k, v in call(objective.evaluate, eval_blocks).items()}
             record = {**(record or {"step": done}), **metrics}
         if record is not None and accelerator.is_main_process:
             with open(log_path, "a") as handle:
@@ -222,14 +264,46 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
             progress.set_postfix({k: f"{v:.3f}" for k, v in totals.items() if k in ("loss", "acc1")})
         if done % config.checkpoint_every == 0 or done == config.steps:
             accelerator.wait_for_everyone()
+            if root is not None:  # every process gathers its shards; the main process then holds everything
+                weights = full_weights(module)
+                saved_optimizer.gather()  # type: ignore[union-attr]
+            elif accelerator.is_main_process:
+                weights = accelerator.unwrap_model(module).state_dict()
             if accelerator.is_main_process:
-                save_training_checkpoint(out, done, accelerator.unwrap_model(module).state_dict(), optimizer,
-                                         scheduler, {"metrics": metrics})
+                save_training_checkpoint(out, done, weights, saved_optimizer, scheduler, {"metrics": metrics})
                 if on_checkpoint is not None:
                     on_checkpoint(done)
     if progress is not None:
         progress.close()
     return TrainResult(steps=config.steps, final_metrics=metrics, log_path=log_path)
+
+
+def _check_batch_splits(batch_size: int, processes: int) -> None:
+    """Each process takes every ``processes``-th row of a batch; unequal shares would give the rows of a
+    plain-text batch unequal weights in the averaged gradient (its mean is each process's own)."""
+    if batch_size % processes:
+        raise ConfigurationError(f"batch_size {batch_size} does not split evenly over {processes} processes; use a "
+                                 f"multiple of {processes} (--batch-size is the whole batch, split over the processes).")
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A DTensor (the norm of sharded gradients, replicated on every process) as a plain tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def _check_shardable(objective: Objective, config: TrainConfig) -> None:
+    """FSDP for the objectives that train a model too big for one device; refused, with the reason, for the rest."""
+    if not callable(getattr(objective, "shard_units", None)):
+        raise UnsupportedError(
+            f"FSDP sharding is for training a base model with its heads (recipe medusa2); {type(objective).__name__} "
+            "trains draft modules on a frozen model, which every process holds whole, so sharding the small "
+            "trained part saves nothing. Drop --sharding fsdp / the FSDP accelerate config and use a plain "
+            "multi-GPU (DDP-style) config.")
+    if config.mixed_precision == "fp16":
+        raise ConfigurationError("FSDP sharding with fp16 needs a sharded gradient scaler, which spec does not use; "
+                                 "use --mixed-precision bf16 (or no).")
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
@@ -260,28 +334,13 @@ def _average_gradients(accelerator, module: nn.Module) -> None:
         offset += grad.numel()
 
 
-#: What `accelerate launch` sets for a DeepSpeed, FSDP or Megatron-LM config (accelerate's own names).
-SHARDING_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_MEGATRON_LM")
-
-
-def _refuse_sharding(distributed_type: str = "") -> None:
-    """Refuse DeepSpeed / FSDP / Megatron-LM before anything trains: they shard the model through
-    ``accelerator.prepare(model)`` and step through their own engine, and this loop does neither (it calls the
-    objectives' parts directly and all-reduces whole gradients itself), so under such a config every process
-    would silently hold and train the whole, unsharded module."""
-    chosen = [name for name in SHARDING_ENV if os.environ.get(name, "").lower() in ("1", "true", "yes", "y", "on")]
-    if any(kind in distributed_type.upper() for kind in ("DEEPSPEED", "FSDP", "MEGATRON")):
-        chosen.append(distributed_type)
-    if chosen:
-        raise UnsupportedError(
-            f"This accelerate config asks for sharded training ({', '.join(chosen)}), which spec's training loop "
-            "does not do: it never hands the module to accelerator.prepare, so nothing would be sharded. Use a "
-            "plain multi-GPU (DDP-style) config (`accelerate config`: multi-GPU, no DeepSpeed, no FSDP); a base "
-            "model that does not fit one device cannot be trained jointly (medusa2) yet.")
-
-
-def _run_identity(config: TrainConfig, blocks: Blocks, run: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _run_identity(config: TrainConfig, blocks: Blocks, run: Optional[dict[str, Any]],
+                  sharding: str = "no") -> dict[str, Any]:
     settings = {name: getattr(config, name) for name in RUN_SETTINGS}
+    # Recorded only when sharded, so runs started before the option resume unchanged. The optimizer state of a
+    # sharded run is keyed by parameter name, an unsharded run's by position: switching is refused.
+    if sharding != "no":
+        settings["sharding"] = sharding
     data = blocks.digest_bytes() if isinstance(blocks, TokenBlocks) else blocks.to(torch.long).contiguous().numpy().tobytes()
     digest = hashlib.sha256(data).hexdigest()
     return {"settings": settings, "data_sha256": digest, "data_blocks": list(blocks.shape), "run": run or {}}
@@ -298,6 +357,9 @@ def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
         raise CheckpointError(f"{path} is corrupt ({error}); start the run over with --no-resume.") from error
     changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
                if k != "steps" and before.get("settings", {}).get(k) != v]
+    was, now = before.get("settings", {}).get("sharding", "no"), identity["settings"].get("sharding", "no")
+    if was != now:
+        changed.append(f"sharding: {was!r} -> {now!r}")
     changed += [f"{k}: {before['run'].get(k)!r} -> {v!r}" for k, v in identity["run"].items()
                 if before.get("run", {}).get(k) != v]
     if before.get("data_sha256") != identity["data_sha256"]:

@@ -9,6 +9,8 @@ token ``t + k + 2``, an unrolled step's token, or the feature that predicts it) 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Iterator, NamedTuple, Optional
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spec.errors import UnsupportedError
 from spec.training.data import Blocks, split_batch
 
 
@@ -27,6 +30,45 @@ def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     if mask is None:
         return values.float().mean()
     return values[mask].float().sum() / mask.sum().clamp(min=1)
+
+
+def masked_loss_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`masked_mean` for a loss: the same value in one process, over every process's counted positions
+    under :func:`counted_over_processes` (metrics keep :func:`masked_mean`: they are each process's own)."""
+    if mask is None:  # every position counts, and the loop gives every process the same number of rows
+        return values.float().mean()
+    return counted_mean(values[mask].float().sum(), mask.sum())
+
+
+#: The number of processes whose counted positions a loss's mean is over (None: this process's only).
+_PROCESSES: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("spec_training_processes", default=None)
+
+
+@contextlib.contextmanager
+def counted_over_processes(processes: int) -> Iterator[None]:
+    """Within it, :func:`counted_mean` divides by every process's count of counted positions (the loop enters it
+    around each loss when several processes train). Each process's gradient is then its sum over the global count
+    (times the number of processes), and the mean of those that DDP or FSDP take is the gradient of the mean over
+    all counted positions: what one process with the whole batch computes. Without it, processes holding
+    different numbers of assistant tokens would weigh each other's tokens unequally."""
+    token = _PROCESSES.set(processes if processes > 1 else None)
+    try:
+        yield
+    finally:
+        _PROCESSES.reset(token)
+
+
+def counted_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """A loss's mean: ``total`` (its sum over the counted positions) over ``count`` (how many), 0 where none is;
+    over every process's count under :func:`counted_over_processes` (every process must then call it alike)."""
+    processes = _PROCESSES.get()
+    if processes is None:
+        return total / count.clamp(min=1)
+    import torch.distributed as dist
+
+    count = count.detach().clone()
+    dist.all_reduce(count)
+    return total * processes / count.clamp(min=1)
 
 
 class HeadResult(NamedTuple):
@@ -80,7 +122,7 @@ def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: Optional[torch.Ten
     if mask is None:
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
     per_token = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
-    return masked_mean(per_token, mask[:, 1:].flatten())
+    return masked_loss_mean(per_token, mask[:, 1:].flatten())
 
 
 def shifted_head_targets(tokens: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +227,7 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Optio
         per_position = -(teacher_logits[mask].float().softmax(-1) * logits.log_softmax(-1)).sum(-1)
     else:
         per_position = F.cross_entropy(logits, targets, reduction="none")
-    return per_position.sum() / max(per_position.numel(), 1)
+    return counted_mean(per_position.sum(), torch.tensor(per_position.numel(), device=per_position.device))
 
 
 def window(mask: Optional[torch.Tensor], start: int, length: int) -> Optional[torch.Tensor]:
@@ -289,6 +331,19 @@ class Medusa2Objective(MedusaObjective):
 
     def head_predictions(self, module: nn.Module, batch: Blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return super().head_predictions(module["heads"], batch)
+
+    def shard_units(self, module: nn.Module) -> list[nn.Module]:
+        """FSDP groups for sharded joint training: each decoder layer of the backbone (the classes its
+        ``_no_split_modules`` names) and each head (one lm_head-sized projection each); the embeddings, final
+        norm and lm_head stay in the root group."""
+        names = set(getattr(module["backbone"], "_no_split_modules", None) or ())
+        layers = [m for m in module["backbone"].modules() if type(m).__name__ in names]
+        if not layers:
+            raise UnsupportedError(
+                f"{type(module['backbone']).__name__} names no decoder layer class (_no_split_modules), so spec "
+                "cannot tell which modules to shard one by one; FSDP is supported for transformers models that "
+                "do (Llama, Qwen2, Mistral and most others).")
+        return layers + list(module["heads"].heads)
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module, blocks: Blocks, top_k: int = 5) -> dict[str, float]:
