@@ -32,8 +32,10 @@ class CompiledStep:
     """Calls ``fn`` compiled (``mode``: inductor mode, e.g. ``reduce-overhead`` for CUDA graphs) or eagerly."""
 
     def __init__(self, fn: Callable, enabled: bool, mode: Optional[str] = None,
-                 on_fallback: Optional[Callable[[], None]] = None, dynamic: Optional[bool] = None) -> None:
+                 on_fallback: Optional[Callable[[], None]] = None, dynamic: Optional[bool] = None,
+                 what: str = "verifier") -> None:
         self.fn = fn
+        self.what = what
         self.mode = mode
         self.on_fallback = on_fallback
         self.failure: Optional[str] = None
@@ -73,7 +75,7 @@ class CompiledStep:
         # The whole message and its causes: Dynamo's first line is often only "Hard failure due to ...".
         self.failure = describe_error(error)
         self._compiled = None
-        warnings.warn(f"torch.compile failed ({self.failure}); the verifier runs eagerly instead.",
+        warnings.warn(f"torch.compile failed ({self.failure}); the {self.what} runs eagerly instead.",
                       RuntimeWarning, stacklevel=3)
         if self.on_fallback is not None:
             self.on_fallback()
