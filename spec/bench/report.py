@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 import torch
 
 from spec.bench import metrics
+from spec.bench.divergence import Divergence
 from spec.io import atomic_write_bytes
 from spec.trees.hardware import interpolate
 
@@ -32,6 +33,9 @@ class MethodReport:
     step_ms: float = float("nan")  # mean decoding step, timed runs
     # Share of a step outside network forward passes, from one extra profiled pass (ForwardTimer).
     overhead_share: float = float("nan")
+    # Per mismatched prompt (same order): where the output first parts from the baseline's, and the model's top-2
+    # logit gap there (a near-tie flipped in half precision, or a bug); None where it could not be computed.
+    divergences: tuple[Optional[Divergence], ...] = ()
 
 
 @attrs.frozen
@@ -48,8 +52,13 @@ class BenchReport:
         return attrs.asdict(self, value_serializer=lambda i, f, v: list(v) if isinstance(v, tuple) else v)
 
 
-def build_report(runs, peaks, baseline, sampling, cost_curve, profiled, settings) -> BenchReport:
-    """Medians over the timed repeats of ``runs[method][repeat][prompt]``, each method against ``baseline``."""
+def build_report(runs, peaks, baseline, sampling, cost_curve, profiled, settings,
+                 diverge: Optional[Callable[[int, torch.Tensor, torch.Tensor], Optional[Divergence]]] = None
+                 ) -> BenchReport:
+    """Medians over the timed repeats of ``runs[method][repeat][prompt]``, each method against ``baseline``.
+
+    ``diverge(prompt_index, expected_new, got_new)``: the first divergence of a greedy mismatch (the runner's,
+    which has the model and prompts); without it mismatches are only flagged."""
     greedy = sampling.get("temperature", 0.0) == 0
     base_runs = runs[baseline]
     base_tps = [metrics.tokens_per_second([r.new_tokens.numel() for r in rep], [r.seconds for r in rep])
@@ -65,6 +74,8 @@ def build_report(runs, peaks, baseline, sampling, cost_curve, profiled, settings
             mismatched = tuple(i for i, (a, b) in enumerate(zip(reps[0], base_runs[0]))
                                if not torch.equal(a.new_tokens, b.new_tokens))
             matches = not mismatched
+        divergences = tuple(diverge(i, base_runs[0][i].new_tokens, reps[0][i].new_tokens) for i in mismatched) \
+            if diverge is not None else ()
         steps = [s for o in outputs for s in o.steps]
         mean_tree = sum(s.tree_size for s in steps) / len(steps) if steps else float("nan")
         mean_acc = metrics.mean_accepted_tokens(outputs) if outputs else float("nan")
@@ -78,7 +89,8 @@ def build_report(runs, peaks, baseline, sampling, cost_curve, profiled, settings
             stages=metrics.stage_breakdown(outputs) if outputs else {}, mean_tree_size=mean_tree,
             peak_memory_mb=peaks[name], matches_baseline=matches, mismatched_prompts=mismatched,
             ceiling_speedup=ceiling, step_ms=metrics.mean_step_ms(outputs) if outputs else float("nan"),
-            overhead_share=metrics.overhead_share([r.output for r in profiled[name] if r.output is not None])))
+            overhead_share=metrics.overhead_share([r.output for r in profiled[name] if r.output is not None]),
+            divergences=divergences))
     return BenchReport(baseline=baseline, methods=tuple(reports), settings=settings, cost_curve=cost_curve)
 
 
@@ -91,6 +103,13 @@ def _fmt(value, spec: str = ".2f") -> str:
     return format(value, spec)
 
 
+def _describe_divergences(m: MethodReport) -> str:
+    """``: prompt 0 at new token 5 (expected 17, got 23; top-2 logit gap 0.031), ...`` for a greedy mismatch."""
+    parts = [f"prompt {i} at new token {d.index} (expected {d.expected}, got {d.got}; top-2 logit gap "
+             f"{d.top2_gap:.3g})" for i, d in zip(m.mismatched_prompts, m.divergences) if d is not None]
+    return ": " + ", ".join(parts) if parts else ""
+
+
 def markdown_table(report: BenchReport) -> str:
     head = ("| method | tokens/s | speedup vs " + report.baseline + " | mean accepted | zero-overhead ceiling | step ms | "
             "outside forward % | " + " | ".join(f"{s} %" for s in STAGES) + " | peak MB | greedy output |")
@@ -99,7 +118,8 @@ def markdown_table(report: BenchReport) -> str:
     for m in report.methods:
         stages = [_fmt(100 * m.stages[s], ".0f") if m.stages else "–" for s in STAGES]
         check = {None: "n/a (sampling)", True: "identical"}.get(m.matches_baseline,
-                                                               f"DIFFERS on prompts {list(m.mismatched_prompts)}")
+                                                               f"DIFFERS on prompts {list(m.mismatched_prompts)}"
+                                                               + _describe_divergences(m))
         rows.append(f"| {m.name} | {_fmt(m.tokens_per_second, '.1f')} | {_fmt(m.speedup)}x | {_fmt(m.mean_accepted)} | "
                     f"{_fmt(m.ceiling_speedup)}{'x' if m.ceiling_speedup else ''} | {_fmt(m.step_ms)} | "
                     f"{_fmt(100 * m.overhead_share, '.0f')} | " + " | ".join(stages)

@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from spec.bench.divergence import Divergence, first_divergence
 from spec.bench.memory import PeakMemory
 from spec.bench.methods import Method, MethodRun
 from spec.bench.report import BenchReport, build_report
@@ -31,7 +32,9 @@ def run_benchmark(
 
     Within a repeat the method order rotates per prompt. ``baseline`` (default: the first
     method) is what speedups are relative to; under greedy decoding every method's
-    tokens are compared with the baseline's and mismatches are flagged, never hidden.
+    tokens are compared with the baseline's and mismatches are flagged, never hidden, with the
+    first divergence and the model's top-2 logit gap there (``spec.bench.divergence``: in half
+    precision a flipped near-tie is expected, a large gap is a bug).
     With ``profile_overhead``, one more untimed pass per method with per-step timing
     (``ForwardTimer``) measures how much of a step lies outside network forward passes;
     it is kept apart because the timer's hooks (and CUDA synchronisation) cost time.
@@ -80,9 +83,18 @@ def run_benchmark(
                     bar.update(1)
         if bar is not None:
             bar.close()
+    model = _model_of(methods)
+
+    def diverge(index: int, expected: torch.Tensor, got: torch.Tensor) -> Optional[Divergence]:
+        if model is None:
+            return None
+        prompt = prompts[index].reshape(1, -1).cpu()
+        sequences = [torch.cat([prompt, tokens.reshape(1, -1).cpu()], dim=1) for tokens in (expected, got)]
+        return first_divergence(model, sequences[0], sequences[1], prompt.shape[1])
+
     return build_report(runs, peaks, baseline, sampling, cost_curve, profiled,
-                   {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
-                    "prompts": len(prompts), "sampling": sampling, "device": str(device)})
+                        {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
+                         "prompts": len(prompts), "sampling": sampling, "device": str(device)}, diverge)
 
 
 def _run_arguments(sampling: dict[str, Any], index: int, eos_token_id: Optional[int]) -> dict[str, Any]:
@@ -110,9 +122,15 @@ def _preallocated_mb(method: Method) -> float:
     return sum(cache.nbytes for cache in caches.values()) / 2**20
 
 
-def _device_of(methods: Sequence[Method]) -> torch.device:
+def _model_of(methods: Sequence[Method]):
+    """The target model the methods run (the first one found), or None."""
     for method in methods:
         model = getattr(method, "model", None) or getattr(getattr(method, "decoder", None), "model", None)
         if model is not None:
-            return model_device(model)
-    return torch.device("cpu")
+            return model
+    return None
+
+
+def _device_of(methods: Sequence[Method]) -> torch.device:
+    model = _model_of(methods)
+    return model_device(model) if model is not None else torch.device("cpu")
