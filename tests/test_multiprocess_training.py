@@ -71,9 +71,21 @@ def logged_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed and not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def kill_after_checkpoint(out: Path, mode: str, steps: int, at_least: int) -> None:
     """Start a 2-process run and kill every process at once (as a crash would) once checkpoint ``at_least`` is
-    written (each checkpoint is followed by a pause, so the kill lands between checkpoints)."""
+    written (each checkpoint is followed by a pause, so the kill lands between checkpoints).
+
+    torchrun starts each worker in a session of its own: killing torchrun's process group leaves the workers
+    training on (they would finish the run behind the resumed one's back), so the workers are killed by the
+    process ids they wrote, then torchrun."""
     proc = subprocess.Popen(command(out, 2, mode, steps), cwd=HERE.parent, start_new_session=True,
                             env={**environment(), "TRAIN_TINY_PAUSE_AFTER_CHECKPOINT": "3"})
     deadline = time.time() + 240
@@ -81,9 +93,16 @@ def kill_after_checkpoint(out: Path, mode: str, steps: int, at_least: int) -> No
         pointer = out / "latest"
         if pointer.exists() and int(pointer.read_text().split("-")[1]) >= at_least:
             break
+        assert proc.poll() is None, f"the run exited with {proc.returncode} before checkpoint {at_least}"
         time.sleep(0.05)
+    workers = [int(path.read_text()) for path in out.glob("pid-*")]
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    while any(alive(pid) for pid in workers):
+        time.sleep(0.05)
     assert int((out / "latest").read_text().split("-")[1]) < steps, "the run finished before it could be killed"
 
 

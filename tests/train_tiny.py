@@ -67,6 +67,10 @@ def run(out_dir: str, steps: int, mode: str = "medusa", checkpoint_every: int = 
             handle.write(f"{rank} {step}\n")
         time.sleep(pause)
 
+    # torchrun starts each worker in a session of its own, so killing torchrun's process group leaves the workers
+    # running: a test that kills the run kills these processes by id.
+    (Path(out_dir)).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / f"pid-{rank}").write_text(str(os.getpid()))
     train(objective, blocks, config, on_checkpoint=on_checkpoint)
     return objective, rank
 
