@@ -6,6 +6,7 @@ import argparse
 import itertools
 from pathlib import Path
 
+from spec.bench.pairing import compile_with_verifier
 from spec.apps.options import add_runtime_arguments, compose_drafter, verifier_from_options
 
 
@@ -225,8 +226,11 @@ def run(args: argparse.Namespace) -> int:
         # Block verification is defined on chains: the same depth, one candidate per depth.
         template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
-        for kind in kinds[:1] if own else kinds:
+        for index, kind in enumerate(kinds[:1] if own else kinds):
+            if index:  # a drafter of its own per verifier: compiling one method's draft must not compile another's
+                drafter, tree = compose_drafter(name, load_heads, cost)
             verifier = verifier_from_options(model, drafter, kind, args.compile)
+            compile_with_verifier(drafter, verifier)
             builder = StaticTreeBuilder(template)
             if cost:
                 from spec.bench.costs import cost_aware_builder

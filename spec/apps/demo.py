@@ -6,7 +6,9 @@ import argparse
 
 import torch
 
-from spec.apps.options import add_runtime_arguments, compose_drafter, self_drafting, verifier_from_options
+from spec.bench.pairing import compile_with_verifier
+from spec.apps.options import (add_runtime_arguments, compose_drafter, self_drafting,
+                               verifier_from_options)
 
 
 #: The composition the demo runs unless told otherwise (the fastest measured on the shipped model: docs/benchmarks.md).
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     tree = args.tree_value if args.tree_value is not None else tree
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
     verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
+    compile_with_verifier(drafter, verifier)
     builder = StaticTreeBuilder(tree)
     if args.tree_builder == "cost":
         from spec.bench.costs import cost_aware_builder

@@ -21,7 +21,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
     else:
         parser.add_argument("--verifier", default="auto", help=kinds)
     parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
-                        help="torch.compile the fast verifier's step: auto = on CUDA only")
+                        help="torch.compile the fast verifier's step and the head drafters' draft: auto = on CUDA only")
 
 
 def verifier_from_options(model, drafter, kind: str, compile: str):

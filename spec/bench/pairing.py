@@ -16,3 +16,10 @@ def verifier_for(model, drafter, kind: str = "auto", compile: Optional[bool] = N
         return own
     features = "final" if drafter is None else drafter.traits.features
     return make_verifier(model, kind, compile=compile, features=features)
+
+
+def compile_with_verifier(drafter, verifier) -> None:
+    """``--compile`` names the whole step: where the verifier's step runs compiled, so does the drafter's draft
+    (drafters that can: head drafters; EAGLE's and the self-drafters' run eagerly)."""
+    if getattr(verifier, "compiled", False) and getattr(drafter, "compilable", False):
+        drafter.compile()

@@ -9,7 +9,7 @@ Optionally ``extend_context``/``reset_context`` for heads that keep a context la
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -23,9 +23,10 @@ from spec.drafters.checkpointing import (
 )
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
-from spec.drafters.tree_filling import check_tree_fits, root_only_draft
+from spec.drafters.tree_filling import check_tree_fits, fill_top_k, root_only_draft
 from spec.errors import IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
 from spec.models import ModelFingerprint, lm_head, model_device, model_placement, output_vocab_size
+from spec.runtime.compiled import CompiledStep
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
@@ -40,6 +41,10 @@ class HeadDrafter:
     #: True where the heads are trained on their draft vocabulary (EAGLE-3 keeps it in its weights);
     #: otherwise a reduced vocabulary slices full-vocabulary heads and is saved in the config.
     draft_vocab_in_heads: ClassVar[bool] = False
+    #: The deterministic draft's pure tensor function, which :meth:`compile` compiles.
+    top_k_function: ClassVar[Callable] = staticmethod(fill_top_k)
+    #: Whether :meth:`compile` applies (a subclass whose draft is not traceable says False).
+    compilable: ClassVar[bool] = True
 
     def __init__(self, model, heads: nn.Module, candidates: str = "top_k") -> None:
         # Heads with their own vocabulary projection say how wide it is; the others use the lm_head's.
@@ -51,6 +56,8 @@ class HeadDrafter:
         self.heads = heads.eval()  # dropout is for training; drafting is deterministic
         self._hidden: Optional[torch.Tensor] = None
         self._committed = 0
+        #: The deterministic fill compiled by :meth:`compile` (None: eager).
+        self.compiled_fill: Optional[CompiledStep] = None
 
     @property
     def display_name(self) -> str:
@@ -131,9 +138,34 @@ class HeadDrafter:
         self.draft_vocab = vocab
         return self
 
+    def projection(self, linear: nn.Linear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``linear``'s weight ``[K, H]`` and bias ``[K]`` (or None) restricted to the draft vocabulary's rows
+        (cached until the weights change), or whole without one."""
+        if self.draft_vocab is None:
+            return linear.weight, linear.bias
+        weight, bias = self.draft_vocab.weights([linear])
+        return weight[0], None if bias is None else bias[0]
+
     @property
     def draft_vocab_size(self) -> int:
         return output_vocab_size(self.model) if self.draft_vocab is None else self.draft_vocab.size
+
+    # ---- compilation ------------------------------------------------------------------------
+    def compile(self, enabled: bool = True):
+        """``torch.compile`` the deterministic draft (top-k candidates), one graph per tree shape: drafting is
+        dozens of small operations per depth, whose per-operation overhead (Python, dispatch; kernel launches
+        on a GPU) is most of its time on a small model. Sampled candidates stay eager (they draw on the host).
+        Falls back to eager with a warning if compilation fails. Returns self."""
+        if enabled and not self.compilable:
+            raise UnsupportedError(f"The {self.display_name} drafter's draft is not compiled yet (it is not a function "
+                                   "of fixed shapes); run it eagerly (compile(False)).")
+        self.compiled_fill = CompiledStep(self.top_k_function, enabled=True, what="drafter") if enabled else None
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the deterministic draft runs compiled (false after a fallback to eager)."""
+        return self.compiled_fill is not None and self.compiled_fill.compiled
 
     # ---- descriptions ------------------------------------------------------------------------
     @property

@@ -61,3 +61,17 @@ def copy_lm_head_into_heads(heads: nn.ModuleList, lm_head: nn.Linear) -> None:
             head[-1].weight.copy_(lm_head.weight)
             if head[-1].bias is not None and lm_head.bias is not None:
                 head[-1].bias.copy_(lm_head.bias)
+
+
+def head_body(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Every block of ``head`` but its vocabulary projection (the last module). Indexed rather than sliced:
+    ``head[:-1]`` builds a new ``Sequential`` on every call, which costs a module construction per draft and
+    breaks a compiled draft's graph."""
+    for k in range(len(head) - 1):
+        x = head[k](x)
+    return x
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``[..., H]`` onto vocabulary rows ``weight`` ``[K, H]`` (+ ``bias`` ``[K]``) -> ``[..., K]``."""
+    return nn.functional.linear(x.to(weight.dtype), weight, bias)

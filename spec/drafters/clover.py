@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from spec.drafters.blocks import ResBlock
+from spec.drafters.blocks import ResBlock, project
 from spec.drafters.base import HeadDrafter
 from spec.runtime import ContextLayerCache, build_decoder_layer
 from spec.drafters.sampled import candidate_sampling
@@ -149,16 +149,15 @@ class CloverDrafter(HeadDrafter):
         # Row 0: s_0, the augmented state before the root; row i + 1: the state node i hands its children.
         states = torch.empty(tree.num_nodes + 1, self.heads.hidden, device=device, dtype=self.lm_head.weight.dtype)
         states[0] = self._augment.output_for(context.position)
+        vocabulary = self.projection(self.lm_head)  # restricted to the draft vocabulary outside the traced function
 
         def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
             # The states above each expanding node: s_0, then those of its ancestors (root first).
             above = torch.cat([torch.zeros_like(step.paths[:, :1]), step.paths[:, :-1] + 1], dim=1)
             new_states = self.heads.attention_decoder(self.embedding(tokens[step.nodes]), states[above])
             states[step.nodes + 1] = new_states
-            features = self.heads.heads[step.depth](new_states)
-            if self.draft_vocab is None:
-                return self.lm_head(features)
-            return self.draft_vocab.project([self.lm_head], features[None])[0]
+            return project(self.heads.heads[step.depth](new_states), *vocabulary)
 
         return fill_depth_by_depth(tree, context.root_token, next_logits, device,
-                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab)
+                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab,
+                                   self.compiled_fill)

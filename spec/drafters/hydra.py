@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from spec.drafters.blocks import ProjectedResBlock, ResBlock, copy_lm_head_into_heads
+from spec.drafters.blocks import ProjectedResBlock, ResBlock, copy_lm_head_into_heads, head_body, project
 from spec.drafters.base import HeadDrafter
 from spec.runtime import ContextLayerCache, build_decoder_layer
 from spec.drafters.sampled import candidate_sampling
@@ -138,13 +138,15 @@ class HydraDrafter(HeadDrafter):
         else:
             h = hidden.to(device=weight.device, dtype=weight.dtype)
 
+        heads = self.heads.heads
+        # Each depth's vocabulary projection, restricted to the draft vocabulary outside the traced function.
+        projections = [self.projection(heads[d][-1]) for d in range(tree.max_depth)]
+
         def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
             path_embeddings = self.embedding(tokens[step.paths]).flatten(1)  # [N, (depth + 1) * H]
             inputs = torch.cat([h.expand(path_embeddings.shape[0], -1), path_embeddings], dim=1)
-            head = self.heads.heads[step.depth]
-            if self.draft_vocab is None:
-                return head(inputs)
-            return self.draft_vocab.project([head[-1]], head[:-1](inputs)[None])[0]
+            return project(head_body(heads[step.depth], inputs), *projections[step.depth])
 
         return fill_depth_by_depth(tree, context.root_token, next_logits, weight.device,
-                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab)
+                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab,
+                                   self.compiled_fill)

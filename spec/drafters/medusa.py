@@ -11,12 +11,12 @@ at depth k + 1 of the tree.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from spec.drafters.blocks import ResBlock, copy_lm_head_into_heads
+from spec.drafters.blocks import ResBlock, copy_lm_head_into_heads, head_body
 from spec.drafters.base import HeadDrafter
 from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling
 from spec.drafters.tree_filling import fill_depth_by_depth, path_log_confidence
@@ -48,6 +48,37 @@ class MedusaHeads(nn.Module):
         copy_lm_head_into_heads(self.heads, lm_head)
 
 
+#: Vocabulary projections of several heads: stacked ``[L, K, H]`` (``[L, K]`` biases), or one tensor per head.
+Projections = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+def head_logits(heads: nn.ModuleList, hidden: torch.Tensor, weight: Projections,
+                bias: Optional[Projections]) -> torch.Tensor:
+    """Heads ``0 .. L-1`` on ``hidden`` ``[H]`` through their projections ``weight`` -> logits ``[L, K]``; stacked
+    projections run as one batched matmul."""
+    bodies = [head_body(heads[d], hidden) for d in range(len(weight))]
+    if isinstance(weight, torch.Tensor):
+        logits = torch.bmm(torch.stack(bodies)[:, None].to(weight.dtype), weight.transpose(1, 2))[:, 0]
+        return logits if bias is None else logits + bias
+    return torch.stack([nn.functional.linear(body.to(w.dtype), w, None if bias is None else bias[d])
+                        for d, (body, w) in enumerate(zip(bodies, weight))])
+
+
+def medusa_top_k(heads: nn.ModuleList, hidden: torch.Tensor, root: torch.Tensor, depth_row: torch.Tensor,
+                 rank_col: torch.Tensor, weight: Projections, bias: Optional[Projections],
+                 token_ids: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic Medusa draft as a pure tensor function (what ``compile()`` compiles): node ``j >= 1``
+    gets rank ``rank_col[j - 1]`` of head ``depth_row[j - 1]``'s top-``k``. ``root`` ``[1]``; returns every
+    node's token ``[n]`` and its draft log-probability ``[n]`` (root 0)."""
+    logprobs = head_logits(heads, hidden, weight, bias).float().log_softmax(dim=-1)
+    top_logprobs, top_tokens = torch.topk(logprobs, k, dim=-1)  # [depth, k]
+    if token_ids is not None:
+        top_tokens = token_ids[top_tokens]
+    tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
+    node_logprob = torch.cat([torch.zeros(1, device=logprobs.device), top_logprobs[depth_row, rank_col]])
+    return tokens, node_logprob
+
+
 class MedusaDrafter(HeadDrafter):
     """Drafts a tree from Medusa heads: node at depth d, rank r gets head d-1's r-th most likely token.
 
@@ -58,6 +89,7 @@ class MedusaDrafter(HeadDrafter):
     """
 
     drafter_type = "medusa"
+    top_k_function = staticmethod(medusa_top_k)
     hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"})
 
     @classmethod
@@ -81,31 +113,35 @@ class MedusaDrafter(HeadDrafter):
     def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
               generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
         device = self.heads.heads[0][-1].weight.device
-        head_logits = self._head_logits(hidden, tree.max_depth)  # [depth, V] or [depth, K]
         sampled = candidate_sampling(self.candidates, sampling, generator)
         if sampled is not None:
             # Heads are independent of the drafted tokens: every node at depth d draws from head d's q.
+            head_logits = self._head_logits(hidden, tree.max_depth)  # [depth, V] or [depth, K]
             return fill_depth_by_depth(
                 tree, context.root_token,
                 lambda step, tokens: head_logits[step.depth].expand(step.nodes.shape[0], -1), device, sampled,
                 self.draft_vocab)
-        logprobs = head_logits.float().log_softmax(dim=-1)
-        top_logprobs, top_tokens = torch.topk(logprobs, tree.max_rank + 1, dim=-1)  # [depth, k]
-        if self.draft_vocab is not None:
-            top_tokens = self.draft_vocab.token_ids.to(device)[top_tokens]
-        depth_row = (tree.depths[1:] - 1).to(device)
-        rank_col = tree.rank_index[1:].to(device)
-        root = torch.tensor([context.root_token], dtype=torch.long, device=device)
-        tokens = torch.cat([root, top_tokens[depth_row, rank_col]])
-        node_logprob = torch.cat([torch.zeros(1, device=device), top_logprobs[depth_row, rank_col]])
+        weight, bias = self._projections(tree.max_depth)
+        token_ids = None if self.draft_vocab is None else self.draft_vocab.token_ids.to(device)
+        depth_row, rank_col = (tree.depths[1:] - 1).to(device), tree.rank_index[1:].to(device)
+        root = torch.full((1,), context.root_token, dtype=torch.long, device=device)
+        fill = medusa_top_k if self.compiled_fill is None else self.compiled_fill
+        tokens, node_logprob = fill(self.heads.heads, hidden, root, depth_row, rank_col, weight, bias, token_ids,
+                                    tree.max_rank + 1)
         return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
                      log_confidence=path_log_confidence(tree, node_logprob))
 
+    def _projections(self, depth: int) -> tuple[Projections, Optional[Projections]]:
+        """Heads 1..depth's vocabulary projections: restricted to the draft vocabulary, stacked ``[depth, K, H]``
+        (bias ``[depth, K]`` or None; cached), so one batched matmul projects them all; without one, each head's
+        own ``[V, H]`` weight (stacking them would copy every full-vocabulary projection)."""
+        linears = [self.heads.heads[d][-1] for d in range(depth)]
+        if self.draft_vocab is not None:
+            return self.draft_vocab.weights(linears)
+        biases = tuple(lin.bias for lin in linears)
+        return tuple(lin.weight for lin in linears), None if biases[0] is None else biases
+
     def _head_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Heads 1..depth on the hidden state: ``[depth, V]``, or ``[depth, K]`` over the draft vocabulary,
-        whose projections then run as one batched matmul."""
-        if self.draft_vocab is None:
-            return self.heads(hidden[None])[0, :depth]
-        heads = self.heads.heads[:depth]
-        bodies = torch.stack([head[:-1](hidden) for head in heads])  # [depth, H]
-        return self.draft_vocab.project([head[-1] for head in heads], bodies[:, None])[:, 0]
+        """Heads 1..depth on the hidden state: ``[depth, V]``, or ``[depth, K]`` over the draft vocabulary."""
+        weight, bias = self._projections(depth)
+        return head_logits(self.heads.heads, hidden, weight, bias)

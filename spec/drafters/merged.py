@@ -68,6 +68,17 @@ class MergedDrafter:
         self._last: Optional[tuple[TokenTrie, list[dict[int, int]], int]] = None
 
     @property
+    def compilable(self) -> bool:
+        return any(getattr(s, "compilable", False) for s in self.sources.values())
+
+    def compile(self, enabled: bool = True) -> "MergedDrafter":
+        """Compile the sources that can be (head drafters; see ``HeadDrafter.compile``). Returns self."""
+        for source in self.sources.values():
+            if getattr(source, "compilable", False):
+                source.compile(enabled)
+        return self
+
+    @property
     def max_depth(self) -> int:
         return max(s.max_depth for s in self.sources.values())
 

@@ -96,28 +96,40 @@ NextLogits = Callable[[DepthStep, torch.Tensor], torch.Tensor]
 
 def fill_depth_by_depth(tree: CandidateTree, root_token: int, next_logits: NextLogits,
                         device: torch.device, sampled: Optional[CandidateSampling] = None,
-                        draft_vocab: Optional[DraftVocabulary] = None) -> Draft:
+                        draft_vocab: Optional[DraftVocabulary] = None,
+                        compiled: Optional[Callable] = None) -> Draft:
     """A draft whose children come from their parent's head output: its top-k (deterministic), or
     drawn from it when ``sampled`` is given (the draft then carries each child's ``q``).
 
     Depths are filled in order because the head at depth d + 1 may read the tokens
     chosen at depths <= d on its path. With a ``draft_vocab``, ``next_logits`` gives logits
-    over its tokens only (``[N, K]``).
+    over its tokens only (``[N, K]``). ``compiled``: :func:`fill_top_k` compiled (a drafter's
+    ``compile()``), used for the deterministic kind; ``next_logits`` must then be traceable.
     """
     tokens = torch.full((tree.num_nodes,), root_token, dtype=torch.long, device=device)
-    node_logprob = torch.zeros(tree.num_nodes, device=device)
     if sampled is not None:
         full = next_logits if draft_vocab is None else lambda step, t: draft_vocab.to_full(next_logits(step, t))
         return _fill_sampled(tree, tokens, full, device, sampled)
     token_ids = None if draft_vocab is None else draft_vocab.token_ids.to(device)
-    for step in depth_plan(tree, torch.device(device)):
+    fill = fill_top_k if compiled is None else compiled
+    tokens, node_logprob = fill(depth_plan(tree, torch.device(device)), tokens, next_logits, token_ids)
+    return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
+                 log_confidence=path_log_confidence(tree, node_logprob))
+
+
+def fill_top_k(plan: tuple[DepthStep, ...], tokens: torch.Tensor, next_logits: NextLogits,
+               token_ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic fill as a pure tensor function (what a drafter's ``compile()`` compiles: one graph per
+    tree shape): ``tokens`` ``[n]`` with the root filled -> every node's token ``[n]`` and its draft
+    log-probability ``[n]`` (root 0). ``token_ids`` ``[K]`` maps draft-vocabulary indices to token ids."""
+    node_logprob = torch.zeros(tokens.shape[0], device=tokens.device)
+    for step in plan:
         logprobs = next_logits(step, tokens).float().log_softmax(dim=-1)
         top_logprobs, top_tokens = torch.topk(logprobs, step.max_rank + 1, dim=-1)  # [N, k]
         chosen = top_tokens[step.child_row, step.child_rank]
-        tokens[step.children] = chosen if token_ids is None else token_ids[chosen]
-        node_logprob[step.children] = top_logprobs[step.child_row, step.child_rank]
-    return Draft(tree=tree, tokens=tokens, kind=CandidateKind.DETERMINISTIC,
-                 log_confidence=path_log_confidence(tree, node_logprob))
+        tokens = tokens.index_put((step.children,), chosen if token_ids is None else token_ids[chosen])
+        node_logprob = node_logprob.index_put((step.children,), top_logprobs[step.child_row, step.child_rank])
+    return tokens, node_logprob
 
 
 def _fill_sampled(tree: CandidateTree, tokens: torch.Tensor, next_logits: NextLogits, device: torch.device,

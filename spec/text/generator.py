@@ -109,9 +109,11 @@ class TextGenerator:
         drafter, default_tree = load_drafter(drafter, model, directory)
         builder = tree_builder(tree if tree is not None else default_tree, drafter)
         from spec.acceptors import RejectionSamplingAcceptor
-        from spec.bench.pairing import verifier_for
+        from spec.bench.pairing import compile_with_verifier, verifier_for
 
-        decoder = SpeculativeDecoder(model, drafter, builder, verifier_for(model, drafter, verifier, compile),
+        paired = verifier_for(model, drafter, verifier, compile)
+        compile_with_verifier(drafter, paired)
+        decoder = SpeculativeDecoder(model, drafter, builder, paired,
                                      acceptor if acceptor is not None else RejectionSamplingAcceptor())
         return cls(decoder, tokenizer)
 
