@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import model_dir  # noqa: F401  (a fixture: a tiny Llama directory with a tokenizer and text)
+from train_tiny import chat_blocks
 
 HERE = Path(__file__).parent
 STEPS = 12
@@ -107,11 +109,6 @@ def kill_after_checkpoint(out: Path, mode: str, steps: int, at_least: int) -> No
 
 
 def test_two_processes_on_conversation_blocks_reach_the_weights_of_one_with_the_same_global_batch(tmp_path):
-    sys.path.insert(0, str(HERE))
-    try:
-        from train_tiny import chat_blocks
-    finally:
-        sys.path.remove(str(HERE))
     # The processes' halves of a batch hold different numbers of assistant tokens: averaging each process's own
     # mean would weigh them unequally (measured: 0.015 off after 8 steps), the mean over every process's
     # tokens (counted_over_processes) does not.
@@ -159,3 +156,26 @@ def test_fsdp_two_processes_killed_mid_run_resume_to_the_weights_of_one_each_hol
     assert written in (["0 4", "0 8"], ["0 8"])
     assert logged_steps(out) == list(range(1, JOINT_STEPS + 1))
     assert json.loads((out / "run.json").read_text())["settings"]["sharding"] == "fsdp"
+
+
+def test_spec_train_sharded_with_fsdp_writes_the_trained_model_and_heads_whole(model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(free_port()), "-m", "spec.apps.cli", "train", "--drafter",
+                    "medusa", "--recipe", "medusa2", "--sharding", "fsdp", "--model", str(model_dir), "--data",
+                    str(model_dir / "data.txt"), "--out", str(out), "--steps", "2", "--batch-size", "2",
+                    "--block-size", "32", "--num-heads", "2", "--eval-every", "2", "--checkpoint-every", "2"],
+                   check=True, cwd=HERE.parent, env=environment(), timeout=300)
+    from transformers import AutoModelForCausalLM
+
+    from spec import MedusaDrafter
+
+    # The main process rebuilt the module unsharded from the final checkpoint and wrote it out.
+    weights = load_file(out / "step-00000002" / "weights.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    heads = MedusaDrafter.from_pretrained(out / "heads", model).heads
+    for prefix, module in (("backbone", model), ("heads", heads)):
+        for name, value in module.state_dict().items():
+            assert torch.equal(value, weights[f"{prefix}.{name}"]), name
+    assert json.loads((out / "summary.json").read_text())["after"]["eval_head0_top1"] >= 0
+    assert (out / "acceptance_stats.json").exists()

@@ -286,6 +286,14 @@ def test_spec_train_cli_refuses_unknown_drafter_and_bad_block_size(model_dir, tm
     assert "over the model's context" in capsys.readouterr().err
 
 
+def test_spec_train_cli_refuses_fsdp_for_a_head_only_recipe(model_dir, tmp_path, capsys):
+    from spec.apps.cli import main
+
+    assert main(["train", "--drafter", "medusa", "--recipe", "medusa1", "--sharding", "fsdp", "--model",
+                 str(model_dir), "--data", str(model_dir / "data.txt"), "--out", str(tmp_path)]) == 2
+    assert "--sharding fsdp is for recipes that train the model itself (medusa2)" in capsys.readouterr().err
+
+
 def test_causal_pass_equals_the_cached_layer():
     from spec.runtime import ContextLayerCache, build_decoder_layer, causal_pass
 

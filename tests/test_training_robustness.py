@@ -182,9 +182,12 @@ def test_fsdp_options_spec_does_not_honour_are_refused(tmp_path, monkeypatch, va
         train(medusa2_objective(), blocks(), config(tmp_path))
 
 
-def test_fsdp_in_one_process_says_how_to_start_several(tmp_path):
+@pytest.mark.parametrize("how", ["env", "config"])
+def test_fsdp_in_one_process_says_how_to_start_several(tmp_path, monkeypatch, how):
+    if how == "env":  # an accelerate FSDP config asks for it as --sharding fsdp does
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigurationError, match="accelerate launch.*torchrun"):
-        train(medusa2_objective(), blocks(), config(tmp_path, sharding="fsdp"))
+        train(medusa2_objective(), blocks(), config(tmp_path, sharding="fsdp" if how == "config" else "no"))
 
 
 def test_an_unknown_sharding_and_a_batch_that_does_not_split_over_the_processes_are_refused(tmp_path):

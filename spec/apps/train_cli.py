@@ -39,12 +39,15 @@ def add_parser(sub) -> None:
     parser.add_argument("--exit-layer", type=int, default=2, help="kangaroo: shallow layers the adapter reads")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss is decay**k (Medusa)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch")
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch, over all processes (each takes its share)")
     parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--block-size", type=int, default=256, help="tokens per training block")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (heads get 4x under medusa2)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
                         help="autocast mode (fp16 needs a CUDA GPU; bf16 also runs on the CPU)")
+    parser.add_argument("--sharding", default="no", choices=["no", "fsdp"],
+                        help="fsdp: shard the model and heads over the processes with FSDP2 (recipe medusa2, under "
+                        "accelerate launch or torchrun; an accelerate FSDP config asks for it too)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--heldout-fraction", type=float, default=0.05, help="share of blocks held out")
@@ -110,6 +113,9 @@ def check_arguments(args: argparse.Namespace) -> Path:
                           "text), a .jsonl file (a 'text' field, or 'messages'/'conversations' per line), or a "
                           "directory of them" + ("; --data-format chat reads .jsonl only." if args.data_format == "chat"
                                                  else "."))
+    if args.sharding == "fsdp" and not recipe.trains_model:
+        raise OptionError(f"--sharding fsdp is for recipes that train the model itself (medusa2); {args.recipe} "
+                          "trains draft modules on a frozen model, which every process holds whole: drop --sharding.")
     if args.mixed_precision == "fp16":
         import torch
 
@@ -171,12 +177,27 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     config = TrainConfig(out_dir=str(out), steps=args.steps, batch_size=args.batch_size,
                          grad_accumulation=args.grad_accumulation, lr=args.lr, mixed_precision=args.mixed_precision,
-                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
+                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed,
+                         sharding=args.sharding)
     start_metrics = objective.evaluate(objective.trainable(), heldout)
     result = train(objective, train_blocks, config, eval_blocks=heldout, resume=not args.no_resume,
                    run={"drafter": args.drafter, "recipe": args.recipe, "model": str(model_dir), **options,
                         # only for conversations, so a text run started before this option resumes unchanged
                         **({"data_format": "chat"} if chat else {})})
+    from spec.training.sharding import resolve_sharding
+
+    if resolve_sharding(args.sharding) == "fsdp":
+        # The trained module is sharded over the processes; the final checkpoint holds it whole. The main
+        # process alone rebuilds it unsharded from there and writes the heads, model and statistics.
+        from accelerate import PartialState
+
+        from spec.training.checkpoint import load_trained_weights
+
+        if not PartialState().is_main_process:
+            return 0
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+        drafter, objective = entry.build(model, args.recipe, HeadOptions(**options))
+        load_trained_weights(out, objective.trainable())
     model.eval()
     drafter.save_pretrained(out / "heads")
     if recipe.trains_model:
