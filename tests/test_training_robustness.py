@@ -182,6 +182,17 @@ def test_fsdp_options_spec_does_not_honour_are_refused(tmp_path, monkeypatch, va
         train(medusa2_objective(), blocks(), config(tmp_path))
 
 
+def test_fsdp_groups_are_the_decoder_layers_and_heads_and_a_model_naming_no_layer_class_is_refused():
+    from spec.errors import UnsupportedError
+
+    objective = medusa2_objective()
+    module = objective.trainable()
+    assert objective.shard_units(module) == [*module["backbone"].model.layers, *module["heads"].heads]
+    module["backbone"]._no_split_modules = None
+    with pytest.raises(UnsupportedError, match="names no decoder layer class"):
+        objective.shard_units(module)
+
+
 @pytest.mark.parametrize("how", ["env", "config"])
 def test_fsdp_in_one_process_says_how_to_start_several(tmp_path, monkeypatch, how):
     if how == "env":  # an accelerate FSDP config asks for it as --sharding fsdp does
