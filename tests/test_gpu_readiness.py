@@ -63,6 +63,30 @@ def test_compiled_path_over_tree_sizes_and_blocks(attention):
     assert_really_compiled(m, attention, prefix, plan)
 
 
+@pytest.mark.slow
+def test_compiled_commit_compaction_is_really_compiled_and_equals_eager():
+    """The commit's compaction as one compiled function (one CUDA graph launch on a GPU instead of two kernels per
+    layer's keys and values), here by inductor on the CPU with the verify step eager: same logits over paths of
+    every length, and the cache rows a compiled commit leaves equal to an eager one's."""
+    m = tiny_model("llama", seed=5, dtype=torch.float32, num_layers=2, **HEAD_DIM_16)
+    plan = [(LARGE, (0, 2, 5, 7)), (SMALL, (0, 2)), (LARGE, (0, 1, 4)), (WIDE, (0, 3)), (LARGE, (0, 2, 5, 7)),
+            (SMALL, (0, 1, 3)), (WIDE, (0, 1, 5))]
+    prefix = torch.randint(0, VOCAB, (30,), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = FastTreeVerifier(m, compile=False, compile_commit=True)
+        outputs = verify_steps(compiled, prefix, plan)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert compiled._commit_step.compiled and compiled._commit_step.failure is None
+    eager = FastTreeVerifier(m, compile=False)
+    assert not eager._commit_step.compiled  # the default off CUDA graphs
+    for a, b in zip(outputs, verify_steps(eager, prefix, plan)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    length = compiled.cached_length
+    for a, b in zip(compiled.cache.tensors, eager.cache.tensors):
+        assert torch.equal(a[:, :length], b[:, :length])
+
+
 def test_fallback_warns_with_the_whole_error_and_compiled_tells_the_truth(monkeypatch, request):
     """Dynamo's recompile limit: with fullgraph=False it silently ran eagerly while ``compiled`` said True."""
     real_compile = torch.compile
@@ -242,6 +266,32 @@ def test_static_cache_defaults_to_a_capped_length_and_can_ask_for_more():
                                  capped, GreedyAcceptor())
     with pytest.raises(ContextLengthError, match="verifier's cache .* of 4096"):
         decoder.generate(torch.zeros(1, 4000, dtype=torch.long), max_new_tokens=100)
+
+
+def test_kangaroo_self_draft_cache_is_capped_like_the_verifiers_and_can_ask_for_more():
+    from spec import GreedyAcceptor, KangarooDrafter, SpeculativeDecoder, StaticTreeBuilder
+    from spec.errors import ConfigurationError, ContextLengthError
+
+    long_context = tiny_model("llama", seed=0, vocab_size=VOCAB, context=8192)
+    capped = KangarooDrafter.from_model(long_context, exit_layer=1, seed=0)
+    assert capped.verifier.max_length == capped.state.max_length == 4096
+    assert capped.state.cache.rows == 4096 + 256
+    full = KangarooDrafter.from_model(long_context, exit_layer=1, seed=0, max_length=8192)
+    assert full.verifier.max_length == 8192 and full.state.cache.rows == 8192 + 256
+    short = tiny_model("llama", seed=0, vocab_size=VOCAB, context=512)
+    assert KangarooDrafter.from_model(short, exit_layer=1, seed=0).verifier.max_length == 512
+    with pytest.raises(ConfigurationError, match="max_length must be in \\[1, 512\\]"):
+        KangarooDrafter.from_model(short, exit_layer=1, seed=0, max_length=1024)
+    decoder = SpeculativeDecoder(long_context, capped, StaticTreeBuilder.from_choices([[0], [0, 0]]),
+                                 capped.verifier, GreedyAcceptor())
+    with pytest.raises(ContextLengthError, match="4096"):
+        decoder.generate(torch.zeros(1, 4000, dtype=torch.long), max_new_tokens=100)
+    # Within the cap it decodes as before: greedy output equal to the model's own.
+    from spec import AutoregressiveDecoder
+
+    ids = torch.arange(1, 9)[None]
+    out = decoder.generate(ids, max_new_tokens=12)
+    assert torch.equal(out.sequences, AutoregressiveDecoder(long_context).generate(ids, max_new_tokens=12).sequences)
 
 
 def test_prefill_skips_the_logits_it_would_discard(monkeypatch):

@@ -19,14 +19,14 @@ from spec.sampling import check_finite
 
 
 @lru_cache(maxsize=64)  # thread-safe, unlike a dict shared by the decoders of several threads
-def _tree_indices(tree: CandidateTree, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_indices(tree: CandidateTree, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The tree's ``parent_index`` ``[n]`` and ``leaf_paths`` ``[leaves, depth + 1]`` on ``device``."""
     return tree.parent_index.to(device), tree.leaf_paths.to(device)
 
 
 def _best_path(draft: Draft, target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """On the device: the best leaf path's nodes ``[depth + 1]`` (-1 padded) and its accepted length (a 0-d tensor)."""
-    parent_index, paths = _tree_indices(draft.tree, target_tokens.device)
+    parent_index, paths = tree_indices(draft.tree, target_tokens.device)
     # matches[i]: node i's candidate is what the target chose after its parent (root counts as matched).
     matches = draft.tokens.to(target_tokens.device) == target_tokens[parent_index]
     matches[0] = True

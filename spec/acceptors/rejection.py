@@ -27,15 +27,18 @@ from typing import Optional
 
 import torch
 
-from spec.acceptors.walking import WalkingAcceptor, capped_ratio
+from spec.acceptors.walking import WalkingAcceptor, capped_ratio, set_entry
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
 from spec.randomness import Randomness
 
 
 def normalise(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """``weights / sum``; ``fallback`` when the sum is 0 (only floating-point rounding gets there)."""
+    """``weights / sum``; ``fallback`` when the sum is 0 (only floating-point rounding gets there).
+
+    Chosen on the device: testing the sum on the host would wait for the GPU at every rejection.
+    """
     total = weights.sum()
-    return weights / total if total > 0 else fallback
+    return torch.where(total > 0, weights / total, fallback)
 
 
 class RejectionSamplingAcceptor(WalkingAcceptor):
@@ -78,10 +81,10 @@ class RejectionSamplingAcceptor(WalkingAcceptor):
                         kind: CandidateKind) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The residual (and, without replacement, the draft distribution) after rejecting ``x``."""
         if kind is CandidateKind.DETERMINISTIC:
-            return normalise(residual.index_fill(0, torch.tensor([x], device=residual.device), 0.0), residual), q
+            return normalise(set_entry(residual, x), residual), q
         new_residual = normalise((residual - q).clamp(min=0.0), residual)
         if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT:
-            q = normalise(q.index_fill(0, torch.tensor([x], device=q.device), 0.0), q)
+            q = normalise(set_entry(q, x), q)
         return new_residual, q
 
     def bonus_distribution(self, residual: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

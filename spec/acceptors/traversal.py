@@ -43,7 +43,7 @@ import attrs
 import torch
 
 from spec.acceptors.rejection import normalise
-from spec.acceptors.walking import WalkingAcceptor, capped_ratio
+from spec.acceptors.walking import WalkingAcceptor, capped_ratio, set_entry
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft
 from spec.randomness import Randomness
 
@@ -61,7 +61,7 @@ class NodeState:
 
 def point_mass(x: int, like: torch.Tensor) -> torch.Tensor:
     """``delta(x)`` ``[V]``: the law of a deterministic candidate."""
-    return torch.zeros_like(like).index_fill_(0, torch.tensor([x], device=like.device), 1.0)
+    return set_entry(torch.zeros_like(like), x, 1.0)
 
 
 class TraversalVerificationAcceptor(WalkingAcceptor):
@@ -128,8 +128,7 @@ class TraversalVerificationAcceptor(WalkingAcceptor):
         # denominator 0 means alpha = 1 and r <= q everywhere: the rejection had probability 0.
         new_alpha = rho / denominator if denominator > 0 else alpha
         if kind is CandidateKind.SAMPLED_WITHOUT_REPLACEMENT:
-            running_q = normalise(running_q.index_fill(0, torch.tensor([x], device=running_q.device), 0.0),
-                                  running_q)
+            running_q = normalise(set_entry(running_q, x), running_q)
         return min(1.0, new_alpha), normalise(excess, residual), running_q
 
     def bonus_distribution(self, residual: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

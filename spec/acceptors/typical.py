@@ -16,6 +16,7 @@ from typing import Optional
 import attrs
 import torch
 
+from spec.acceptors.greedy import tree_indices
 from spec.randomness import as_randomness
 from spec.errors import ConfigurationError
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, Draft, SamplingParams, Verification
@@ -42,14 +43,18 @@ class TypicalAcceptor:
     def accept(self, draft: Draft, verification: Verification, sampling: SamplingParams,
                generator: Optional[torch.Generator] = None) -> Acceptance:
         p_rows = target_probs(verification.logits.double(), sampling)
-        path = self.typical_path(draft, p_rows)
+        row, length = self._best_path(draft, p_rows)
+        tokens = draft.tokens.to(p_rows.device)[row.clamp(min=0)]
+        # [length, path (padded), candidate at each path node]: one read of the decision.
+        values = torch.cat([length[None], row, tokens]).tolist()
+        width, length = row.shape[0], values[0]
+        path = tuple(values[1 : 1 + length])
         bonus = as_randomness(generator).categorical(p_rows[path[-1]])
-        return Acceptance(path=path, tokens=draft.tokens[list(path[1:])].tolist(), bonus_token=bonus)
+        return Acceptance(path=path, tokens=values[2 + width : 1 + width + length], bonus_token=bonus)
 
     def admitted(self, draft: Draft, p_rows: torch.Tensor) -> torch.Tensor:
         """``[n]`` bool: node i's candidate passes the typical test at its parent (root: True)."""
-        tree = draft.tree
-        parents = tree.parent_index.to(p_rows.device)
+        parents, _ = tree_indices(draft.tree, p_rows.device)
         thresholds = typical_thresholds(p_rows, self.epsilon, self.delta)
         prob = p_rows[parents, draft.tokens.to(p_rows.device)]
         ok = prob > thresholds[parents]
@@ -57,12 +62,17 @@ class TypicalAcceptor:
         return ok
 
     def typical_path(self, draft: Draft, p_rows: torch.Tensor) -> tuple[int, ...]:
-        tree = draft.tree
+        row, length = self._best_path(draft, p_rows)
+        values = torch.cat([length[None], row]).tolist()
+        return tuple(values[1 : 1 + values[0]])
+
+    def _best_path(self, draft: Draft, p_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the device: the chosen leaf path's nodes ``[depth + 1]`` (-1 padded) and how many of them are
+        accepted (a 0-d tensor), with the tree's index tensors cached per shape (no upload per step)."""
         ok = self.admitted(draft, p_rows)
-        parents = tree.parent_index.to(p_rows.device)
+        parents, paths = tree_indices(draft.tree, p_rows.device)
         node_logp = p_rows[parents, draft.tokens.to(p_rows.device)].clamp(min=1e-300).log()
         node_logp[0] = 0.0
-        paths = tree.leaf_paths.to(p_rows.device)
         valid = paths >= 0
         idx = paths.clamp(min=0)
         run = (ok[idx] & valid).long().cumprod(dim=1)  # 1 while the path is still accepted
@@ -70,5 +80,5 @@ class TypicalAcceptor:
         likelihood = (node_logp[idx] * run).sum(dim=1)
         # Longest first; among the longest, the most likely under the target.
         score = torch.where(length == length.max(), likelihood, torch.full_like(likelihood, float("-inf")))
-        best = int(torch.argmax(score))
-        return tuple(paths[best, : int(length[best])].tolist())
+        best = torch.argmax(score)
+        return paths[best], length[best]

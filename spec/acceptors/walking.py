@@ -33,12 +33,20 @@ class WalkingAcceptor:
         raise NotImplementedError
 
 
+def set_entry(weights: torch.Tensor, x: int, value: float = 0.0) -> torch.Tensor:
+    """A copy of ``weights`` ``[V]`` with entry ``x`` set to ``value``. Equal to ``index_fill`` with a one-element
+    index tensor, which would first copy that index from the host to the device (a synchronisation on CUDA)."""
+    filled = weights.clone()
+    filled[x] = value
+    return filled
+
+
 def capped_ratio(scale: float, target: torch.Tensor, q: torch.Tensor, x: int) -> float:
     """``min(1, scale * target(x) / q(x))``: the acceptance weight of a candidate ``x`` drawn from ``q``."""
-    qx = float(q[x])
+    qx, tx = torch.stack((q[x], target[x])).tolist()  # one read (each read of a CUDA tensor waits for the GPU)
     if qx <= 0:
         raise ShapeError(
             f"Candidate token {x} has draft probability 0 under the q it was supposedly drawn from; "
             "the drafter's draft_probs do not match its tokens."
         )
-    return min(1.0, scale * float(target[x]) / qx)
+    return min(1.0, scale * tx / qx)

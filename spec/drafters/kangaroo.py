@@ -85,9 +85,12 @@ class KangarooDrafter:
 
     @classmethod
     def from_model(cls, model, exit_layer: int, threshold: float = 0.6, max_depth: int = 6,
-                   seed: Optional[int] = None) -> "KangarooDrafter":
-        """A fresh adapter and its verifier; use ``drafter.verifier`` as the pipeline's verifier."""
-        verifier = SelfDraftVerifier(model, exit_layer)  # first: it refuses unsupported models and exit layers
+                   seed: Optional[int] = None, max_length: Optional[int] = None) -> "KangarooDrafter":
+        """A fresh adapter and its verifier; use ``drafter.verifier`` as the pipeline's verifier.
+
+        ``max_length``: the longest sequence the verifier's static cache holds (default: the model's context
+        capped at 4096; see ``SelfDraftVerifier``)."""
+        verifier = SelfDraftVerifier(model, exit_layer, max_length=max_length)  # first: it refuses unsupported models and exit layers
         if seed is not None:
             torch.manual_seed(seed)
         adapter = KangarooAdapter(model).to(**model_placement(model))
@@ -99,12 +102,13 @@ class KangarooDrafter:
         save_drafter(directory, self.adapter, self.drafter_type, hyper, ModelFingerprint.of(self.model))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None) -> "KangarooDrafter":
+    def from_pretrained(cls, directory: str | os.PathLike, model, threshold: Optional[float] = None,
+                        max_length: Optional[int] = None) -> "KangarooDrafter":
         hyper, state, _ = load_drafter(directory, model, cls.drafter_type, {"exit_layer", "threshold", "max_depth"},
                                     build=lambda hyper: KangarooAdapter(model))
         adapter = KangarooAdapter(model).to(**model_placement(model))
         load_state_strict(adapter, state, directory)
-        return cls(SelfDraftVerifier(model, hyper["exit_layer"]), adapter,
+        return cls(SelfDraftVerifier(model, hyper["exit_layer"], max_length=max_length), adapter,
                    hyper["threshold"] if threshold is None else threshold, hyper["max_depth"])
 
     @property
@@ -152,11 +156,12 @@ class KangarooDrafter:
             )
         # Template node -> index in the draft (breadth-first, kept nodes only) = its drafting order.
         kept: dict[int, int] = {0: 0}
-        tokens = [context.root_token]
+        root = context.root_token  # the context lives on the host: no synchronisation
+        tokens = [root]
         node_logprob = [0.0]
         depths = [0]
         frontier = [0]
-        shallow, adapted = self._draft_and_adapt([context.root_token], [[0]], depths)
+        shallow, adapted = self._draft_and_adapt([root], [[0]], depths)
         node_states, adapter_states = [shallow], list(adapted)
         extend = {0: True}
         while frontier:
@@ -166,15 +171,20 @@ class KangarooDrafter:
             rows = torch.stack([adapter_states[kept[n]] for n in expanding])
             logprobs = self.model.lm_head(rows).float().log_softmax(-1)
             top_lp, top_tok = logprobs.topk(tree.max_rank + 1, dim=-1)
+            # One read a level (each read of a CUDA tensor waits for the GPU; this was three per node): the
+            # candidates, their log-probabilities and probabilities, the latter exponentiated in float32 as the
+            # threshold test always took them (float64 holds token ids and float32 values exactly).
+            top_tokens, top_logprobs, top_probs = torch.stack(
+                [top_tok.double(), top_lp.double(), top_lp.exp().double()]).tolist()
             new_nodes, new_tokens, new_paths = [], [], []
             for row, parent in enumerate(expanding):
                 for child in tree.children[parent]:
                     rank = tree.ranks[child]
                     kept[child] = len(tokens)
-                    tokens.append(int(top_tok[row, rank]))
-                    node_logprob.append(float(top_lp[row, rank]))
+                    tokens.append(int(top_tokens[row][rank]))
+                    node_logprob.append(top_logprobs[row][rank])
                     # The second early exit: a token drafted with low confidence is verified, not extended.
-                    extend[child] = float(top_lp[row, rank].exp()) >= self.threshold
+                    extend[child] = top_probs[row][rank] >= self.threshold
                     new_nodes.append(child)
                     new_tokens.append(tokens[-1])
                     new_paths.append([kept[a] for a in tree.path_to(child)])
@@ -201,15 +211,21 @@ class KangarooDrafter:
         depth so far. Returns the new nodes' shallow states and adapter outputs, ``[m, H]`` each.
         """
         state, m, k = self.state, len(tokens), len(depths)
-        visible = torch.zeros(m, state.committed + k, dtype=torch.bool, device=state.device)
-        visible[:, : state.committed] = True
+        # The new nodes' visibility among this step's nodes [m, k] (each sees its path), built on the host and
+        # copied with the token ids and depths in one upload: on CUDA each copy from host memory waits for the
+        # stream (this was one copy per node, plus three).
+        among = [[0] * k for _ in range(m)]
         for row, path in enumerate(paths):
-            visible[row, [state.committed + node for node in path]] = True
-        embeddings = state.forward.embed(torch.tensor(tokens, device=state.device))
-        shallow = state.run_layers(embeddings, state.shallow, visible, torch.tensor(depths, device=state.device))
+            for node in path:
+                among[row][node] = 1
+        packed = torch.tensor(tokens + depths + [v for row in among for v in row], device=state.device)
+        ids, all_depths, among_nodes = packed[:m], packed[m : m + k], packed[m + k :].view(m, k).bool()
+        visible = torch.cat([among_nodes.new_ones(m, state.committed), among_nodes], dim=1)
+        embeddings = state.forward.embed(ids)
+        shallow = state.run_layers(embeddings, state.shallow, visible, all_depths, max(depths))
         # The adapter's cache holds committed positions only: the same visibility, shifted to its length.
-        adapter_visible = torch.cat([visible.new_ones(m, self._adapter_length), visible[:, state.committed:]], dim=1)
-        positions = torch.tensor([self._adapter_length + d for d in depths[k - m:]], device=state.device)
+        adapter_visible = torch.cat([among_nodes.new_ones(m, self._adapter_length), among_nodes], dim=1)
+        positions = all_depths[k - m :] + self._adapter_length
         return shallow, self._adapter(shallow, adapter_visible, positions)
 
     def _adapter(self, shallow: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

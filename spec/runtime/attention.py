@@ -210,9 +210,9 @@ class FlexTreeMasks:
         else:
             self._masks.move_to_end(key)
         t = template
-        return BlockMask((ancestors.shape[0], attend), t.kv_num_blocks, t.kv_indices, t.full_kv_num_blocks, t.full_kv_indices,
-                         t.q_num_blocks, t.q_indices, t.full_q_num_blocks, t.full_q_indices, t.BLOCK_SIZE,
-                         tree_mask_mod(ancestors, positions, window))
+        return BlockMask((ancestors.shape[0], attend), t.kv_num_blocks, t.kv_indices, t.full_kv_num_blocks,
+                         t.full_kv_indices, t.q_num_blocks, t.q_indices, t.full_q_num_blocks, t.full_q_indices,
+                         t.BLOCK_SIZE, tree_mask_mod(ancestors, positions, window))
 
 
 def flex_mask(ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor, window: Optional[int]):

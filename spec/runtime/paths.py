@@ -6,10 +6,20 @@ accepted path, which must be one root-to-node branch of that tree.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
+
+import torch
 
 from spec.errors import InputError, ShapeError
 from spec.protocols import CandidateTree
+
+
+@lru_cache(maxsize=256)  # thread-safe; paths repeat from step to step
+def path_tensor(path: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``path`` ``[len]`` int64 on ``device``, copied from the host once per path and device (on CUDA each copy
+    from pageable host memory waits for the stream). Shared between callers: never modify it in place."""
+    return torch.tensor(path, dtype=torch.long, device=device)
 
 
 def check_path(tree: CandidateTree, path) -> tuple[int, ...]:

@@ -28,20 +28,22 @@ from typing import Optional
 import torch
 
 from spec.errors import ConfigurationError, ShapeError
-from spec.models import context_length, hidden_size, output_vocab_size
+from spec.models import hidden_size, output_vocab_size
 from spec.protocols import Draft, Verification, VerifierTraits
 from spec.runtime.attention import sdpa_attention
 from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import in_window
-from spec.runtime.paths import PendingTree, moves_rows
+from spec.runtime.paths import PendingTree, moves_rows, path_tensor
 from spec.runtime.room import check_room
+from spec.runtime.shapes import PerShape
+from spec.runtime.static_cache import cache_length
 from spec.timing import forward_region
 
 
 class SelfDraftState:
     """The shared static cache and the number of ``committed`` tokens it holds in every layer."""
 
-    def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
+    def __init__(self, model, exit_layer: int, spare_rows: int = 256, max_length: Optional[int] = None) -> None:
         self.forward = LlamaFamilyForward(model, "Self-drafting (the model's decoder layers run one by one)",
                                           "Use TreeAttentionVerifier with another drafter.")
         num_layers = len(model.model.layers)
@@ -52,7 +54,11 @@ class SelfDraftState:
         self.exit_layer = exit_layer
         self.shallow = range(exit_layer)
         self.deep = range(exit_layer, num_layers)
-        self.cache = self.forward.new_cache(self.forward.max_length + spare_rows)
+        # Capped like FastTreeVerifier's: the model's context up to 4096 positions unless more is asked for.
+        self.max_length = cache_length(self.forward.max_length, max_length, "The self-draft cache")
+        if spare_rows < 1:
+            raise ConfigurationError(f"spare_rows must be at least 1, got {spare_rows}.")
+        self.cache = self.forward.new_cache(self.max_length + spare_rows)
         self.reset()
 
     def reset(self) -> None:
@@ -68,17 +74,17 @@ class SelfDraftState:
         return self.forward.dtype
 
     def run_layers(self, hidden: torch.Tensor, layers: range, visible: torch.Tensor,
-                   depths: torch.Tensor) -> torch.Tensor:
+                   depths: torch.Tensor, deepest: int) -> torch.Tensor:
         """``hidden`` ``[m, H]`` through ``layers``: the last ``m`` of this step's rows.
 
         ``depths`` ``[k]`` int64: every row of this step so far (a prefill's tokens count as a chain),
-        at position ``committed + depth`` and cache row ``committed + index``; ``visible``
+        at position ``committed + depth`` and cache row ``committed + index``; ``deepest``: their largest, from
+        the caller's host-side tree (reading it off the device would wait for the GPU); ``visible``
         ``[m, committed + k]`` bool over the committed rows and these (the window is applied here).
         Returns the hidden states after ``layers`` ``[m, H]``.
         """
         committed, k, m = self.committed, depths.shape[0], hidden.shape[0]
-        check_room(committed + int(depths.max()), self.forward.max_length, committed + k, self.cache.rows,
-                   "self-draft verifier")
+        check_room(committed + deepest, self.max_length, committed + k, self.cache.rows, "self-draft verifier")
         keys = torch.cat([torch.arange(committed, device=self.device), committed + depths.to(self.device)])
         positions = keys[k - m + committed:]
         visible = visible & in_window(positions[:, None], keys[None, :], self.forward.window)
@@ -92,16 +98,18 @@ class SelfDraftState:
 class SelfDraftVerifier:
     """Runs layers ``exit_layer ..`` over the shallow states in a self-drafter's draft, then norm and lm_head."""
 
-    def __init__(self, model, exit_layer: int, spare_rows: int = 256) -> None:
+    def __init__(self, model, exit_layer: int, spare_rows: int = 256, max_length: Optional[int] = None) -> None:
+        """``max_length``: the longest sequence the shared static cache holds; by default the model's context
+        capped at 4096 (``spec.runtime.static_cache.DEFAULT_MAX_LENGTH``), any length up to the context if asked."""
         self.model = model.eval()
-        self.state = SelfDraftState(model, exit_layer, spare_rows)
+        self.state = SelfDraftState(model, exit_layer, spare_rows, max_length)
         # Verified only with its paired drafter: they share the cache's shallow rows.
         self.traits = VerifierTraits(needs_paired_drafter=True, features=f"layer:{exit_layer}")
         self.reset()
 
     @property
     def max_length(self) -> int:
-        return context_length(self.model)
+        return self.state.max_length
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +123,8 @@ class SelfDraftVerifier:
         self.state.reset()
         self._pending = PendingTree()
         self._shallow_rows: Optional[torch.Tensor] = None
+        # A tree's ancestor matrix [n, n] and depths [n] on the device, copied once per shape (pruned trees vary).
+        self._tree_buffers = PerShape(lambda tree: (tree.ancestor_mask.to(self.device), tree.depths.to(self.device)))
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -127,8 +137,8 @@ class SelfDraftVerifier:
             return torch.empty(0, hidden_size(self.model), dtype=state.dtype, device=state.device)
         chain = torch.arange(m, device=state.device)
         causal = torch.ones(m, state.committed + m, dtype=torch.bool, device=state.device).tril(state.committed)
-        shallow = state.run_layers(state.forward.embed(tokens.to(state.device)), state.shallow, causal, chain)
-        state.run_layers(shallow, state.deep, causal, chain)
+        shallow = state.run_layers(state.forward.embed(tokens.to(state.device)), state.shallow, causal, chain, m - 1)
+        state.run_layers(shallow, state.deep, causal, chain, m - 1)
         state.committed += m
         return shallow
 
@@ -141,13 +151,14 @@ class SelfDraftVerifier:
                              "Pass verifier=drafter.verifier with that drafter, and prune with Draft.select_nodes.")
         self._pending.check_free("verify")
         rows = draft.cache_rows.to(state.device)
-        if int(rows.min()) < state.committed or int(rows.max()) >= state.cache.rows:
+        lowest, highest = torch.stack([rows.min(), rows.max()]).tolist()  # one read
+        if lowest < state.committed or highest >= state.cache.rows:
             raise ShapeError(f"Draft.cache_rows must be rows this step drafted into ({state.committed} .. "
                              f"{state.cache.rows - 1}), got {rows.tolist()}; was the draft made for another step?")
-        visible = torch.ones(tree.num_nodes, state.committed + tree.num_nodes, dtype=torch.bool, device=state.device)
-        visible[:, state.committed:] = tree.ancestor_mask.to(state.device)
+        ancestors, depths = self._tree_buffers(tree)
+        visible = torch.cat([ancestors.new_ones(tree.num_nodes, state.committed), ancestors], dim=1)
         shallow = draft.node_states.to(device=state.device, dtype=state.dtype)
-        deep = state.run_layers(shallow, state.deep, visible, tree.depths.to(state.device))
+        deep = state.run_layers(shallow, state.deep, visible, depths, tree.max_depth)
         logits = self.model.lm_head(state.backbone.norm(deep[None])[0])
         self._pending.hold(tree)
         self._shallow_rows = rows
@@ -156,7 +167,7 @@ class SelfDraftVerifier:
     def commit(self, path: tuple[int, ...]) -> None:
         state = self.state
         path = self._pending.release(path)
-        start, nodes = state.committed, torch.tensor(path, device=state.device)
+        start, nodes = state.committed, path_tensor(path, state.device)
         # Shallow and deep layers hold a node at different rows: where it was drafted, where it was verified.
         state.cache.compact(start, self._shallow_rows[nodes], state.shallow)
         if moves_rows(path):

@@ -37,6 +37,7 @@ from spec.runtime.masks import causal, in_window
 from spec.runtime.paths import PendingTree, moves_rows
 from spec.runtime.room import check_room
 from spec.runtime.shapes import PerShape, attend_bucket, tree_bucket
+from spec.runtime.static_cache import DEFAULT_MAX_LENGTH, cache_length, compact_rows
 from spec.timing import forward_region
 
 
@@ -67,13 +68,17 @@ class FastTreeVerifier:
     ``pad_trees``: a compiled step pads each tree to 8/16/32/64/... nodes so it sees few shapes; None (default)
     pads with CUDA graphs only (on a CPU the padded rows are real compute and inductor's one dynamic-shape
     graph serves every size).
+    ``compile_commit``: compile the commit's compaction too (``compact_rows``); None (default) with CUDA graphs
+    only, where it turns two kernel launches per layer's keys and values into one graph launch (on a CPU inductor
+    saves no launches worth a compile).
     """
 
     PAD_TO = 64  # compiled steps attend over a multiple of this many rows, so shapes repeat
-    DEFAULT_MAX_LENGTH = 4096  # the default cache length when the model's context is longer (see max_length)
+    DEFAULT_MAX_LENGTH = DEFAULT_MAX_LENGTH  # the default cache length when the model's context is longer
 
     def __init__(self, model, *, compile: Optional[bool] = None, attention: str = "auto", spare_rows: int = 256,
-                 max_length: Optional[int] = None, features: str = "final", pad_trees: Optional[bool] = None) -> None:
+                 max_length: Optional[int] = None, features: str = "final", pad_trees: Optional[bool] = None,
+                 compile_commit: Optional[bool] = None) -> None:
         self.model = model.eval()
         self.forward = LlamaFamilyForward(model)
         # Verifies any drafter's drafts; reports the hidden states the drafter reads.
@@ -84,15 +89,12 @@ class FastTreeVerifier:
             raise ConfigurationError(f"attention must be 'auto' or one of {ATTENTION_KINDS}, got {attention!r}.")
         if spare_rows < 1:
             raise ConfigurationError(f"spare_rows must be at least 1, got {spare_rows}.")
-        if max_length is not None and not 1 <= max_length <= self.forward.max_length:
-            raise ConfigurationError(f"max_length must be in [1, {self.forward.max_length}] (the model's context), "
-                                     f"got {max_length}.")
         compile = device.type == "cuda" if compile is None else bool(compile)
         chosen = attention == "auto"
         if chosen:
             attention = "flex" if compile and device.type == "cuda" else "sdpa"
         self.attention = attention
-        self._max_length = max_length or min(self.forward.max_length, self.DEFAULT_MAX_LENGTH)
+        self._max_length = cache_length(self.forward.max_length, max_length, "FastTreeVerifier")
         self.cache = self.forward.new_cache(self._max_length + spare_rows)
         self._cuda_graphs = compile and device.type == "cuda"
         # Padding a compiled step's tree to a bucket bounds the shapes (CUDA graphs record one per shape), and
@@ -100,8 +102,10 @@ class FastTreeVerifier:
         # costs about 1.4x), while inductor compiles one dynamic-shape graph for all sizes: pad on CUDA only.
         self._pad_trees = self._cuda_graphs if pad_trees is None else bool(pad_trees)
         if self._cuda_graphs:
-            # CUDA graphs need the cache at a fixed address.
-            for tensor in self.cache.tensors:
+            # CUDA graphs need the cache at a fixed address. The rotary tables too: the step reads them as graph
+            # inputs, and a CUDA graph copies every input not marked static into its own buffers on each replay
+            # (the whole [max_length, head_dim] cos and sin tables, every step).
+            for tensor in self.cache.tensors + [self.forward.cos, self.forward.sin]:
                 torch._dynamo.mark_static_address(tensor)
         # Eager FlexAttention is unfused and slow: if compiling fails, an automatic choice falls back to SDPA.
         # Unpadded (a CPU), tree sizes and prefix lengths change every step: compile SDPA steps for dynamic shapes
@@ -112,6 +116,10 @@ class FastTreeVerifier:
                                   dynamic=True if not self._pad_trees and attention == "sdpa" else None,
                                   on_fallback=(lambda: setattr(self, "attention", "sdpa")) if chosen else None)
         self._masks = mask_builders()  # FlexAttention's block tensors kept per layout, not rebuilt every step
+        compile_commit = self._cuda_graphs if compile_commit is None else bool(compile_commit)
+        self._commit_step = CompiledStep(compact_rows, enabled=compile_commit,
+                                         mode="reduce-overhead" if device.type == "cuda" else None)
+        self._base: Optional[torch.Tensor] = None  # [1]: the verified tree's first cache row, on the device
         self._buffers = PerShape(self._tree_buffers)
         self._padded = PerShape(self._padded_buffers)
         self.reset()
@@ -197,6 +205,7 @@ class FastTreeVerifier:
                 # A graph replay reuses its output memory; the drafter and acceptor hold these across steps.
                 hidden, logits = hidden.clone(), logits.clone()
         self._pending.hold(tree)
+        self._base = rows[:1]  # = the prefix length (offsets start at 0): commit's compaction reads it there
         return Verification(tree=tree, logits=logits, hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
@@ -207,7 +216,12 @@ class FastTreeVerifier:
             offsets = buffers.paths.get(path)
             if offsets is None:
                 offsets = buffers.paths[path] = torch.tensor(path, device=self.forward.device)
-            self.cache.compact(self._cached, offsets + self._cached)
+            if self._commit_step.compiled:
+                if self._cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                self._commit_step(self.cache.tensors, offsets, self._base)
+            else:
+                self.cache.compact(self._cached, offsets + self._cached)
         self._cached += len(path)
 
     # ---- helpers ---------------------------------------------------------------------------

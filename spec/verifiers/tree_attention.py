@@ -27,7 +27,7 @@ from spec.models import cache_kwargs, context_length, hidden_size, model_device,
 from spec.protocols import Draft, Verification, VerifierTraits
 from spec.runtime.features import check_features, select_features
 from spec.runtime.masks import additive_mask, in_window, model_windows
-from spec.runtime.paths import PendingTree, moves_rows
+from spec.runtime.paths import PendingTree, moves_rows, path_tensor
 from spec.runtime.room import check_room
 from spec.runtime.shapes import PerShape
 from spec.runtime.support import check_supported
@@ -129,7 +129,7 @@ class TreeAttentionVerifier:
     def commit(self, path: tuple[int, ...]) -> None:
         path = self._pending.release(path)
         start, keep = self._cached, len(path)
-        rows = torch.tensor(path, device=self.device) + start if moves_rows(path) else None
+        rows = path_tensor(path, self.device) + start if moves_rows(path) else None  # the index copied once per path
         for layer in self._cache.layers:
             for name in ("keys", "values"):
                 full = getattr(layer, name)
