@@ -118,7 +118,8 @@ class FastTreeVerifier:
         self._masks = mask_builders()  # FlexAttention's block tensors kept per layout, not rebuilt every step
         compile_commit = self._cuda_graphs if compile_commit is None else bool(compile_commit)
         self._commit_step = CompiledStep(compact_rows, enabled=compile_commit,
-                                         mode="reduce-overhead" if device.type == "cuda" else None)
+                                         mode="reduce-overhead" if device.type == "cuda" else None,
+                                         what="verifier's commit")
         self._base: Optional[torch.Tensor] = None  # [1]: the verified tree's first cache row, on the device
         self._buffers = PerShape(self._tree_buffers)
         self._padded = PerShape(self._padded_buffers)
