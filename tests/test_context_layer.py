@@ -37,6 +37,26 @@ def test_chunked_appends_equal_one_causal_pass(arch):
     assert cache.length == 23 and torch.equal(cache.last_output, chunks[-1][-1])
 
 
+def test_the_cache_grows_on_demand_up_to_the_context_and_no_further():
+    """A cache started at 4 rows doubles as positions arrive (the outputs still equal one causal pass) and stops at
+    the model's context with a ContextLengthError naming the fix."""
+    from spec.errors import ContextLengthError
+    from spec.models import context_length
+
+    m = model("llama")
+    layer = build_decoder_layer(m, "test layer")
+    perturb(layer, scale=0.1)
+    hidden = target_hidden("llama", 23)
+    cache = ContextLayerCache(m, layer, "test layer", initial_rows=4)
+    assert cache.cache.rows == 4
+    chunks = [cache.append(hidden[a:b]) for a, b in [(0, 3), (3, 9), (9, 10), (10, 23)]]
+    assert cache.cache.rows == 36  # 4 -> 9 (needed) -> 18 (doubled for 10) -> 36 (doubled for 23)
+    torch.testing.assert_close(torch.cat(chunks), plain_forward(m, layer, hidden), rtol=1e-9, atol=1e-9)
+    context = context_length(m)
+    with pytest.raises(ContextLengthError, match="generate fewer tokens"):
+        cache.append(hidden[:1].expand(context - 23 + 1, -1))
+
+
 def test_untrained_layer_is_the_identity():
     m = model("qwen2")
     hidden = target_hidden("qwen2", 9)

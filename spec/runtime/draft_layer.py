@@ -21,11 +21,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spec.errors import ContextLengthError
+from spec.errors import ContextLengthError, UnsupportedError
 from spec.models import context_length
 from spec.runtime.layers import rotate
 from spec.runtime.masks import in_window, layer_window
-from spec.runtime.context_layer import _backbone
+from spec.runtime.support import SUPPORTED_ARCHITECTURES
+
+
+def _backbone(model, what: str):
+    """The model's decoder stack (``layers``, ``rotary_emb``), for a drafter layer of its own architecture."""
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    backbone = getattr(model, "model", None)
+    if (model_type not in SUPPORTED_ARCHITECTURES or backbone is None
+            or not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb")):
+        raise UnsupportedError(
+            f"{what} builds a decoder layer of the model's own architecture, which is supported for "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}; got {model_type!r} ({type(model).__name__}). "
+            "Use a supported model, or a drafter without that layer (e.g. HydraDrafter without prefix_layer)."
+        )
+    return backbone
 
 
 def rotary_table(model, positions: torch.Tensor, dtype: torch.dtype, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,27 +73,48 @@ def attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v
 
 
 class DraftLayerCache:
-    """Keys and values of a drafter's one decoder layer (batch of one), with the position of every row."""
+    """Keys and values of a drafter's one decoder layer (batch of one), with the position of every row.
 
-    def __init__(self, model, attn: nn.Module, what: str, spare_rows: int = 256) -> None:
+    The buffers start at ``initial_rows`` (or the model's context, if shorter) plus ``spare_rows`` and double when
+    a pass needs more (:meth:`reserve`), up to the model's context plus ``spare_rows``: a short generation never
+    holds a cache sized for the whole context (about 1 GB per drafter at 128K positions on an 8B model).
+    """
+
+    def __init__(self, model, attn: nn.Module, what: str, spare_rows: int = 256, initial_rows: int = 1024) -> None:
         self.model = model
         self.what = what
         self.window: Optional[int] = layer_window(model.config, 0)
         weight = attn.o_proj.weight
-        kv_heads = attn.k_proj.out_features // attn.head_dim
-        self.max_length = context_length(model)
-        rows = self.max_length + spare_rows
-        self.keys = torch.zeros(kv_heads, rows, attn.head_dim, dtype=weight.dtype, device=weight.device)
-        self.values = torch.zeros_like(self.keys)
-        self.row_positions = torch.zeros(rows, dtype=torch.long, device=weight.device)
+        self.kv_heads, self.head_dim = attn.k_proj.out_features // attn.head_dim, attn.head_dim
+        self.max_rows = context_length(model) + spare_rows
+        self._allocate(min(initial_rows + spare_rows, self.max_rows), weight.dtype, weight.device)
+        self.reset()
+
+    def _allocate(self, rows: int, dtype: torch.dtype, device: torch.device) -> None:
+        keep = 0 if not hasattr(self, "keys") else self.keys.shape[1]
+        keys = torch.zeros(self.kv_heads, rows, self.head_dim, dtype=dtype, device=device)
+        values, row_positions = torch.zeros_like(keys), torch.zeros(rows, dtype=torch.long, device=device)
+        if keep:  # growing: the rows written so far move over (a pass only reads rows it or an earlier one wrote)
+            keys[:, :keep], values[:, :keep] = self.keys, self.values
+            row_positions[:keep] = self.row_positions
+        self.keys, self.values, self.row_positions = keys, values, row_positions
         # The rotary angles of every position, once (each position's are computed independently, so the
         # table's rows equal what the rotary module gives on the fly, as in LlamaFamilyForward).
-        self.cos, self.sin = rotary_table(model, torch.arange(rows, device=weight.device), weight.dtype, what)
-        self.reset()
+        self.cos, self.sin = rotary_table(self.model, torch.arange(rows, device=device), dtype, self.what)
 
     @property
     def rows(self) -> int:
         return self.keys.shape[1]
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows: grow (doubling) up to the model's context plus the spare rows, or refuse."""
+        if rows <= self.rows:
+            return
+        if rows > self.max_rows:
+            raise ContextLengthError(
+                f"The {self.what}'s cache holds at most {self.max_rows} rows (the model's context and spare rows for "
+                f"a tree) but this pass needs {rows}; generate fewer tokens or use a smaller tree.")
+        self._allocate(min(max(2 * self.rows, rows), self.max_rows), self.keys.dtype, self.keys.device)
 
     def reset(self) -> None:
         # Stale rows need no clearing: a pass only attends to rows that it or an earlier pass wrote.
@@ -88,12 +123,11 @@ class DraftLayerCache:
     def run(self, attn: nn.Module, h: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
             visible: torch.Tensor) -> torch.Tensor:
         """``h`` ``[n, F]`` at ``positions`` ``[n]``: write its keys and values at ``rows`` ``[n]``, attend over
-        rows ``0 .. visible.shape[1] - 1`` where ``visible`` ``[n, attend]`` (and within the window) -> ``[n, H]``."""
+        rows ``0 .. visible.shape[1] - 1`` where ``visible`` ``[n, attend]`` (and within the window) -> ``[n, H]``.
+        ``rows`` must lie below ``visible.shape[1]`` (a pass attends to what it writes), which :meth:`reserve`
+        makes room for; their values stay on the device (no host read)."""
         attend_rows = visible.shape[1]
-        if attend_rows > self.rows or int(rows.max()) >= self.rows:
-            raise ContextLengthError(
-                f"The {self.what}'s cache has {self.rows} rows but this pass needs {max(attend_rows, int(rows.max()) + 1)}; "
-                "generate fewer tokens or use a smaller tree.")
+        self.reserve(attend_rows)
         q, k, v = qkv(attn, h[None].to(self.keys.dtype), self.cos[positions][None], self.sin[positions][None])
         self.keys.index_copy_(1, rows, k[0])
         self.values.index_copy_(1, rows, v[0])
@@ -116,6 +150,5 @@ def tree_visibility(ancestor_mask: torch.Tensor, nodes: torch.Tensor, committed:
 
 
 def check_draft_room(cache: DraftLayerCache, committed: int, nodes: int) -> None:
-    if committed + nodes > cache.rows:
-        raise ContextLengthError(f"The {cache.what} holds {cache.rows} rows; {committed} committed pairs and a tree "
-                                 f"of {nodes} nodes do not fit. Generate fewer tokens or use a smaller tree.")
+    """Room for ``committed`` pairs and a tree of ``nodes`` nodes (the cache grows to fit, up to its limit)."""
+    cache.reserve(committed + nodes)
