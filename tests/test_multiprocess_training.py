@@ -179,3 +179,12 @@ def test_spec_train_sharded_with_fsdp_writes_the_trained_model_and_heads_whole(m
             assert torch.equal(value, weights[f"{prefix}.{name}"]), name
     assert json.loads((out / "summary.json").read_text())["after"]["eval_head0_top1"] >= 0
     assert (out / "acceptance_stats.json").exists()
+
+
+def test_a_nan_loss_on_one_process_stops_every_process(tmp_path):
+    """Process 1 alone sees a NaN loss: both stop with the divergence error (the loss check is shared), instead of
+    process 0 waiting for ever in the next all-reduce."""
+    result = subprocess.run(command(tmp_path / "nan", 2), cwd=HERE.parent, timeout=120, capture_output=True, text=True,
+                            env={**environment(), "TRAIN_TINY_NAN_LOSS": "1 3"})
+    assert result.returncode != 0
+    assert result.stderr.count("TrainingDivergedError: Training diverged at step 3") == 2, result.stderr[-3000:]

@@ -61,6 +61,15 @@ def run(out_dir: str, steps: int, mode: str = "medusa", checkpoint_every: int = 
     # however fast the machine is (the pause changes nothing the run computes).
     pause = float(os.environ.get("TRAIN_TINY_PAUSE_AFTER_CHECKPOINT", "0"))
     rank = int(os.environ.get("RANK", "0"))
+    poisoned = os.environ.get("TRAIN_TINY_NAN_LOSS")  # "RANK STEP": that process's loss is NaN at that step
+    if poisoned is not None and int(poisoned.split()[0]) == rank:
+        at, loss = int(poisoned.split()[1]), objective.loss
+
+        def nan_loss(module, batch, step):
+            value, parts = loss(module, batch, step)
+            return (value * float("nan") if step == at else value), parts
+
+        objective.loss = nan_loss
 
     def on_checkpoint(step: int) -> None:  # called by the loop on the main process only
         with open(Path(out_dir) / "checkpoints.txt", "a") as handle:

@@ -226,8 +226,8 @@ def train(objective: Objective, train_blocks: Blocks, config: TrainConfig,
             # counted_over_processes: a mean over counted (e.g. assistant) tokens is over every process's.
             with accelerator.autocast(), counted_over_processes(world):
                 loss, parts = call(objective.loss, batch, step)
-            if not torch.isfinite(loss.detach()).all():
-                _diverged(out, step, f"the loss is {float(loss.detach())}")
+            if not _finite_everywhere(loss.detach(), accelerator, world):
+                _diverged(out, step, f"the loss is {float(loss.detach())} (on this or another process)")
             accelerator.backward(loss / config.grad_accumulation)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value / config.grad_accumulation
@@ -319,6 +319,16 @@ def _truncate_log(log_path: Path, step: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(line)
     atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
+
+
+def _finite_everywhere(loss: torch.Tensor, accelerator, world: int) -> bool:
+    """Whether the loss is finite on every process (one scalar all-reduce). One process stopping alone on a NaN
+    leaves the others in the next collective until the launcher kills them (torchrun reports a failed worker,
+    not the divergence) or the collective times out; every process stops with the divergence error instead."""
+    bad = (~torch.isfinite(loss)).any().to(torch.float32).reshape(1)
+    if world > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return not bool(bad.item())
 
 
 def _average_gradients(accelerator, module: nn.Module) -> None:
