@@ -852,6 +852,7 @@ CLI_ROWS = [
     Cli("demo-tree-bad-version", demo("--random-model", "--tree", spec_tree(version=3)), InvalidTreeError, "version 1"),
     Cli("demo-max-new-tokens-0", demo("--random-model", "--max-new-tokens", "0"), OptionError, "--max-new-tokens must be an integer >= 1"),
     Cli("demo-max-new-tokens-negative", demo("--random-model", "--max-new-tokens", "-1"), OptionError, "--max-new-tokens"),
+    Cli("demo-repeats-0", demo("--random-model", "--repeats", "0"), OptionError, "--repeats must be an integer in .1, 100."),
     Cli("demo-temperature-negative", demo("--temperature", "-1"), OptionError, "0 = greedy"),
     Cli("demo-temperature-nan", demo("--temperature", "nan"), OptionError, "finite number"),
     Cli("demo-temperature-inf", demo("--temperature", "inf"), OptionError, "finite number"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -43,6 +44,9 @@ def add_parser(sub) -> None:
                       help="0 = greedy (outputs identical); > 0 samples losslessly with rejection sampling "
                       "(shipped model only); default: 0")
     demo.add_argument("--seed", type=int, default=0, help="sampling seed")
+    demo.add_argument("--repeats", type=int, default=5,
+                      help="timed runs of each decoder, interleaved; tokens/s is their median (one ~1 s run of each "
+                      "varies by tens of percent on a shared machine)")
     demo.add_argument("--random-model", action="store_true",
                       help="use a random tiny model and an oracle drafter instead (no shipped files needed)")
     add_runtime_arguments(demo)
@@ -66,6 +70,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     from spec.apps.shipped import shipped_names
 
     check_int(args.max_new_tokens, "--max-new-tokens", 1)
+    check_int(args.repeats, "--repeats", 1, 100)
     check_seed(args.seed)
     resolve_placement(args.device, args.dtype)
     if args.temperature is not None:
@@ -153,8 +158,13 @@ def run(args: argparse.Namespace) -> int:
     settings = dict(temperature=args.temperature, seed=args.seed)
     for decoder in (baseline, speculative):  # warm-up: first calls pay one-off initialisation
         decoder.generate(prompt, max_new_tokens=min(4, args.max_new_tokens), **settings)
-    ar = baseline.generate(prompt, max_new_tokens=args.max_new_tokens, **settings)
-    sd = speculative.generate(prompt, max_new_tokens=args.max_new_tokens, **settings)
+    ar_runs, sd_runs = [], []
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the machine slows both alike
+        ar_runs.append(baseline.generate(prompt, max_new_tokens=args.max_new_tokens, **settings))
+        sd_runs.append(speculative.generate(prompt, max_new_tokens=args.max_new_tokens, **settings))
+    ar, sd = ar_runs[0], sd_runs[0]  # the same seed: every run draws the same completion
+    ar_speed = statistics.median(r.tokens_per_second for r in ar_runs)
+    sd_speed = statistics.median(r.tokens_per_second for r in sd_runs)
     same = torch.equal(ar.sequences, sd.sequences)
     print(f"--- prompt ({prompt.shape[1]} tokens) ---\n{text}")
     print(f"--- autoregressive ---\n{tokenizer.decode(ar.new_tokens)}")
@@ -176,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
                       f"{divergence.top2_gap:.3g} ({model.dtype})")
     else:
         print("sampled: both completions are draws from the same distribution (they differ as draws do)")
-    print(f"tokens/s: autoregressive {ar.tokens_per_second:.1f}, speculative {sd.tokens_per_second:.1f} "
-          f"(speedup {sd.tokens_per_second / ar.tokens_per_second:.2f}x)")
+    runs = f", median of {args.repeats} interleaved runs" if args.repeats > 1 else ""
+    print(f"tokens/s: autoregressive {ar_speed:.1f}, speculative {sd_speed:.1f} "
+          f"(speedup {sd_speed / ar_speed:.2f}x{runs})")
     print(f"mean accepted length: {sd.mean_accepted_length:.2f} tokens per verify step "
           f"({len(sd.steps)} steps for {sd.new_tokens.numel()} tokens)")
     print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}")
