@@ -43,8 +43,9 @@ class HeadDrafter:
     draft_vocab_in_heads: ClassVar[bool] = False
     #: The deterministic draft's pure tensor function, which :meth:`compile` compiles.
     top_k_function: ClassVar[Callable] = staticmethod(fill_top_k)
-    #: Whether :meth:`compile` applies (a subclass whose draft is not traceable says False).
-    compilable: ClassVar[bool] = True
+    #: Whether :meth:`compile` applies: a subclass whose ``draft`` hands ``compiled_fill`` to the fill (or calls it)
+    #: opts in; otherwise compiling would change nothing while ``compiled`` said it had.
+    compilable: ClassVar[bool] = False
 
     def __init__(self, model, heads: nn.Module, candidates: str = "top_k") -> None:
         # Heads with their own vocabulary projection say how wide it is; the others use the lm_head's.
@@ -157,8 +158,10 @@ class HeadDrafter:
         on a GPU) is most of its time on a small model. Sampled candidates stay eager (they draw on the host).
         Falls back to eager with a warning if compilation fails. Returns self."""
         if enabled and not self.compilable:
-            raise UnsupportedError(f"The {self.display_name} drafter's draft is not compiled yet (it is not a function "
-                                   "of fixed shapes); run it eagerly (compile(False)).")
+            raise UnsupportedError(
+                f"The {self.display_name} drafter's draft is not compiled yet: it does not run through compiled_fill "
+                "(EAGLE's depths run over a cache that grows every step); run it eagerly. A subclass whose draft passes "
+                "compiled_fill to fill_depth_by_depth sets compilable = True.")
         self.compiled_fill = CompiledStep(self.top_k_function, enabled=True, what="drafter") if enabled else None
         return self
 

@@ -101,6 +101,7 @@ class CloverDrafter(HeadDrafter):
     whose state was built down the node's path by the attention decoder."""
 
     drafter_type = "clover"
+    compilable = True
     hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "num_attention_heads",
                                       "rms_norm_eps"})
 

@@ -81,9 +81,8 @@ class EagleDrafter(HeadDrafter):
     """Drafts a tree with EAGLE: one decoder layer over (token, feature) pairs, depth by depth."""
 
     drafter_type = "eagle"
-    #: Each depth runs the layer over a cache that grows every step (and reads its rows' positions on the host
-    #: to check room): a compiled draft would recompile every step.
-    compilable = False
+    # Not compilable (HeadDrafter's default): each depth runs the layer over a cache that grows every step, so a
+    # compiled draft of fixed shapes would recompile every step.
     hyperparameter_names = frozenset({"hidden_size", "vocab_size", "max_depth", "fc_bias"})
 
     def __init__(self, model, heads: EagleHeads, candidates: str = "top_k") -> None:

@@ -83,6 +83,7 @@ class HydraDrafter(HeadDrafter):
     token of head d given the hidden state and the tokens on the node's path."""
 
     drafter_type = "hydra"
+    compilable = True
     hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias",
                                       "prefix_layer", "dropout"})
 

@@ -90,6 +90,7 @@ class MedusaDrafter(HeadDrafter):
 
     drafter_type = "medusa"
     top_k_function = staticmethod(medusa_top_k)
+    compilable = True
     hyperparameter_names = frozenset({"num_heads", "num_layers", "hidden_size", "vocab_size", "lm_head_bias"})
 
     @classmethod
