@@ -16,7 +16,7 @@ one injection by :meth:`DraftVocabulary.from_maps`.
 from __future__ import annotations
 
 import weakref
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import attrs
 import torch
@@ -36,6 +36,13 @@ def _check_ids(instance, attribute, value) -> None:
         raise ConfigurationError("DraftVocabulary.token_ids (the draft-to-target map) must not repeat a token: two "
                                  "draft indices for one target token is not an injection. Rebuild it with "
                                  "DraftVocabulary.from_counts.")
+
+
+def stacked_projection(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` ``[L, N, H]`` through projection ``l`` (``weight`` ``[L, K, H]``, ``bias`` ``[L, K]`` or None) for row
+    ``l``, as one batched matmul -> ``[L, N, K]``."""
+    out = torch.bmm(x.to(weight.dtype), weight.transpose(1, 2))
+    return out if bias is None else out + bias[:, None, :]
 
 
 @attrs.frozen(eq=False)
@@ -132,9 +139,7 @@ class DraftVocabulary:
 
     def project(self, linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
         """Logits over the draft tokens: ``x`` ``[L, N, H]`` through projection ``l`` for row ``l`` -> ``[L, N, K]``."""
-        weight, bias = self.weights(linears)
-        out = torch.bmm(x.to(weight.dtype), weight.transpose(1, 2))
-        return out if bias is None else out + bias[:, None, :]
+        return stacked_projection(x, *self.weights(linears))
 
     def to_full(self, logits: torch.Tensor) -> torch.Tensor:
         """``[..., K]`` draft-token logits -> ``[..., V]`` logits, ``-inf`` outside the draft vocabulary."""

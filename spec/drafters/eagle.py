@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from spec.drafters.base import HeadDrafter
+from spec.drafters.blocks import project
 from spec.drafters.sampled import candidate_sampling
 from spec.drafters.tree_filling import DepthStep, fill_depth_by_depth
 from spec.errors import ShapeError
@@ -134,9 +135,7 @@ class EagleDrafter(HeadDrafter):
 
     def logits(self, predicted: torch.Tensor) -> torch.Tensor:
         """Predicted features ``[N, H]`` -> logits ``[N, V]`` (``[N, K]`` with a draft vocabulary)."""
-        if self.draft_vocab is None:
-            return self.lm_head(predicted)
-        return self.draft_vocab.project([self.lm_head], predicted[None])[0]
+        return project(predicted, *self.projection(self.lm_head))
 
     def _flush(self, context: DraftContext) -> torch.Tensor:
         """Append the committed pairs not yet in the cache; returns the prediction at the root's pair ``[H]``."""

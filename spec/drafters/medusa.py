@@ -18,6 +18,7 @@ from torch import nn
 
 from spec.drafters.blocks import ResBlock, copy_lm_head_into_heads, head_body
 from spec.drafters.base import HeadDrafter
+from spec.drafters.draft_vocab import stacked_projection
 from spec.drafters.sampled import CANDIDATE_MODES, candidate_sampling
 from spec.drafters.tree_filling import fill_depth_by_depth, path_log_confidence
 from spec.models import hidden_size, lm_head, output_vocab_size
@@ -58,8 +59,7 @@ def head_logits(heads: nn.ModuleList, hidden: torch.Tensor, weight: Projections,
     projections run as one batched matmul."""
     bodies = [head_body(heads[d], hidden) for d in range(len(weight))]
     if isinstance(weight, torch.Tensor):
-        logits = torch.bmm(torch.stack(bodies)[:, None].to(weight.dtype), weight.transpose(1, 2))[:, 0]
-        return logits if bias is None else logits + bias
+        return stacked_projection(torch.stack(bodies)[:, None], weight, bias)[:, 0]
     return torch.stack([nn.functional.linear(body.to(w.dtype), w, None if bias is None else bias[d])
                         for d, (body, w) in enumerate(zip(bodies, weight))])
 

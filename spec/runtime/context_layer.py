@@ -72,7 +72,6 @@ class ContextLayerCache:
 
     def reset(self) -> None:
         self.cache.reset()
-        self.length = 0
         self.last_output: Optional[torch.Tensor] = None
 
     @torch.no_grad()
@@ -91,10 +90,14 @@ class ContextLayerCache:
         # The decoder layer of the supported (Llama-family) architectures: pre-norm attention and MLP, residuals.
         x = x + self.cache.run(layer.self_attn, layer.input_layernorm(x), positions, positions, visible)
         out = x + layer.mlp(layer.post_attention_layernorm(x))
-        self.length += m
-        self.cache.committed = self.length
+        self.cache.committed += m
         self.last_output = out[-1]
         return out
+
+    @property
+    def length(self) -> int:
+        """Committed positions the layer has run over (its cache's committed rows)."""
+        return self.cache.committed
 
     def output_for(self, position: int) -> torch.Tensor:
         """The output at the last committed position, checked to be the one before the root at ``position``."""
