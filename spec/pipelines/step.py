@@ -14,7 +14,6 @@ tests all run this function, so they cannot drift apart.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 import attrs
@@ -34,6 +33,7 @@ from spec.protocols import (
     Verifier,
     check_composition,
 )
+from spec.runtime.paths import path_tensor
 from spec.timing import device_clock
 
 
@@ -112,13 +112,6 @@ class StepResult:
     commit_s: float
 
 
-@lru_cache(maxsize=4096)  # a path ends at one node, so a tree shape has as many paths as nodes
-def path_index(path: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``path`` as an int64 index tensor on ``device``, made once: indexing with a Python list copies the
-    list to the device every step, and on CUDA a copy from pageable memory waits for the stream."""
-    return torch.tensor(path, dtype=torch.long, device=device)
-
-
 def prefill(drafter: Drafter, verifier: Verifier, sequence: torch.Tensor) -> None:
     """Start ``sequence`` ``[L]``: cache every token but the root (the last), which is verified with the first tree."""
     verifier.reset()
@@ -150,7 +143,7 @@ def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParam
     t3 = device_clock(device)
     stages.verifier.commit(acceptance.path)
     hidden = verification.hidden_states
-    stages.drafter.commit(draft.tokens.index_select(0, path_index(acceptance.path, draft.tokens.device)),
-                          hidden.index_select(0, path_index(acceptance.path, hidden.device)))
+    stages.drafter.commit(draft.tokens.index_select(0, path_tensor(acceptance.path, draft.tokens.device)),
+                          hidden.index_select(0, path_tensor(acceptance.path, hidden.device)))
     return StepResult(draft=draft, verification=verification, acceptance=acceptance, draft_s=t1 - t0,
                       verify_s=t2 - t1, accept_s=t3 - t2, commit_s=device_clock(device) - t3)

@@ -15,7 +15,7 @@ from spec.errors import InputError, ShapeError
 from spec.protocols import CandidateTree
 
 
-@lru_cache(maxsize=256)  # thread-safe; paths repeat from step to step
+@lru_cache(maxsize=4096)  # thread-safe; paths repeat from step to step (a tree shape has a path per node)
 def path_tensor(path: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``path`` ``[len]`` int64 on ``device``, copied from the host once per path and device (on CUDA each copy
     from pageable host memory waits for the stream). Shared between callers: never modify it in place."""

@@ -34,7 +34,7 @@ from spec.runtime.compiled import CompiledStep
 from spec.runtime.features import check_features
 from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import causal, in_window
-from spec.runtime.paths import PendingTree, moves_rows
+from spec.runtime.paths import PendingTree, moves_rows, path_tensor
 from spec.runtime.room import check_room
 from spec.runtime.shapes import PerShape, attend_bucket, tree_bucket
 from spec.runtime.static_cache import DEFAULT_MAX_LENGTH, cache_length, compact_rows
@@ -49,7 +49,6 @@ class TreeBuffers:
     ancestors: torch.Tensor
     depths: torch.Tensor
     offsets: torch.Tensor
-    paths: dict = attrs.field(factory=dict, eq=False)  # accepted path -> its offsets on the device
 
 
 class FastTreeVerifier:
@@ -210,13 +209,9 @@ class FastTreeVerifier:
         return Verification(tree=tree, logits=logits, hidden_states=hidden)
 
     def commit(self, path: tuple[int, ...]) -> None:
-        tree = self._pending.tree
         path = self._pending.release(path)
         if moves_rows(path):
-            buffers = self._buffers(tree)  # verify() just built it; nothing is evicted in between
-            offsets = buffers.paths.get(path)
-            if offsets is None:
-                offsets = buffers.paths[path] = torch.tensor(path, device=self.forward.device)
+            offsets = path_tensor(path, self.forward.device)
             if self._commit_step.compiled:
                 if self._cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
