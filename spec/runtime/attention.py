@@ -17,7 +17,7 @@ and on compiled paths some padding), plus a mask object built by the matching
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from functools import lru_cache
 from typing import Optional
 
 import attrs
@@ -191,25 +191,17 @@ class FlexTreeMasks:
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._masks: OrderedDict[tuple[BlockLayout, torch.device], object] = OrderedDict()
+        # Per instance (one per verifier), least recently used dropped past ``capacity``.
+        self._template = lru_cache(maxsize=capacity)(layout_block_mask)
 
     def __len__(self) -> int:
-        return len(self._masks)
+        return self._template.cache_info().currsize
 
     def __call__(self, ancestors: torch.Tensor, start: int, attend: int, positions: torch.Tensor,
                  window: Optional[int]):
         from torch.nn.attention.flex_attention import BlockMask
 
-        layout = tree_block_layout(start, ancestors.shape[0], attend, window)
-        key = (layout, ancestors.device)
-        template = self._masks.get(key)
-        if template is None:
-            template = self._masks[key] = layout_block_mask(layout, ancestors.device)
-            if len(self._masks) > self.capacity:
-                self._masks.popitem(last=False)
-        else:
-            self._masks.move_to_end(key)
-        t = template
+        t = self._template(tree_block_layout(start, ancestors.shape[0], attend, window), ancestors.device)
         return BlockMask((ancestors.shape[0], attend), t.kv_num_blocks, t.kv_indices, t.full_kv_num_blocks,
                          t.full_kv_indices, t.q_num_blocks, t.q_indices, t.full_q_num_blocks, t.full_q_indices,
                          t.BLOCK_SIZE, tree_mask_mod(ancestors, positions, window))
