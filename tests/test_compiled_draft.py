@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
-from spec.drafters import CloverDrafter, HydraDrafter, MedusaDrafter
+from spec.drafters import CloverDrafter, EagleDrafter, HydraDrafter, MedusaDrafter
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.protocols import DraftContext, SamplingParams
 from spec.testing.assertions import assert_same_tokens
@@ -23,6 +23,7 @@ MAKERS = {
     "medusa": lambda m: MedusaDrafter.from_model(m, num_heads=3, seed=0),
     "hydra++": lambda m: HydraDrafter.hydra_plus_plus(m, num_heads=3, num_layers=2, seed=0),
     "clover": lambda m: CloverDrafter.from_model(m, num_heads=3, seed=0),
+    "eagle": lambda m: EagleDrafter.from_model(m, max_depth=3, seed=0),
 }
 
 
@@ -47,7 +48,8 @@ def primed_pair(name, m, p, vocab):
 
 
 # Each case compiles one graph per tree shape (seconds each on the CPU): every drafter once, both kinds of projection.
-@pytest.mark.parametrize("name, reduced", [("medusa", True), ("medusa", False), ("hydra++", True), ("clover", False)])
+@pytest.mark.parametrize("name, reduced", [("medusa", True), ("medusa", False), ("hydra++", True), ("clover", False),
+                                           ("eagle", True)])
 def test_compiled_draft_is_the_eager_draft(name, reduced):
     m, p = model("llama"), prompt(10, seed=5)
     vocab = DraftVocabulary(VOCAB, torch.randperm(VOCAB, generator=torch.Generator().manual_seed(2))[:20]) \
@@ -65,7 +67,8 @@ def test_compiled_draft_is_the_eager_draft(name, reduced):
             b = compiled.propose(tree, context, SamplingParams(), None)
             assert torch.equal(a.tokens, b.tokens), (name, step, a.tokens, b.tokens)
             torch.testing.assert_close(a.log_confidence, b.log_confidence, rtol=1e-5, atol=1e-5)
-    assert compiled.compiled, compiled.compiled_fill.failure  # fell back to eager: the test would prove nothing
+    # Fell back to eager: the test would prove nothing.
+    assert compiled.compiled, (compiled.compiled_fill.failure, getattr(compiled, "_compiled_flush", None))
     assert not eager.compiled
 
 
@@ -99,13 +102,12 @@ def test_compile_can_be_turned_off_again():
 
 
 def test_the_step_is_compiled_as_a_whole_where_it_can_be():
-    """--compile (or a +compile verifier) compiles the head drafters' draft with the verifier's step; EAGLE's draft
-    is refused by name, and a merged drafter compiles the sources that can be."""
+    """--compile (or a +compile verifier) compiles the head drafters' draft with the verifier's step (EAGLE's with
+    its commit pass), and a merged drafter compiles the sources that can be."""
     from types import SimpleNamespace
 
     from spec.bench.pairing import compile_with_verifier
-    from spec.drafters import EagleDrafter, MergedDrafter, NGramDrafter
-    from spec.errors import UnsupportedError
+    from spec.drafters import MergedDrafter, NGramDrafter
 
     m = model("llama")
     medusa = MAKERS["medusa"](m)
@@ -115,12 +117,25 @@ def test_the_step_is_compiled_as_a_whole_where_it_can_be():
     assert medusa.compiled_fill is not None
 
     eagle = EagleDrafter.from_model(m, max_depth=3, seed=0)
-    compile_with_verifier(eagle, SimpleNamespace(compiled=True))  # skipped: not compilable
-    assert eagle.compiled_fill is None
-    with pytest.raises(UnsupportedError, match="not compiled"):
-        eagle.compile()
+    compile_with_verifier(eagle, SimpleNamespace(compiled=True))
+    assert eagle.compiled_fill is not None and eagle._compiled_flush is not None
+    assert not eagle.compile(False).compiled and eagle._compiled_flush is None
 
     hydra = MAKERS["hydra++"](m)
     merged = MergedDrafter({"ngram": NGramDrafter(), "hydra": hydra})
     compile_with_verifier(merged, SimpleNamespace(compiled=True))
     assert hydra.compiled_fill is not None
+
+
+def test_greedy_decoding_with_a_compiled_eagle3_drafter_is_the_models_own():
+    """EAGLE-3's compiled draft over a growing cache (each step's commit padded, attended rows bucketed), with a
+    prompt longer than the padding (the eager commit pass) and steps that commit 1 .. depth + 1 pairs."""
+    from spec.bench.pairing import verifier_for
+    from spec.drafters import Eagle3Drafter
+
+    m, p = model("llama"), prompt(9, seed=4)
+    drafter = perturbed(Eagle3Drafter.from_model(m, max_depth=3, seed=0)).compile()
+    out = SpeculativeDecoder(m, drafter, StaticTreeBuilder(TREES[0]), verifier_for(m, drafter),
+                             GreedyAcceptor()).generate(p, max_new_tokens=40)
+    assert_same_tokens(out.sequences, AutoregressiveDecoder(m).generate(p, max_new_tokens=40).sequences)
+    assert drafter.compiled, (drafter.compiled_fill.failure, drafter._compiled_flush.failure)

@@ -86,3 +86,53 @@ def test_sliding_window_is_applied():
 def test_other_architectures_are_refused():
     with pytest.raises(UnsupportedError, match="supported for llama, qwen2, mistral; got 'gpt2'"):
         build_decoder_layer(model("gpt2"), "test layer")
+
+
+def test_deferred_positions_run_when_the_output_is_read_and_equal_one_causal_pass():
+    """defer() only records; output_for() runs every deferred position in one pass, with the same result as eager
+    appends, and a root that does not follow the committed positions is still refused by name."""
+    from spec.errors import InputError
+
+    m = model("llama")
+    layer = build_decoder_layer(m, "test layer")
+    perturb(layer, scale=0.1)
+    hidden = target_hidden("llama", 23)
+    cache = ContextLayerCache(m, layer, "test layer")
+    cache.defer(hidden[:9])
+    cache.defer(hidden[9:9])
+    cache.defer(hidden[9:10])
+    assert cache.length == 0 and cache.pending == 10  # nothing has run yet
+    with pytest.raises(InputError, match="has seen 10 committed positions but the root is at position 11"):
+        cache.output_for(11)
+    first = cache.output_for(10)
+    assert cache.length == 10 and cache.pending == 0
+    cache.defer(hidden[10:])
+    last = cache.output_for(23)
+    expected = plain_forward(m, layer, hidden)
+    torch.testing.assert_close(first, expected[9], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(last, expected[-1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["clover", "hydra++"])
+def test_a_generation_that_never_drafts_never_runs_the_context_layer(name):
+    """One new token needs no candidates: the drafter's layer never runs over the prompt (it would cost a sixth of
+    the prefill here), and the output is still the model's own; two tokens do draft, and run it once."""
+    from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
+    from spec.drafters import CloverDrafter, HydraDrafter
+    from spec.trees import tree_from_choices
+    from spec.verifiers import make_verifier
+
+    m, p = model("llama"), prompt(12, seed=3)
+    drafter = (CloverDrafter.from_model(m, num_heads=2, seed=0) if name == "clover"
+               else HydraDrafter.hydra_plus_plus(m, num_heads=2, num_layers=1, seed=0))
+    cache = drafter._augment if name == "clover" else drafter._prefix
+    runs = []
+    original = cache.append
+    cache.append = lambda hidden: runs.append(hidden.shape[0]) or original(hidden)
+    decoder = SpeculativeDecoder(m, drafter, StaticTreeBuilder(tree_from_choices([[0], [1], [0, 0]])),
+                                 make_verifier(m), GreedyAcceptor())
+    out = decoder.generate(p, max_new_tokens=1)
+    assert torch.equal(out.sequences, AutoregressiveDecoder(m).generate(p, max_new_tokens=1).sequences)
+    assert runs == [] and cache.pending == 12  # the prompt, then the step's kept root: all deferred
+    decoder.generate(p, max_new_tokens=2)
+    assert runs == [11]  # the prompt but its root, in one pass, for the first (and only) draft

@@ -142,7 +142,7 @@ class CloverDrafter(HeadDrafter):
         self._augment.reset()
 
     def extend_context(self, hidden_states: torch.Tensor) -> None:
-        self._augment.append(hidden_states)
+        self._augment.defer(hidden_states)
 
     def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
               generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:

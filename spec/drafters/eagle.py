@@ -36,7 +36,9 @@ from spec.errors import ShapeError
 from spec.models import hidden_size, lm_head, output_vocab_size
 from spec.protocols import CandidateTree, Draft, DraftContext, SamplingParams
 from spec.runtime import build_decoder_layer
-from spec.runtime.draft_layer import DraftLayerCache, check_draft_room, tree_visibility
+from spec.runtime.compiled import CompiledStep
+from spec.runtime.shapes import attend_bucket
+from spec.runtime.draft_layer import DraftLayerCache, causal_rows, check_draft_room, tree_visibility
 
 _LAYER = "EAGLE draft layer"
 
@@ -82,8 +84,10 @@ class EagleDrafter(HeadDrafter):
     """Drafts a tree with EAGLE: one decoder layer over (token, feature) pairs, depth by depth."""
 
     drafter_type = "eagle"
-    # Not compilable (HeadDrafter's default): each depth runs the layer over a cache that grows every step, so a
-    # compiled draft of fixed shapes would recompile every step.
+    # Compiled, every pass attends over the rows in use rounded up to a bucket (rows past the tree hidden) and reads
+    # the committed count from a tensor, so the shapes change a few times per doubling of the sequence, not every
+    # step; the commit's few pairs are padded to a fixed count. Eager, passes attend over the rows in use only.
+    compilable = True
     hyperparameter_names = frozenset({"hidden_size", "vocab_size", "max_depth", "fc_bias"})
 
     def __init__(self, model, heads: EagleHeads, candidates: str = "top_k") -> None:
@@ -93,6 +97,7 @@ class EagleDrafter(HeadDrafter):
         self._cache = DraftLayerCache(model, heads.layer.self_attn, _LAYER)
         self._pending: list[torch.Tensor] = []
         self._root_prediction: Optional[torch.Tensor] = None
+        self._compiled_flush: Optional[CompiledStep] = None
 
     @classmethod
     def from_model(cls, model, max_depth: int = 5, fc_bias: bool = False, seed: Optional[int] = None,
@@ -116,6 +121,17 @@ class EagleDrafter(HeadDrafter):
         """One layer serves every depth; ``max_depth`` is how deep it is allowed to draft."""
         return self.heads.max_depth
 
+    def compile(self, enabled: bool = True):
+        """``HeadDrafter.compile``, and the pass over each step's newly committed pairs too (padded to
+        ``max_depth + 1`` pairs, the most a step commits; a longer one, such as the prompt, runs eagerly)."""
+        super().compile(enabled)
+        self._compiled_flush = CompiledStep(self._flush_padded, enabled=True, what="drafter") if enabled else None
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        return super().compiled and self._compiled_flush is not None and self._compiled_flush.compiled
+
     # ---- the drafter's own cache --------------------------------------------------------------
     def reset_context(self) -> None:
         self._cache.reset()
@@ -133,49 +149,85 @@ class EagleDrafter(HeadDrafter):
         return self.heads.step(self.embedding(tokens), features,
                                lambda h: self._cache.run(attn, h, positions, rows, visible))
 
-    def logits(self, predicted: torch.Tensor) -> torch.Tensor:
-        """Predicted features ``[N, H]`` -> logits ``[N, V]`` (``[N, K]`` with a draft vocabulary)."""
-        return project(predicted, *self.projection(self.lm_head))
+    def vocabulary(self) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """The projection :meth:`logits` reads: the lm_head restricted to the draft vocabulary, looked up once per
+        draft outside the traced function (the lookup checks a cache, which a compiled graph cannot)."""
+        return self.projection(self.lm_head)
 
-    def _flush(self, context: DraftContext) -> torch.Tensor:
-        """Append the committed pairs not yet in the cache; returns the prediction at the root's pair ``[H]``."""
+    def logits(self, predicted: torch.Tensor,
+               vocabulary: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """Predicted features ``[N, H]`` -> logits ``[N, V]`` (``[N, K]`` with a draft vocabulary)."""
+        return project(predicted, *(self.vocabulary() if vocabulary is None else vocabulary))
+
+    def _flush(self, context: DraftContext, static: bool) -> torch.Tensor:
+        """Append the committed pairs not yet in the cache; returns the prediction at the root's pair ``[H]``.
+        ``static``: through the compiled pass when the pairs fit its padding."""
         weight = self.heads.fc.weight
         start, end = self._cache.committed, context.position
         if not self._pending and start == end and self._root_prediction is not None:
             return self._root_prediction  # proposing again without a commit in between
         features = torch.cat(self._pending).to(device=weight.device, dtype=weight.dtype)
-        if features.shape[0] != end - start:
-            raise ShapeError(f"The EAGLE drafter holds {features.shape[0]} new features for {end - start} new pairs; "
+        m = end - start
+        if features.shape[0] != m:
+            raise ShapeError(f"The EAGLE drafter holds {features.shape[0]} new features for {m} new pairs; "
                              "commit every token the verifier caches, and reset before a new sequence.")
-        check_draft_room(self._cache, end, 0)
         tokens = context.tokens[start + 1: end + 1].to(weight.device)  # the token each feature produced
-        rows = torch.arange(start, end, device=weight.device)
-        visible = torch.ones(end - start, end, dtype=torch.bool, device=weight.device).tril(start)
-        out = self.run_pairs(tokens, self.heads.read(features), rows, rows, visible)
+        pad = self.heads.max_depth + 1
+        if static and self._compiled_flush is not None and m <= pad:
+            # Padding pairs write rows end .. start + pad - 1: the root's scratch row and tree rows, which this
+            # step's nodes overwrite before anything reads them.
+            check_draft_room(self._cache, start + pad, 0)
+            last = torch.tensor([m - 1], device=weight.device)
+            prediction = self._compiled_flush(torch.nn.functional.pad(tokens, (0, pad - m)),
+                                              torch.nn.functional.pad(features, (0, 0, 0, pad - m)),
+                                              torch.tensor(start, device=weight.device), last,
+                                              min(attend_bucket(start + pad), self._cache.rows))
+        else:
+            check_draft_room(self._cache, end, 0)
+            rows = torch.arange(start, end, device=weight.device)
+            prediction = self.run_pairs(tokens, self.heads.read(features), rows, rows, causal_rows(rows, end))[-1]
         self._cache.committed, self._pending = end, []
-        self._root_prediction = out[-1]
-        return out[-1]
+        self._root_prediction = prediction
+        return prediction
+
+    def _flush_padded(self, tokens: torch.Tensor, features: torch.Tensor, start: torch.Tensor,
+                      last: torch.Tensor, width: int) -> torch.Tensor:
+        """The committed pairs padded to a fixed count ``[p]``, ``[p, F]`` from row ``start`` ``[]``, attending
+        over rows ``0 .. width - 1`` -> the prediction at pair ``last`` ``[1]`` ``[H]`` (what :meth:`compile`
+        compiles)."""
+        rows = start + torch.arange(tokens.shape[0], device=tokens.device)
+        out = self.run_pairs(tokens, self.heads.read(features), rows, rows, causal_rows(rows, width))
+        return out.index_select(0, last)[0]
 
     def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
               generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:
         device = self.heads.fc.weight.device
-        root_prediction = self._flush(context)
+        sampled = candidate_sampling(self.candidates, sampling, generator)
+        static = sampled is None and self.compiled_fill is not None
+        root_prediction = self._flush(context, static)
         committed = self._cache.committed  # = context.position: pairs 0 .. position - 1
         check_draft_room(self._cache, committed, tree.num_nodes)
+        # Compiled: attend over the rows in use rounded up to a bucket, so the shapes change only a few times
+        # per doubling of the sequence (each bucket one compile).
+        width = committed + tree.num_nodes
+        if static:
+            width = min(attend_bucket(width), self._cache.rows)
+        base = torch.tensor(committed, device=device)
         # Row 0: the root pair's prediction; row j: node j's (filled as depths are run).
         predicted = torch.empty(tree.num_nodes, self.heads.hidden, device=device, dtype=root_prediction.dtype)
         predicted[0] = root_prediction
         parents = torch.tensor(tree.parents, device=device)
+        ancestors = tree.ancestor_mask.to(device)
+        vocabulary = self.vocabulary()
 
         def next_logits(step: DepthStep, tokens: torch.Tensor) -> torch.Tensor:
             if step.depth > 0:
                 nodes = step.nodes
                 # A node's pair sits one position past its parent's: position - 1 + depth.
-                positions = torch.full_like(nodes, committed - 1 + step.depth)
-                predicted[nodes] = self.run_pairs(tokens[nodes], predicted[parents[nodes]], positions,
-                                                  committed + nodes,
-                                                  tree_visibility(tree.ancestor_mask, nodes, committed))
-            return self.logits(predicted[step.nodes])
+                positions = (base + (step.depth - 1)).expand(nodes.shape[0])
+                predicted[nodes] = self.run_pairs(tokens[nodes], predicted[parents[nodes]], positions, base + nodes,
+                                                  tree_visibility(ancestors[nodes], base, width))
+            return self.logits(predicted[step.nodes], vocabulary)
 
-        return fill_depth_by_depth(tree, context.root_token, next_logits, device,
-                                   candidate_sampling(self.candidates, sampling, generator), self.draft_vocab)
+        return fill_depth_by_depth(tree, context.root_token, next_logits, device, sampled, self.draft_vocab,
+                                   self.compiled_fill)

@@ -184,5 +184,8 @@ class Eagle3Drafter(EagleDrafter):
                                  "(d2t, t2d); to use another, train a drafter with that vocabulary "
                                  "(spec train --drafter eagle3).")
 
-    def logits(self, predicted: torch.Tensor) -> torch.Tensor:
+    def vocabulary(self) -> None:
+        return None  # its own head, trained on its draft vocabulary
+
+    def logits(self, predicted: torch.Tensor, vocabulary=None) -> torch.Tensor:
         return self.heads.logits(predicted)

@@ -129,7 +129,7 @@ class HydraDrafter(HeadDrafter):
 
     def extend_context(self, hidden_states: torch.Tensor) -> None:
         if self._prefix is not None:
-            self._prefix.append(hidden_states)
+            self._prefix.defer(hidden_states)
 
     def draft(self, tree: CandidateTree, context: DraftContext, sampling: SamplingParams,
               generator: Optional[torch.Generator], hidden: torch.Tensor) -> Draft:

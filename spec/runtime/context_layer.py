@@ -10,7 +10,10 @@ checkpoint; its KV cache (:class:`ContextLayerCache`) is runtime state kept in s
 with the target's through ``Drafter.commit``: each commit appends the newly
 committed positions, so the cache always holds exactly the committed sequence and
 the output at the last committed position (the one whose hidden state produced
-the root) is what the heads read.
+the root) is what the heads read. Drafters hand it the committed states with
+:meth:`ContextLayerCache.defer`: the layer runs over them only when the heads next
+need its output, so a generation that never drafts (one new token, or a budget that
+leaves no room for a candidate) never pays for a pass over the prompt.
 """
 
 from __future__ import annotations
@@ -73,6 +76,16 @@ class ContextLayerCache:
     def reset(self) -> None:
         self.cache.reset()
         self.last_output: Optional[torch.Tensor] = None
+        self._deferred: list[torch.Tensor] = []
+        self._deferred_rows = 0
+
+    def defer(self, hidden_states: torch.Tensor) -> None:
+        """Hidden states ``[m, H]`` at the next ``m`` positions, run by the next :meth:`output_for` (not now)."""
+        if hidden_states.dim() != 2:
+            raise ShapeError(f"commit takes hidden states of shape [m, H], got {tuple(hidden_states.shape)}.")
+        if hidden_states.shape[0]:
+            self._deferred.append(hidden_states)
+            self._deferred_rows += hidden_states.shape[0]
 
     @torch.no_grad()
     def append(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -99,11 +112,22 @@ class ContextLayerCache:
         """Committed positions the layer has run over (its cache's committed rows)."""
         return self.cache.committed
 
+    @property
+    def pending(self) -> int:
+        """Committed positions handed to :meth:`defer` that the layer has not run over yet."""
+        return self._deferred_rows
+
     def output_for(self, position: int) -> torch.Tensor:
-        """The output at the last committed position, checked to be the one before the root at ``position``."""
+        """The output at the last committed position, checked to be the one before the root at ``position``;
+        runs the layer over the deferred positions first (one pass for all of them)."""
+        if self._deferred_rows and self.length + self._deferred_rows == position:
+            deferred = self._deferred[0] if len(self._deferred) == 1 else torch.cat(self._deferred)
+            self._deferred, self._deferred_rows = [], 0
+            self.append(deferred)
         if self.length != position or self.last_output is None:
             raise InputError(
-                f"The {self.what} has seen {self.length} committed positions but the root is at position "
+                f"The {self.what} has seen {self.length + self._deferred_rows} committed positions but the root is "
+                f"at position "
                 f"{position}; call drafter.commit(tokens, hidden_states) after the prefill and after every step "
                 "(SpeculativeDecoder does), and drafter.reset() before a new sequence."
             )

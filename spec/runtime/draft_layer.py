@@ -137,16 +137,21 @@ class DraftLayerCache:
         return attend(attn, q, self.keys[None, :, :attend_rows], self.values[None, :, :attend_rows], visible[None])[0]
 
 
-def tree_visibility(ancestor_mask: torch.Tensor, nodes: torch.Tensor, committed: int) -> torch.Tensor:
-    """``[N, committed + n]`` bool for tree ``nodes`` ``[N]`` whose node ``j`` (``j >= 1``) sits at row
-    ``committed + j``: every committed row, and the rows of the node's non-root ancestors and itself (the
-    root's pair is the last committed row, so its own scratch row is never read)."""
-    n = ancestor_mask.shape[0]
-    visible = torch.zeros(nodes.shape[0], committed + n, dtype=torch.bool, device=nodes.device)
-    visible[:, :committed] = True
-    visible[:, committed:] = ancestor_mask.to(nodes.device)[nodes]
-    visible[:, committed] = False
-    return visible
+def tree_visibility(ancestor_rows: torch.Tensor, base: torch.Tensor, width: int) -> torch.Tensor:
+    """``[N, width]`` bool for tree nodes whose ancestor rows are ``ancestor_rows`` ``[N, n]`` (``ancestor_mask[nodes]``)
+    when node ``j`` (``j >= 1``) sits at row ``base + j`` (``base`` ``[]``: the committed pairs, a tensor so a compiled
+    draft sees no per-step constant): every committed row, and the rows of the node's non-root ancestors and itself
+    (the root's pair is the last committed row, so its own scratch row ``base`` is never read). ``width`` may run past
+    the tree (a compiled draft attends over the whole buffer): those rows are hidden."""
+    n = ancestor_rows.shape[1]
+    offset = torch.arange(width, device=ancestor_rows.device) - base  # each row's node index (< 0: committed)
+    in_tree = ancestor_rows.gather(1, offset.clamp(0, n - 1).expand(ancestor_rows.shape[0], width))
+    return (offset < 0) | (in_tree & (offset >= 1) & (offset < n))
+
+
+def causal_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``[m, width]`` bool: pairs written at ``rows`` ``[m]`` see every row up to and including their own."""
+    return torch.arange(width, device=rows.device)[None, :] <= rows[:, None]
 
 
 def check_draft_room(cache: DraftLayerCache, committed: int, nodes: int) -> None:
