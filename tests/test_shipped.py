@@ -87,7 +87,7 @@ def test_demo_completions_are_identical(capsys):
         assert main(["demo", "--drafter", drafter, "--max-new-tokens", "24", *repeats]) == 0
         out = capsys.readouterr().out
         assert "identical completions: True" in out
-        assert ("median of 5 interleaved runs" in out) == (not repeats), out  # the default: 5 runs each
+        assert ("median of 5 interleaved runs; single pairs " in out) == (not repeats), out  # default: 5 runs each
     assert main(["demo", "--drafter", "ngram+clover", "--tree-builder", "cost", "--max-new-tokens", "24",
                  "--repeats", "1"]) == 0
     out = capsys.readouterr().out
