@@ -15,7 +15,7 @@ import torch
 
 from spec.errors import SamplingParamsError
 from spec.protocols import Acceptance, AcceptorTraits, CandidateKind, CandidateTree, Draft, SamplingParams, Verification
-from spec.sampling import check_finite
+from spec.sampling import check_finite, nonfinite_rows
 
 
 @lru_cache(maxsize=64)  # thread-safe, unlike a dict shared by the decoders of several threads
@@ -67,9 +67,10 @@ class GreedyAcceptor:
                 "use RejectionSamplingAcceptor to sample."
             )
         logits = verification.logits
-        # check_finite's conditions, evaluated on the device and read with the result below.
-        bad = (torch.isnan(logits) | torch.isposinf(logits)).any() | (logits == float("-inf")).all(dim=-1).any()
-        target_tokens = logits.argmax(dim=-1)  # [n]
+        # One pass gives the target's choices and check_finite's conditions (evaluated on the device, read with
+        # the result below): max returns the first maximal index, as argmax does, and propagates NaN.
+        row_max, target_tokens = logits.max(dim=-1)  # [n], [n]
+        bad = nonfinite_rows(row_max)
         if draft.tree.num_nodes == 1:
             row, length = torch.zeros(1, dtype=torch.long, device=logits.device), torch.ones((), dtype=torch.long,
                                                                                               device=logits.device)
