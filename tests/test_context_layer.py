@@ -115,8 +115,9 @@ def test_deferred_positions_run_when_the_output_is_read_and_equal_one_causal_pas
 
 @pytest.mark.parametrize("name", ["clover", "hydra++"])
 def test_a_generation_that_never_drafts_never_runs_the_context_layer(name):
-    """One new token needs no candidates: the drafter's layer never runs over the prompt (it would cost a sixth of
-    the prefill here), and the output is still the model's own; two tokens do draft, and run it once."""
+    """One new token needs no candidates (the prefill draws it): the drafter's layer never runs over the prompt (it
+    would cost a sixth of the prefill here), nor for two (the second step has room for no candidate), and the output
+    is still the model's own; three tokens do draft, and run it once."""
     from spec import AutoregressiveDecoder, GreedyAcceptor, SpeculativeDecoder, StaticTreeBuilder
     from spec.drafters import CloverDrafter, HydraDrafter
     from spec.trees import tree_from_choices
@@ -133,6 +134,8 @@ def test_a_generation_that_never_drafts_never_runs_the_context_layer(name):
                                  make_verifier(m), GreedyAcceptor())
     out = decoder.generate(p, max_new_tokens=1)
     assert torch.equal(out.sequences, AutoregressiveDecoder(m).generate(p, max_new_tokens=1).sequences)
-    assert runs == [] and cache.pending == 12  # the prompt, then the step's kept root: all deferred
+    assert runs == [] and cache.pending == 12  # the whole prompt, committed by the prefill: deferred
     decoder.generate(p, max_new_tokens=2)
-    assert runs == [11]  # the prompt but its root, in one pass, for the first (and only) draft
+    assert runs == []
+    decoder.generate(p, max_new_tokens=3)
+    assert runs == [12]  # the prompt, in one pass, for the first (and only) draft

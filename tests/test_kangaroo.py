@@ -56,9 +56,11 @@ def test_early_exit_really_stops_drafting():
     strict = decoder(m, perturbed(m, 2, threshold=1.0), chain_tree(5)).generate(p, max_new_tokens=40)
     assert all(step.tree_size <= 2 for step in strict.steps)  # root + at most one drafted token
     loose = decoder(m, perturbed(m, 2, threshold=0.0), chain_tree(5)).generate(p, max_new_tokens=40)
-    # The full draft length every step, except where the remaining budget truncates the tree.
-    produced = 0
-    for step in loose.steps:
+    # The full draft length every step, except where the remaining budget truncates the tree; the first token is
+    # drawn from the prefill (a root-only step).
+    assert (loose.steps[0].tree_size, loose.steps[0].emitted) == (1, 1)
+    produced = 1
+    for step in loose.steps[1:]:
         assert step.tree_size == min(6, 40 - produced)
         produced += step.emitted
 

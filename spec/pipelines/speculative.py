@@ -13,7 +13,7 @@ import torch
 
 from spec.pipelines.inputs import normalise_request
 from spec.pipelines.outputs import ScoredGenerationOutput, Stream, check_flag, exclusive, token_logprobs
-from spec.pipelines.step import DecodeState, Stages, prefill, speculative_step
+from spec.pipelines.step import DecodeState, Stages, first_token, prefill_scoring_root, speculative_step
 from spec.protocols import Acceptor, Drafter, GenerationOutput, StepStats, TreeBuilder, Verifier
 from spec.sampling import make_generator
 from spec.timing import active_timer
@@ -80,17 +80,23 @@ class SpeculativeDecoder:
         generator = make_generator(request.sampling, self.verifier.device)
         state = DecodeState.start(request.prompt, request.max_new_tokens)
         stream.put(request.prompt)
-        prefill(self.drafter, self.verifier, state.sequence)
+        finished = request.max_new_tokens == 0
+        # One pass over the prompt that also gives the first new token, where the verifier can score it (as
+        # autoregressive decoding does); otherwise the prompt's last token is the first tree's root.
+        scored = None if finished else prefill_scoring_root(self.drafter, self.verifier, state.sequence)
         prefill_s = time.perf_counter() - start
 
         steps: list[StepStats] = []
         logprobs: list[torch.Tensor] = []
-        finished = request.max_new_tokens == 0
         timer = active_timer()
         while not finished and not stream.failed:
             forward_before = timer.seconds if timer else 0.0
-            step = speculative_step(self.stages, state, request.sampling, generator,
-                                    budget=request.max_new_tokens - state.num_generated)
+            if scored is not None:
+                step = first_token(self.stages, state, scored, request.sampling, generator)
+                scored = None
+            else:
+                step = speculative_step(self.stages, state, request.sampling, generator,
+                                        budget=request.max_new_tokens - state.num_generated)
             kept, finished = request.take(list(step.acceptance.new_tokens), state.generated())
             state.extend(kept)
             if output_logprobs:

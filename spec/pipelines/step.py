@@ -23,10 +23,12 @@ from spec.errors import IncompatibleStagesError, InputError
 from spec.protocols import (
     Acceptance,
     Acceptor,
+    CandidateTree,
     Composition,
     Draft,
     DraftContext,
     Drafter,
+    prefills_root,
     SamplingParams,
     TreeBuilder,
     Verification,
@@ -118,6 +120,32 @@ def prefill(drafter: Drafter, verifier: Verifier, sequence: torch.Tensor) -> Non
     drafter.reset()
     cached = sequence[:-1]
     drafter.commit(cached, verifier.prefill(cached))
+
+
+def prefill_scoring_root(drafter: Drafter, verifier: Verifier, sequence: torch.Tensor) -> Optional[Verification]:
+    """Start ``sequence`` ``[L]`` in one pass where the verifier can (``PrefillsRoot``): cache every token and
+    return the verification of the root-only tree at the last one (its logits ``[1, V]``), from which
+    :func:`first_token` draws the first new token; that token is the next root. Otherwise :func:`prefill`, and None."""
+    if not prefills_root(verifier):
+        prefill(drafter, verifier, sequence)
+        return None
+    verifier.reset()
+    drafter.reset()
+    hidden, logits = verifier.prefill_root(sequence)
+    drafter.commit(sequence, hidden)
+    return Verification(tree=CandidateTree.root_only(), logits=logits[None], hidden_states=hidden[-1:])
+
+
+def first_token(stages: Stages, state: DecodeState, verification: Verification, sampling: SamplingParams,
+                generator: Optional[torch.Generator]) -> StepResult:
+    """The acceptor's bonus token for the root-only tree the prefill scored (no draft, no verify pass, nothing to
+    commit: the prefill cached the root): the first new token, drawn as every later bonus token is."""
+    device = verification.logits.device
+    t0 = device_clock(device)
+    draft = Draft(tree=verification.tree, tokens=state.sequence[-1:].to(device), log_confidence=torch.zeros(1, device=device))
+    acceptance = stages.acceptor.accept(draft, verification, sampling, generator)
+    return StepResult(draft=draft, verification=verification, acceptance=acceptance, draft_s=0.0, verify_s=0.0,
+                      accept_s=device_clock(device) - t0, commit_s=0.0)
 
 
 def speculative_step(stages: Stages, state: DecodeState, sampling: SamplingParams,

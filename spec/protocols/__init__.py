@@ -8,7 +8,7 @@ from spec.protocols.compat import (
     VerifierTraits,
     check_composition,
 )
-from spec.protocols.stages import Acceptor, Drafter, TreeBuilder, Verifier
+from spec.protocols.stages import Acceptor, Drafter, PrefillsRoot, TreeBuilder, Verifier, prefills_root
 from spec.protocols.tree import CandidateTree
 from spec.protocols.types import (
     Acceptance,
@@ -41,4 +41,6 @@ __all__ = [
     "TreeBuilder",
     "Verification",
     "Verifier",
+    "PrefillsRoot",
+    "prefills_root",
 ]

@@ -118,6 +118,26 @@ class Verifier(Protocol):
 
 
 @runtime_checkable
+class PrefillsRoot(Protocol):
+    """A verifier that can also score the prefill's last token (optional; all of spec's do).
+
+    With it the pipeline caches the whole prompt in one pass and draws the first new token from that pass, as
+    autoregressive decoding does; without it the prompt's last token is verified with the first tree, which costs
+    a one-new-token generation a second forward pass."""
+
+    def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cache ``tokens`` ``[m]`` (``m >= 1``); return their hidden states ``[m, H]`` (as ``prefill``) and the
+        next-token logits after the last one ``[V]``."""
+
+
+def prefills_root(verifier: object) -> bool:
+    """Whether ``verifier`` implements :class:`PrefillsRoot`. Setting ``prefill_root = None`` on an instance opts it
+    out (Python's convention for blocking a protocol method), e.g. to verify the prompt's last token with the first
+    tree (``spec.testing.grid`` does, so that every new token of its short generations comes from a tree)."""
+    return callable(getattr(verifier, "prefill_root", None))
+
+
+@runtime_checkable
 class Acceptor(Protocol):
     """Decides which path of the verified tree to keep, and samples the bonus token."""
 

@@ -109,7 +109,7 @@ class LlamaFamilyForward:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, keys: list[torch.Tensor],
                  values: list[torch.Tensor], attend: int, mask,
                  attention: AttentionKernel, capture: tuple[int, ...] = (),
-                 logits: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                 logits: bool | str = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Run ``tokens`` ``[n]`` at ``positions`` ``[n]``, writing their keys and values at cache ``rows`` ``[n]``.
 
         ``keys``, ``values``: the cache's per-layer ``[kv_heads, rows, d]`` tensors, updated in place;
@@ -122,9 +122,13 @@ class LlamaFamilyForward:
         between the captured counts; with nothing to capture the loop is the plain one.
 
         ``logits=False``: skip the lm_head and return None for the logits (a prefill discards them, and for a
-        long prompt they are the largest tensor of the pass: prompt length x vocabulary).
+        long prompt they are the largest tensor of the pass: prompt length x vocabulary); ``logits="last"``: the
+        last token's only ``[1, V]`` (a prefill that draws the first new token).
         """
-        head = self.lm_head if logits else (lambda hidden: None)
+        if logits == "last":
+            head = lambda hidden: self.lm_head(hidden[-1:])  # noqa: E731
+        else:
+            head = self.lm_head if logits else (lambda hidden: None)
         x = self.embed(tokens)[None]
         if not capture:
             x = self.run_layers(x, range(len(self.layers)), positions, rows, keys, values, attend, mask, attention)

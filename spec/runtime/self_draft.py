@@ -129,18 +129,31 @@ class SelfDraftVerifier:
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cache ``tokens`` ``[m]`` in every layer; returns their shallow states ``[m, H]`` (``traits.features``)."""
+        return self._prefill(tokens, False)[0]
+
+    @torch.no_grad()
+    def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
+        if tokens.dim() != 1 or tokens.shape[0] == 0:
+            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        shallow, logits = self._prefill(tokens, True)
+        return shallow, logits
+
+    def _prefill(self, tokens: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
         state, m = self.state, tokens.shape[0]
         if m == 0:
-            return torch.empty(0, hidden_size(self.model), dtype=state.dtype, device=state.device)
+            return torch.empty(0, hidden_size(self.model), dtype=state.dtype, device=state.device), None
         chain = torch.arange(m, device=state.device)
         causal = torch.ones(m, state.committed + m, dtype=torch.bool, device=state.device).tril(state.committed)
         shallow = state.run_layers(state.forward.embed(tokens.to(state.device)), state.shallow, causal, chain, m - 1)
-        state.run_layers(shallow, state.deep, causal, chain, m - 1)
+        deep = state.run_layers(shallow, state.deep, causal, chain, m - 1)
         state.committed += m
-        return shallow
+        if not with_logits:
+            return shallow, None
+        return shallow, self.model.lm_head(state.backbone.norm(deep[-1:][None])[0])[0]
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:

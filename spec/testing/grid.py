@@ -27,8 +27,9 @@ import itertools
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import attrs
 import torch
@@ -208,16 +209,36 @@ def exact_gap(case: GridCase, acceptor=None, builder_class=None, configure=None)
                            case.params)
 
 
+@contextmanager
+def rooted_at_prompt(verifier) -> Iterator[None]:
+    """For the block: ``verifier`` opts out of ``PrefillsRoot``, so the prompt's last token is the first tree's root.
+
+    Otherwise the first of the NEW tokens would be a plain draw from the prefill and the other two would see trees
+    one deep at most, and a wrong acceptor would get past the test far more often (a mutant's p-value went from
+    1e-7 to 4e-3). The prefill's own draw is tested on its own (tests/test_first_token.py)."""
+    own = vars(verifier)
+    had, saved = "prefill_root" in own, own.get("prefill_root")
+    verifier.prefill_root = None
+    try:
+        yield
+    finally:
+        if had:
+            verifier.prefill_root = saved
+        else:
+            del verifier.prefill_root
+
+
 def sample_counts(decoder, sampling: dict[str, Any], samples: int = SAMPLES) -> tuple[Counter, float]:
     """Counts of each continuation over seeds ``0..samples-1``, and the mean accepted length over all steps."""
     counts: Counter = Counter()
     prompt = torch.tensor([PROMPT])
     gained, steps = 0, 0
-    for seed in range(samples):
-        out = decoder.generate(prompt, max_new_tokens=NEW, seed=seed, **sampling)
-        counts[tuple(out.new_tokens.tolist())] += 1
-        gained += sum(s.accepted + 1 for s in out.steps)
-        steps += len(out.steps)
+    with rooted_at_prompt(decoder.verifier):
+        for seed in range(samples):
+            out = decoder.generate(prompt, max_new_tokens=NEW, seed=seed, **sampling)
+            counts[tuple(out.new_tokens.tolist())] += 1
+            gained += sum(s.accepted + 1 for s in out.steps)
+            steps += len(out.steps)
     return counts, gained / max(steps, 1)
 
 

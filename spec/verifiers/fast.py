@@ -153,13 +153,24 @@ class FastTreeVerifier:
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cache ``tokens`` ``[m]``; returns their hidden states ``[m, H]`` (``[m, k * H]`` for ``k`` captured layers)."""
+        return self._prefill(tokens, False)[0]
+
+    @torch.no_grad()
+    def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
+        if tokens.dim() != 1 or tokens.shape[0] == 0:
+            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        hidden, logits = self._prefill(tokens, "last")
+        return hidden, logits[0]
+
+    def _prefill(self, tokens: torch.Tensor, logits) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:
             width = hidden_size(self.model) * max(len(self._capture), 1)
-            return torch.empty(0, width, dtype=self.forward.dtype, device=device)
+            return torch.empty(0, width, dtype=self.forward.dtype, device=device), None
         check_room(start + m - 1, self._max_length, start + m, self.cache.rows)
         offsets = torch.arange(m, device=device)
         positions = offsets + start
@@ -170,10 +181,10 @@ class FastTreeVerifier:
             chain = causal(offsets, offsets, self.forward.window)
             mask, kernel = sdpa_mask(chain, start, start + m, positions, self.forward.window), KERNELS["sdpa"]
         with forward_region():
-            hidden, _ = self.forward(tokens.to(device), positions, positions, self.cache.keys,
-                                     self.cache.values, start + m, mask, kernel, self._capture, logits=False)
+            hidden, scores = self.forward(tokens.to(device), positions, positions, self.cache.keys,
+                                          self.cache.values, start + m, mask, kernel, self._capture, logits=logits)
         self._cached += m
-        return hidden
+        return hidden, scores
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:

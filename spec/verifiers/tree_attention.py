@@ -85,13 +85,24 @@ class TreeAttentionVerifier:
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Cache ``tokens`` ``[m]``; returns their hidden states ``[m, H]`` (``[m, k * H]`` for ``k`` layers)."""
+        return self._prefill(tokens, False)[0]
+
+    @torch.no_grad()
+    def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
+        if tokens.dim() != 1 or tokens.shape[0] == 0:
+            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        hidden, logits = self._prefill(tokens, True)
+        return hidden, logits
+
+    def _prefill(self, tokens: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if tokens.dim() != 1:
             raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         self._pending.check_free("prefill")
         m = tokens.shape[0]
         if m == 0:
             width = hidden_size(self.model) * max(len(self._layers), 1)
-            return torch.empty(0, width, dtype=self._dtype, device=self.device)
+            return torch.empty(0, width, dtype=self._dtype, device=self.device), None
         check_room(self._cached + m - 1, self.max_length)
         positions = torch.arange(self._cached, self._cached + m, device=self.device)
         out = self.model(
@@ -103,7 +114,7 @@ class TreeAttentionVerifier:
         )
         self._check_cache_layers()
         self._cached += m
-        return self._features(out.hidden_states)
+        return self._features(out.hidden_states), out.logits[0, -1] if with_logits else None
 
     @torch.no_grad()
     def verify(self, draft: Draft) -> Verification:
