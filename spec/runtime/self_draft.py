@@ -34,7 +34,7 @@ from spec.runtime.attention import sdpa_attention
 from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import in_window
 from spec.runtime.paths import PendingTree, moves_rows, path_tensor
-from spec.runtime.room import check_room
+from spec.runtime.room import check_prefill_tokens, check_room
 from spec.runtime.shapes import PerShape
 from spec.runtime.static_cache import cache_length
 from spec.timing import forward_region
@@ -134,14 +134,10 @@ class SelfDraftVerifier:
     @torch.no_grad()
     def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
-        if tokens.dim() != 1 or tokens.shape[0] == 0:
-            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
-        shallow, logits = self._prefill(tokens, True)
-        return shallow, logits
+        return self._prefill(tokens, True)
 
     def _prefill(self, tokens: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if tokens.dim() != 1:
-            raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        check_prefill_tokens(tokens, scored=with_logits)
         self._pending.check_free("prefill")
         state, m = self.state, tokens.shape[0]
         if m == 0:

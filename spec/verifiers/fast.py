@@ -26,7 +26,7 @@ from typing import Optional
 import attrs
 import torch
 
-from spec.errors import ConfigurationError, ShapeError
+from spec.errors import ConfigurationError
 from spec.models import hidden_size, output_vocab_size
 from spec.protocols import CandidateTree, Draft, Verification, VerifierTraits
 from spec.runtime.attention import ATTENTION_KINDS, KERNELS, causal_attention, mask_builders, sdpa_mask
@@ -35,7 +35,7 @@ from spec.runtime.features import check_features
 from spec.runtime.layers import LlamaFamilyForward
 from spec.runtime.masks import causal, in_window
 from spec.runtime.paths import PendingTree, moves_rows, path_tensor
-from spec.runtime.room import check_room
+from spec.runtime.room import check_prefill_tokens, check_room
 from spec.runtime.shapes import PerShape, attend_bucket, tree_bucket
 from spec.runtime.static_cache import DEFAULT_MAX_LENGTH, cache_length, compact_rows
 from spec.timing import forward_region
@@ -158,14 +158,11 @@ class FastTreeVerifier:
     @torch.no_grad()
     def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
-        if tokens.dim() != 1 or tokens.shape[0] == 0:
-            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
         hidden, logits = self._prefill(tokens, "last")
         return hidden, logits[0]
 
     def _prefill(self, tokens: torch.Tensor, logits) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if tokens.dim() != 1:
-            raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        check_prefill_tokens(tokens, scored=bool(logits))
         self._pending.check_free("prefill")
         m, start, device = tokens.shape[0], self._cached, self.forward.device
         if m == 0:

@@ -22,13 +22,13 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from spec.errors import ShapeError, UnsupportedError
+from spec.errors import UnsupportedError
 from spec.models import cache_kwargs, context_length, hidden_size, model_device, model_dtype, output_vocab_size
 from spec.protocols import Draft, Verification, VerifierTraits
 from spec.runtime.features import check_features, select_features
 from spec.runtime.masks import additive_mask, in_window, model_windows
 from spec.runtime.paths import PendingTree, moves_rows, path_tensor
-from spec.runtime.room import check_room
+from spec.runtime.room import check_prefill_tokens, check_room
 from spec.runtime.shapes import PerShape
 from spec.runtime.support import check_supported
 
@@ -90,14 +90,10 @@ class TreeAttentionVerifier:
     @torch.no_grad()
     def prefill_root(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``prefill``, and the next-token logits after the last token ``[V]`` (``PrefillsRoot``)."""
-        if tokens.dim() != 1 or tokens.shape[0] == 0:
-            raise ShapeError(f"prefill_root takes a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
-        hidden, logits = self._prefill(tokens, True)
-        return hidden, logits
+        return self._prefill(tokens, True)
 
     def _prefill(self, tokens: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if tokens.dim() != 1:
-            raise ShapeError(f"prefill takes a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
+        check_prefill_tokens(tokens, scored=with_logits)
         self._pending.check_free("prefill")
         m = tokens.shape[0]
         if m == 0:
