@@ -35,9 +35,12 @@ def perturbed(drafter):
     return drafter
 
 
-def primed_pair(name, m, p, vocab):
-    """The same heads twice, one compiled, both committed the prompt's hidden states."""
-    eager, compiled = perturbed(MAKERS[name](m)), perturbed(MAKERS[name](m)).compile()
+def primed_pair(name, m, p, vocab, int8=False):
+    """The same heads twice, one compiled, both committed the prompt's hidden states (``int8``: both quantized)."""
+    eager, compiled = perturbed(MAKERS[name](m)), perturbed(MAKERS[name](m))
+    if int8:
+        eager.quantize(), compiled.quantize()
+    compiled.compile()
     with torch.no_grad():
         hidden = m(p[:, :-1], output_hidden_states=True).hidden_states[-1][0]
     for drafter in (eager, compiled):
@@ -48,13 +51,15 @@ def primed_pair(name, m, p, vocab):
 
 
 # Each case compiles one graph per tree shape (seconds each on the CPU): every drafter once, both kinds of projection.
-@pytest.mark.parametrize("name, reduced", [("medusa", True), ("medusa", False), ("hydra++", True), ("clover", False),
-                                           ("eagle", True)])
-def test_compiled_draft_is_the_eager_draft(name, reduced):
+# int8: the heads' int8 kernel and int8 projections traced too.
+@pytest.mark.parametrize("name, reduced, int8", [("medusa", True, False), ("medusa", False, False),
+                                                 ("hydra++", True, False), ("clover", False, False),
+                                                 ("eagle", True, False), ("eagle", False, True)])
+def test_compiled_draft_is_the_eager_draft(name, reduced, int8):
     m, p = model("llama"), prompt(10, seed=5)
     vocab = DraftVocabulary(VOCAB, torch.randperm(VOCAB, generator=torch.Generator().manual_seed(2))[:20]) \
         if reduced else None
-    eager, compiled, hidden = primed_pair(name, m, p, vocab)
+    eager, compiled, hidden = primed_pair(name, m, p, vocab, int8)
     tokens = p[0]
     for step in range(3):  # the context grows between steps (Hydra++'s and Clover's context layers)
         if step:  # the root is accepted: commit it (with a stand-in hidden state), a new root follows

@@ -111,6 +111,15 @@ def test_speculative_sampler_matches_the_model(candidates, tree_name):
     assert sum(a > 0 for a in accepted) / len(accepted) > 0.05
 
 
+def test_int8_draft_heads_sample_the_models_distribution():
+    """Int8 draft weights change q, never p: sampled output is still distributed as the model's (hidden size 16,
+    so every head matrix takes the int8 kernel)."""
+    decoder = speculative("sample_without_replacement", TREES["tree5"])
+    decoder.drafter.quantize()
+    counts = sample_counts(decoder)
+    assert chi_square_pvalue(counts, exact_distribution()) > ALPHA
+
+
 def test_end_to_end_test_catches_a_broken_acceptor():
     decoder = speculative("top_k", TREES["tree5"], acceptor=BonusFromTarget())
     assert chi_square_pvalue(sample_counts(decoder), exact_distribution()) < ALPHA

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 
 from spec import (AutoregressiveDecoder, GreedyAcceptor, MedusaDrafter, RejectionSamplingAcceptor, SpeculativeDecoder,
                   make_verifier)
-from spec.errors import ConcurrentUseError, InputError, StreamerError, TokenizerError
+from spec.errors import ConcurrentUseError, ConfigurationError, InputError, StreamerError, TokenizerError
 from spec.sampling import processed_logits
 from spec.protocols import SamplingParams
 from spec.testing.drafters import OracleDrafter
@@ -358,8 +358,13 @@ def test_from_pretrained_loads_the_model_directory_and_heads_by_path_or_name(mod
     assert by_name.decoder.tree_builder.tree().num_nodes == len(TREE) + 1  # the tree saved beside the heads
     by_path = TextGenerator.from_pretrained(model_dir, drafter=model_dir / "heads" / "medusa", dtype="float64")
     assert by_path.decoder.tree_builder.tree().max_depth == 3  # no tree given: a chain as deep as the heads
-    for generator in (by_name, by_path):
+    as_trained = TextGenerator.from_pretrained(model_dir, drafter="medusa", dtype="float64", draft_weights="float")
+    # Heads loaded here draft in int8 on the CPU unless told otherwise; output is the same either way.
+    assert [g.decoder.drafter.draft_weights for g in (by_name, by_path, as_trained)] == ["int8", "int8", None]
+    for generator in (by_name, by_path, as_trained):
         assert generator.generate("hello world", max_new_tokens=12, eos_token_id=None).token_ids == expected.token_ids
+    with pytest.raises(ConfigurationError, match="draft_weights"):
+        TextGenerator.from_pretrained(model_dir, drafter="medusa", draft_weights="int4")
     with pytest.raises(CheckpointError, match="heads/.*medusa"):
         TextGenerator.from_pretrained(model_dir, drafter="eagle")
 

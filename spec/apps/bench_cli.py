@@ -222,13 +222,13 @@ def run(args: argparse.Namespace) -> int:
                                                                args.builder_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
         cost = builder_name == "cost"
-        drafter, tree = compose_drafter(name, load_heads, cost)
+        drafter, tree = compose_drafter(name, load_heads, cost, args.draft_weights)
         # Block verification is defined on chains: the same depth, one candidate per depth.
         template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
         for index, kind in enumerate(kinds[:1] if own else kinds):
             if index:  # a drafter of its own per verifier: compiling one method's draft must not compile another's
-                drafter, tree = compose_drafter(name, load_heads, cost)
+                drafter, tree = compose_drafter(name, load_heads, cost, args.draft_weights)
             verifier = verifier_from_options(model, drafter, kind, args.compile)
             compile_with_verifier(drafter, verifier)
             builder = StaticTreeBuilder(template)

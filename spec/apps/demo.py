@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                                  f"is over the model's context of {context_length(model)}; ask for at most "
                                  f"{max(context_length(model) - prompt.shape[1], 0)} new tokens or shorten the prompt.")
     drafter, tree = compose_drafter(args.drafter, lambda name: (load_shipped_drafter(name, model),
-                                                                load_shipped_tree(name)), args.tree_builder == "cost")
+                                                                load_shipped_tree(name)), args.tree_builder == "cost",
+                                   args.draft_weights)
     tree = args.tree_value if args.tree_value is not None else tree
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
     verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     baseline = AutoregressiveDecoder(model)
     settings = dict(temperature=args.temperature, seed=args.seed)
     for decoder in (baseline, speculative):  # warm-up: first calls pay one-off initialisation
-        decoder.generate(prompt, max_new_tokens=min(4, args.max_new_tokens), **settings)
+        decoder.generate(prompt, max_new_tokens=args.max_new_tokens, **settings)
     ar_runs, sd_runs = [], []
     for _ in range(args.repeats):  # interleaved, so a slow spell of the machine slows both alike
         ar_runs.append(baseline.generate(prompt, max_new_tokens=args.max_new_tokens, **settings))
@@ -194,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
           f"(speedup {sd_speed / ar_speed:.2f}x{runs})")
     print(f"mean accepted length: {sd.mean_accepted_length:.2f} tokens per verify step "
           f"({len(sd.steps)} steps for {sd.new_tokens.numel()} tokens)")
-    print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}")
+    from spec.drafters import draft_weights_of
+
+    print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}; draft weights: "
+          f"{draft_weights_of(drafter)}")
     if same or args.temperature > 0:
         return 0
     half = model.dtype in (torch.float16, torch.bfloat16)

@@ -132,7 +132,8 @@ def load_generator(args: argparse.Namespace):
     return TextGenerator.from_pretrained(args.model or shipped_path(), device=args.device, dtype=args.dtype,
                                          drafter=None if args.drafter == "none" else args.drafter,
                                          tree=args.tree_value, verifier=kind,
-                                         compile={"auto": None, "on": True, "off": False}[compile])
+                                         compile={"auto": None, "on": True, "off": False}[compile],
+                                         draft_weights=args.draft_weights)
 
 
 class _Echo:

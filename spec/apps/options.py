@@ -22,6 +22,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
         parser.add_argument("--verifier", default="auto", help=kinds)
     parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
                         help="torch.compile the fast verifier's step and the head drafters' draft: auto = on CUDA only")
+    parser.add_argument("--draft-weights", default="auto", choices=("auto", "float", "int8"),
+                        help="the weights draft heads draft with: int8 copies (a quarter of the bytes to read; the "
+                        "verifier keeps the model's own weights, so output is unchanged) or float as trained; "
+                        "auto = int8 on a CPU, float elsewhere")
 
 
 def verifier_from_options(model, drafter, kind: str, compile: str):
@@ -112,9 +116,18 @@ def self_drafting(name: str) -> bool:
 NGRAM_DEPTH = 8  # deepest lookup path: long enough for code that repeats, short enough to verify cheaply
 
 
-def compose_drafter(name: str, load_heads, calibrate: bool):
+def compose_drafter(name: str, load_heads, calibrate: bool, draft_weights: str = "float"):
     """``(drafter, tree)`` for a --drafters entry: heads (load_heads(name)), ``ngram``, or ``ngram+NAME``.
-    ``calibrate``: wrap a single source in MergedDrafter, whose scores are measured acceptance rates."""
+    ``calibrate``: wrap a single source in MergedDrafter, whose scores are measured acceptance rates.
+    ``draft_weights``: --draft-weights, applied to the heads (``spec.drafters.apply_draft_weights``)."""
+    from spec.drafters import apply_draft_weights
+
+    drafter, tree = _compose(name, load_heads, calibrate)
+    apply_draft_weights(drafter, draft_weights)
+    return drafter, tree
+
+
+def _compose(name: str, load_heads, calibrate: bool):
     from spec.drafters import MergedDrafter, NGramDrafter
     from spec.trees import chain_tree, with_chain
 

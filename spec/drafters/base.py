@@ -24,9 +24,10 @@ from spec.drafters.checkpointing import (
 from spec.drafters.draft_vocab import DraftVocabulary
 from spec.drafters.sampled import CANDIDATE_MODES, check_candidate_mode
 from spec.drafters.tree_filling import check_tree_fits, fill_top_k, root_only_draft
-from spec.errors import IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
+from spec.errors import ConfigurationError, IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
 from spec.models import ModelFingerprint, lm_head, model_device, model_placement, output_vocab_size
 from spec.runtime.compiled import CompiledStep
+from spec.runtime.int8 import Int8Linear, Int8Matrix, int8_supported, quantize_linears, quantize_rows
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
 
@@ -59,6 +60,9 @@ class HeadDrafter:
         self._committed = 0
         #: The deterministic fill compiled by :meth:`compile` (None: eager).
         self.compiled_fill: Optional[CompiledStep] = None
+        #: What :meth:`quantize` did: None (float weights) or "int8".
+        self.draft_weights: Optional[str] = None
+        self._int8_projections: dict = {}
 
     @property
     def display_name(self) -> str:
@@ -139,13 +143,42 @@ class HeadDrafter:
         self.draft_vocab = vocab
         return self
 
-    def projection(self, linear: nn.Linear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def projection(self, linear: nn.Linear) -> tuple[torch.Tensor | Int8Matrix, Optional[torch.Tensor]]:
         """``linear``'s weight ``[K, H]`` and bias ``[K]`` (or None) restricted to the draft vocabulary's rows
-        (cached until the weights change), or whole without one."""
+        (cached until the weights change), or whole without one; int8 after :meth:`quantize` (for ``project``)."""
         if self.draft_vocab is None:
-            return linear.weight, linear.bias
-        weight, bias = self.draft_vocab.weights([linear])
-        return weight[0], None if bias is None else bias[0]
+            weight, bias = linear.weight, linear.bias
+        else:
+            stacked, stacked_bias = self.draft_vocab.weights([linear])
+            weight, bias = stacked[0], None if stacked_bias is None else stacked_bias[0]
+        if self.draft_weights != "int8" or not int8_supported(weight):
+            return weight, bias
+        # The sliced weight is the same tensor until the weights change (the draft vocabulary caches it), so its
+        # identity and version key the int8 copy; the model's own lm_head (EAGLE, Clover) is quantized here too.
+        key = (id(weight), weight._version)
+        matrix = self._int8_projections.get(key)
+        if matrix is None:
+            self._int8_projections.clear()  # one projection per depth at most (Hydra): a short-lived cache
+            matrix = self._int8_projections[key] = quantize_rows(weight)
+        return matrix, bias
+
+    # ---- int8 drafting -------------------------------------------------------------------------
+    def quantize(self, weights: str = "int8"):
+        """Draft with int8 copies of the heads' matrices and vocabulary projections (CPU; see
+        :mod:`spec.runtime.int8`): on a CPU the draft is bound by reading weights, and int8 reads a quarter of
+        the bytes. Verification keeps the target's weights, so decoding stays lossless. Checkpoints still save
+        the float weights. Matrices the kernel cannot take (input width not a multiple of 16) stay float; if none
+        fits, ``draft_weights`` stays None. Returns self."""
+        if weights != "int8":
+            raise ConfigurationError(f"quantize supports weights='int8' only, got {weights!r}.")
+        device = next(self.heads.parameters()).device
+        if device.type != "cpu":
+            raise UnsupportedError(
+                f"int8 draft weights run on the CPU only (torch's int8 weight kernel); these heads are on {device}. "
+                "Draft in the model's own dtype there (bfloat16 on CUDA already halves the bytes).")
+        if quantize_linears(self.heads) or any(isinstance(m, Int8Linear) for m in self.heads.modules()):
+            self.draft_weights = "int8"  # else no matrix fits the kernel (widths not multiples of 16): float
+        return self
 
     @property
     def draft_vocab_size(self) -> int:

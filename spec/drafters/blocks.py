@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spec.runtime.int8 import Int8Matrix, int8_linear
+
 
 class ResBlock(nn.Module):
     """``x + SiLU(W x + b)`` with W zero-initialised: starts as the identity.
@@ -72,6 +74,9 @@ def head_body(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x`` ``[..., H]`` onto vocabulary rows ``weight`` ``[K, H]`` (+ ``bias`` ``[K]``) -> ``[..., K]``."""
+def project(x: torch.Tensor, weight: torch.Tensor | Int8Matrix, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``[..., H]`` onto vocabulary rows ``weight`` ``[K, H]`` (+ ``bias`` ``[K]``) -> ``[..., K]``; ``weight``
+    may be int8 (a quantized drafter's :meth:`HeadDrafter.projection`)."""
+    if isinstance(weight, Int8Matrix):
+        return int8_linear(x, weight, bias)
     return nn.functional.linear(x.to(weight.dtype), weight, bias)

@@ -74,8 +74,8 @@ class TextGenerator:
     def from_pretrained(cls, model: Union[str, os.PathLike, Any], *, tokenizer: Any = None,
                         drafter: Union[None, str, os.PathLike, Any] = None, tree: Any = None,
                         verifier: str = "auto", compile: Optional[bool] = None, acceptor: Any = None,
-                        device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = torch.float32
-                        ) -> "TextGenerator":
+                        device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = torch.float32,
+                        draft_weights: str = "auto") -> "TextGenerator":
         """Build from a model directory (or a loaded model and its ``tokenizer``) and any drafter.
 
         ``drafter``: None (autoregressive), a ``Drafter`` object, a heads directory saved with
@@ -83,7 +83,9 @@ class TextGenerator:
         the shipped model use; its tree is then ``<model>/trees/<name>.json``). ``tree``: a ``CandidateTree``,
         Medusa choices, a tree JSON path or a tree builder; default the one next to named heads, else a chain
         as deep as the drafter drafts. ``acceptor``: default ``RejectionSamplingAcceptor`` (greedy at
-        temperature 0, lossless sampling above). Everything is loaded from local files only.
+        temperature 0, lossless sampling above). ``draft_weights``: ``spec.drafters.apply_draft_weights`` (auto:
+        heads loaded here draft with int8 copies of their weights on a CPU; a ``Drafter`` object passed in is
+        left as built unless ``"int8"`` is asked). Everything is loaded from local files only.
         """
         directory = None
         if isinstance(model, (str, os.PathLike)):
@@ -106,7 +108,14 @@ class TextGenerator:
             if tree is not None:
                 raise ConfigurationError("tree= shapes a speculative decoder's drafts; give a drafter too, or drop it.")
             return cls(AutoregressiveDecoder(model), tokenizer)
+        from spec.drafters import DRAFT_WEIGHTS, apply_draft_weights
+
+        if draft_weights not in DRAFT_WEIGHTS:  # before any loading
+            raise ConfigurationError(f"draft_weights must be one of {', '.join(DRAFT_WEIGHTS)}; got {draft_weights!r}.")
+        loaded_here = isinstance(drafter, (str, os.PathLike))
         drafter, default_tree = load_drafter(drafter, model, directory)
+        if loaded_here or draft_weights != "auto":
+            apply_draft_weights(drafter, draft_weights)
         builder = tree_builder(tree if tree is not None else default_tree, drafter)
         from spec.acceptors import RejectionSamplingAcceptor
         from spec.bench.pairing import compile_with_verifier, verifier_for
