@@ -161,3 +161,20 @@ def test_apply_draft_weights_and_its_errors():
     off_cpu.heads.to("meta")
     with pytest.raises(UnsupportedError, match="CPU only"):
         off_cpu.quantize()
+
+
+def test_int8_projections_are_made_once_per_weight_and_again_after_an_edit():
+    m = model("llama")
+    hydra = drafter("hydra", m)
+    hydra.use_draft_vocab(DraftVocabulary(VOCAB, torch.arange(0, VOCAB, 2)))
+    linears = [hydra.heads.heads[d][-1] for d in range(hydra.num_heads)]
+    first = [hydra.projection(linear)[0] for linear in linears]
+    # Every depth's projection stays cached while the others are used (a step asks for all of them).
+    assert all(hydra.projection(linear)[0] is matrix for linear, matrix in zip(linears, first))
+    assert first[0].values.shape == (VOCAB // 2, m.config.hidden_size)
+    torch.testing.assert_close(first[0].dequantize(), linears[0].weight[::2].detach().float(), atol=0.02, rtol=0.02)
+    with torch.no_grad():
+        linears[0].weight.mul_(2)  # training-style in-place edit: the sliced rows and their int8 copy are re-made
+    again = hydra.projection(linears[0])[0]
+    assert again is not first[0]
+    torch.testing.assert_close(again.dequantize(), linears[0].weight[::2].detach().float(), atol=0.04, rtol=0.02)

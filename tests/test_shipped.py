@@ -111,6 +111,11 @@ def test_spec_bench_smoke_on_the_shipped_model(tmp_path, capsys):
     assert "| transformers_generate |" in report and "outside forward %" in report
     for name in ("report.json", "speedup.png", "accepted.png", "stages.png"):
         assert (out / name).stat().st_size > 0
+    import json
+
+    # What each method's heads drafted with: int8 on the CPU by default (--draft-weights auto).
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["draft_weights"] == {"medusa/generic": "int8", "medusa/fast": "int8"}, settings
 
 
 def test_spec_bench_merged_cost_aware_and_sweep(tmp_path):

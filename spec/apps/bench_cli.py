@@ -218,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
             methods.append(TransformersMethod.assisted(model, assistant))
     kinds = args.verifier_kinds
     calibration = calibration or [prompts[0][0]]
+    from spec.drafters import draft_weights_of
+
+    draft_weights: dict[str, str] = {}  # what each method's heads drafted with (--draft-weights), for report.json
     for name, acceptor_name, builder_name in itertools.product(args.drafter_names, args.acceptor_names,
                                                                args.builder_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
@@ -244,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
             label = label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}"
             methods.append(DecoderMethod(label if len(args.builder_names) == 1 else f"{label}/{builder_name}",
                                          decoder))
+            draft_weights[methods[-1].name] = draft_weights_of(drafter)
     # The verify-cost curve of the first verifier asked for: the zero-overhead ceiling's denominator.
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if prompts[0].shape[1] + n <= context]
     verifier = verifier_from_options(model, None, kinds[0], args.compile)
@@ -253,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_benchmark(recorders, prompts, args.max_new_tokens, baseline=methods[0].name, repeats=args.repeats,
                            warmup=args.warmup, sampling=sampling, cost_curve=curve, progress=True,
                            profile_overhead=not args.no_profile)
+    report.settings["draft_weights"] = draft_weights
     write_report(report, args.out)
     by_category = category_table(recorders, methods[0].name)
     from spec.io import atomic_write_bytes

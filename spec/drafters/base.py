@@ -9,6 +9,7 @@ Optionally ``extend_context``/``reset_context`` for heads that keep a context la
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -147,20 +148,21 @@ class HeadDrafter:
         """``linear``'s weight ``[K, H]`` and bias ``[K]`` (or None) restricted to the draft vocabulary's rows
         (cached until the weights change), or whole without one; int8 after :meth:`quantize` (for ``project``)."""
         if self.draft_vocab is None:
-            weight, bias = linear.weight, linear.bias
-        else:
-            stacked, stacked_bias = self.draft_vocab.weights([linear])
-            weight, bias = stacked[0], None if stacked_bias is None else stacked_bias[0]
+            source, weight, bias = linear.weight, linear.weight, linear.bias
+        else:  # the draft vocabulary caches its slice: the same tensor until the weights change
+            source, stacked_bias = self.draft_vocab.weights([linear])
+            weight, bias = source[0], None if stacked_bias is None else stacked_bias[0]
         if self.draft_weights != "int8" or not int8_supported(weight):
             return weight, bias
-        # The sliced weight is the same tensor until the weights change (the draft vocabulary caches it), so its
-        # identity and version key the int8 copy; the model's own lm_head (EAGLE, Clover) is quantized here too.
-        key = (id(weight), weight._version)
-        matrix = self._int8_projections.get(key)
-        if matrix is None:
-            self._int8_projections.clear()  # one projection per depth at most (Hydra): a short-lived cache
-            matrix = self._int8_projections[key] = quantize_rows(weight)
-        return matrix, bias
+        # Keyed by the (cached) source tensor and its version; the model's own lm_head (EAGLE, Clover) is quantized
+        # here too. An id can be reused by a new tensor once the old one is freed: the weak reference tells them apart.
+        key = (id(source), source._version)
+        cached = self._int8_projections.get(key)
+        if cached is None or cached[0]() is not source:
+            if len(self._int8_projections) >= 4 * max(self.num_heads, 1):  # one per depth (Hydra); stale ones go
+                self._int8_projections.clear()
+            cached = self._int8_projections[key] = (weakref.ref(source), quantize_rows(weight))
+        return cached[1], bias
 
     # ---- int8 drafting -------------------------------------------------------------------------
     def quantize(self, weights: str = "int8"):
