@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -44,6 +45,12 @@ def test_arithmetic_on_known_inputs():
     assert stages["other"] == pytest.approx(0.1 / 0.9)
     assert sum(stages.values()) == pytest.approx(1.0)
     assert metrics.zero_overhead_speedup(3.0, 0.01, 0.015) == pytest.approx(2.0)
+    # The in-run ceiling: 1.5x realised, 0.2 s prefill + 0.4 s verify of 1.0 s in all -> 2.5x if the rest were free.
+    run = GenerationOutput(sequences=torch.zeros(1, 3, dtype=torch.long), prompt_length=1,
+                           steps=(StepStats(tree_size=4, accepted=1, emitted=2, verify_s=0.4),), total_s=1.0,
+                           prefill_s=0.2)
+    assert metrics.free_overhead_speedup(1.5, [run]) == pytest.approx(2.5)
+    assert math.isnan(metrics.free_overhead_speedup(float("nan"), [run]))
     assert interpolate({1: 1.0, 9: 2.0}, 5) == pytest.approx(1.5)
     assert interpolate({1: 1.0, 9: 2.0}, 20) == 2.0
 

@@ -167,3 +167,21 @@ def test_ship_tree_sizes_a_tree_from_the_shipped_files(shipped, tmp_path):
     tree, saved = load_tree(tmp_path / "trees" / "medusa.json")
     assert tree.num_nodes == meta["budget"] + 1 and saved["draft_costs"] and saved["verify_costs"]
     assert (tmp_path / "stats" / "medusa.json").exists() and (tmp_path / "trees" / "medusa.costs.json").exists()
+
+
+def test_spec_bench_measures_each_head_drafter_once_per_draft_weights(tmp_path):
+    import json
+
+    from spec.apps.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--drafters", "medusa,ngram", "--draft-weights", "float,int8", "--num-prompts", "1",
+                 "--max-new-tokens", "6", "--repeats", "1", "--warmup", "0", "--no-transformers", "--no-profile",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    # n-gram lookup has no heads: measured once, not once per choice.
+    assert report["settings"]["draft_weights"] == {"medusa/float": "float", "medusa/int8": "int8", "ngram": "none"}
+    for method in report["methods"]:
+        # The ceiling comes from the run's own verify time: never below the speedup reached.
+        assert method["ceiling_speedup"] >= method["speedup"] * (1 - 1e-9), method
+    assert main(["bench", "--draft-weights", "float,int4", "--out", str(tmp_path / "bad")]) == 2

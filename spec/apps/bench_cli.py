@@ -123,6 +123,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     composed = ["ngram"] + [f"ngram+{name}" for name in available if name not in own_verifier]
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
                                      list(available) + composed, "drafter")
+    args.draft_weight_names = check_names([w.strip() for w in args.draft_weights.split(",") if w.strip()],
+                                          "--draft-weights", ["auto", "float", "int8"], "draft weights")
     args.builder_names = check_names([b.strip() for b in args.tree_builder.split(",") if b.strip()],
                                      "--tree-builder", ["static", "cost"], "tree builder")
     if "cost" in args.builder_names:
@@ -225,13 +227,16 @@ def run(args: argparse.Namespace) -> int:
                                                                args.builder_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
         cost = builder_name == "cost"
-        drafter, tree = compose_drafter(name, load_heads, cost, args.draft_weights)
+        weight_names = args.draft_weight_names
+        drafter, tree = compose_drafter(name, load_heads, cost, weight_names[0])
         # Block verification is defined on chains: the same depth, one candidate per depth.
         template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree
         own = drafter.traits.verifier is not None  # Kangaroo brings its own: one row
-        for index, kind in enumerate(kinds[:1] if own else kinds):
-            if index:  # a drafter of its own per verifier: compiling one method's draft must not compile another's
-                drafter, tree = compose_drafter(name, load_heads, cost, args.draft_weights)
+        # Draft weights are a dimension only for drafters with heads of their own (not n-gram, not self-drafting).
+        weight_choices = weight_names if draft_weights_of(drafter) != "none" else weight_names[:1]
+        for index, (kind, weights) in enumerate(itertools.product(kinds[:1] if own else kinds, weight_choices)):
+            if index:  # a drafter of its own per method: compiling or quantizing one must not change another
+                drafter, tree = compose_drafter(name, load_heads, cost, weights)
             verifier = verifier_from_options(model, drafter, kind, args.compile)
             compile_with_verifier(drafter, verifier)
             builder = StaticTreeBuilder(template)
@@ -245,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             decoder = SpeculativeDecoder(model, drafter, builder, verifier, acceptor)
             label = name if own or len(kinds) == 1 else f"{name}/{kind}"
             label = label if len(args.acceptor_names) == 1 else f"{label}/{acceptor_name}"
+            label = label if len(weight_choices) == 1 else f"{label}/{weights}"
             methods.append(DecoderMethod(label if len(args.builder_names) == 1 else f"{label}/{builder_name}",
                                          decoder))
             draft_weights[methods[-1].name] = draft_weights_of(drafter)

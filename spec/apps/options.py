@@ -22,10 +22,14 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
         parser.add_argument("--verifier", default="auto", help=kinds)
     parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
                         help="torch.compile the fast verifier's step and the head drafters' draft: auto = on CUDA only")
-    parser.add_argument("--draft-weights", default="auto", choices=("auto", "float", "int8"),
-                        help="the weights draft heads draft with: int8 copies (a quarter of the bytes to read; the "
-                        "verifier keeps the model's own weights, so output is unchanged) or float as trained; "
-                        "auto = int8 on a CPU, float elsewhere")
+    weights_help = ("the weights draft heads draft with: int8 copies (a quarter of the bytes to read; the verifier "
+                    "keeps the model's own weights, so output is unchanged) or float as trained; auto = int8 on a "
+                    "CPU, float elsewhere")
+    if several_verifiers:
+        parser.add_argument("--draft-weights", default="auto", help=weights_help + "; comma-separated: each head "
+                            "drafter is measured once per choice (e.g. float,int8)")
+    else:
+        parser.add_argument("--draft-weights", default="auto", choices=("auto", "float", "int8"), help=weights_help)
 
 
 def verifier_from_options(model, drafter, kind: str, compile: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import statistics
 from collections import Counter
 from typing import Sequence
@@ -62,6 +64,17 @@ def mean_step_ms(outputs: Sequence[GenerationOutput]) -> float:
 def zero_overhead_speedup(mean_accepted: float, cost_one: float, cost_tree: float) -> float:
     """The speedup over one-token decoding if drafting and bookkeeping were free: tau * c(1) / c(n)."""
     return mean_accepted * cost_one / cost_tree if cost_tree > 0 else float("nan")
+
+
+def free_overhead_speedup(speedup: float, outputs: Sequence[GenerationOutput]) -> float:
+    """The speedup the same run would reach if drafting, acceptance, commits and the loop around them cost nothing:
+    ``speedup`` scaled by whole time / (prefill + verify time). Measured in the run itself (its trees, its context
+    lengths, the machine's state then); a verify-cost curve measured apart can drift enough to put the ceiling
+    below the speedup reached. Realised / this ceiling is the share of the time spent verifying or prefilling."""
+    total = sum(o.total_s for o in outputs)
+    # Capped at the whole: the autoregressive decoder's first step is its prefill, which would count twice.
+    needed = min(total, sum(o.prefill_s + sum(s.verify_s for s in o.steps) for o in outputs))
+    return speedup * total / needed if needed > 0 and math.isfinite(speedup) else float("nan")
 
 
 def median(values: Sequence[float]) -> float:
