@@ -87,7 +87,7 @@ def test_demo_completions_are_identical(capsys):
         assert main(["demo", "--drafter", drafter, "--max-new-tokens", "24", *repeats]) == 0
         out = capsys.readouterr().out
         assert "identical completions: True" in out
-        assert ("median of 5 interleaved runs; single pairs " in out) == (not repeats), out  # default: 5 runs each
+        assert ("median of 5 interleaved pairs; single pairs " in out) == (not repeats), out  # default: 5 runs each
         # On the CPU, heads draft with int8 weights by default; Kangaroo drafts with the model's own layers.
         assert f"draft weights: {'none' if drafter == 'kangaroo' else 'int8'}" in out, out
     assert main(["demo", "--drafter", "ngram+clover", "--tree-builder", "cost", "--max-new-tokens", "24",
