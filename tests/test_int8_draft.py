@@ -68,9 +68,10 @@ def test_int8_product_is_the_dequantized_product(rows, n, k, seed, scale):
     # The kernel multiplies in bfloat16: a relative error of a few bfloat16 steps of the largest term.
     tolerance = 2e-2 * (x.abs() @ matrix.dequantize().abs().t()).amax() + 1e-6
     assert (got - expected).abs().max() <= tolerance
-    # Leading batch dimensions and row subsets (a draft vocabulary's tokens) go through the same product.
+    # Leading batch dimensions go through the same product; scales are per row, so quantizing a row subset (a draft
+    # vocabulary's tokens, as HeadDrafter.projection does) gives those rows of the whole matrix's product.
     index = torch.randperm(n, generator=g)[: max(1, n // 2)]
-    torch.testing.assert_close(int8_linear(x[None], matrix.rows(index))[0], int8_linear(x, matrix)[:, index])
+    torch.testing.assert_close(int8_linear(x[None], quantize_rows(weight[index]))[0], int8_linear(x, matrix)[:, index])
 
 
 def test_an_all_zero_row_and_unsupported_matrices():
@@ -155,6 +156,10 @@ def test_apply_draft_weights_and_its_errors():
     assert apply_draft_weights(NGramDrafter(max_depth=3), "int8") == []  # no heads: nothing to quantize
     with pytest.raises(ConfigurationError, match="auto, float, int8"):
         apply_draft_weights(merged, "int4")
+    from spec.apps.options import DRAFT_WEIGHT_CHOICES
+    from spec.drafters import DRAFT_WEIGHTS
+
+    assert DRAFT_WEIGHT_CHOICES == DRAFT_WEIGHTS  # the CLI's spelling (kept import-free) is the library's
     with pytest.raises(ConfigurationError, match="int8"):
         drafter("medusa", m, quantized=False).quantize("int4")
     off_cpu = drafter("medusa", m, quantized=False)

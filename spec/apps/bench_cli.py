@@ -86,7 +86,7 @@ def read_prompts(path) -> list[str]:
 def check_arguments(args: argparse.Namespace) -> None:
     """Every option and input, before any model is loaded: numbers, names, the prompts, the assistant
     model and that --out can be written (so a finished run is never lost to an unwritable path)."""
-    from spec.apps.options import check_int, check_names, check_temperature, check_verifier_kinds
+    from spec.apps.options import DRAFT_WEIGHT_CHOICES, check_int, check_names, check_temperature, check_verifier_kinds
     from spec.errors import CheckpointError, OptionError
     from spec.io import check_model_directory, check_writable_directory
     from spec.models.placement import resolve_placement
@@ -124,7 +124,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.drafter_names = check_names([d.strip() for d in args.drafters.split(",") if d.strip()], "--drafters",
                                      list(available) + composed, "drafter")
     args.draft_weight_names = check_names([w.strip() for w in args.draft_weights.split(",") if w.strip()],
-                                          "--draft-weights", ["auto", "float", "int8"], "draft weights")
+                                          "--draft-weights", DRAFT_WEIGHT_CHOICES, "draft weights")
     args.builder_names = check_names([b.strip() for b in args.tree_builder.split(",") if b.strip()],
                                      "--tree-builder", ["static", "cost"], "tree builder")
     if "cost" in args.builder_names:
@@ -223,11 +223,11 @@ def run(args: argparse.Namespace) -> int:
     from spec.drafters import draft_weights_of
 
     draft_weights: dict[str, str] = {}  # what each method's heads drafted with (--draft-weights), for report.json
+    weight_names = args.draft_weight_names
     for name, acceptor_name, builder_name in itertools.product(args.drafter_names, args.acceptor_names,
                                                                args.builder_names):
         acceptor = make_acceptor(acceptor_name, args.temperature)
         cost = builder_name == "cost"
-        weight_names = args.draft_weight_names
         drafter, tree = compose_drafter(name, load_heads, cost, weight_names[0])
         # Block verification is defined on chains: the same depth, one candidate per depth.
         template = chain_tree(tree.max_depth) if acceptor_name == "block" else tree

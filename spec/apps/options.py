@@ -8,6 +8,8 @@ import math
 from typing import Iterable, Optional, Sequence
 
 COMPILE_CHOICES = ("auto", "on", "off")
+#: ``spec.drafters.DRAFT_WEIGHTS``, spelled here so that building the parsers (``--help``) imports no drafter.
+DRAFT_WEIGHT_CHOICES = ("auto", "float", "int8")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bool = False) -> None:
@@ -29,7 +31,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
         parser.add_argument("--draft-weights", default="auto", help=weights_help + "; comma-separated: each head "
                             "drafter is measured once per choice (e.g. float,int8)")
     else:
-        parser.add_argument("--draft-weights", default="auto", choices=("auto", "float", "int8"), help=weights_help)
+        parser.add_argument("--draft-weights", default="auto", choices=DRAFT_WEIGHT_CHOICES, help=weights_help)
 
 
 def verifier_from_options(model, drafter, kind: str, compile: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 import statistics
 from collections import Counter
 from typing import Sequence

@@ -178,7 +178,8 @@ class HeadDrafter:
             raise UnsupportedError(
                 f"int8 draft weights run on the CPU only (torch's int8 weight kernel); these heads are on {device}. "
                 "Draft in the model's own dtype there (bfloat16 on CUDA already halves the bytes).")
-        if quantize_linears(self.heads) or any(isinstance(m, Int8Linear) for m in self.heads.modules()):
+        quantize_linears(self.heads)
+        if any(isinstance(m, Int8Linear) for m in self.heads.modules()):
             self.draft_weights = "int8"  # else no matrix fits the kernel (widths not multiples of 16): float
         return self
 

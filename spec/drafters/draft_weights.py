@@ -21,8 +21,9 @@ def _head_drafters(drafter: Any) -> Iterator[Any]:
 
 def apply_draft_weights(drafter: Any, weights: str) -> list[str]:
     """Quantize ``drafter``'s heads (or a merged drafter's) as ``weights`` says; returns the display names of
-    the drafters now drafting in int8 (heads none of whose matrices fit the kernel stay float). A drafter without heads of its own (n-gram, self-draft) is left as is;
-    ``int8`` asked of heads off the CPU raises ``UnsupportedError``."""
+    the drafters now drafting in int8 (heads none of whose matrices fit the kernel stay float). A drafter
+    without heads of its own (n-gram, self-draft) is left as is; ``int8`` asked of heads off the CPU raises
+    ``UnsupportedError``."""
     if weights not in DRAFT_WEIGHTS:
         raise ConfigurationError(f"draft weights must be one of {', '.join(DRAFT_WEIGHTS)}; got {weights!r}.")
     quantized = []

@@ -39,10 +39,6 @@ class Int8Matrix(NamedTuple):
     values: torch.Tensor
     scales: torch.Tensor
 
-    def rows(self, index: torch.Tensor) -> "Int8Matrix":
-        """The matrix restricted to rows ``index`` ``[K]`` (a draft vocabulary's tokens): scales are per row."""
-        return Int8Matrix(self.values.index_select(0, index), self.scales.index_select(0, index))
-
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.values.to(dtype) * self.scales.to(dtype)[:, None]
 
