@@ -139,3 +139,45 @@ def test_a_generation_that_never_drafts_never_runs_the_context_layer(name):
     assert runs == []
     decoder.generate(p, max_new_tokens=3)
     assert runs == [12]  # the prompt, in one pass, for the first (and only) draft
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_compiled_padded_passes_equal_one_causal_pass(arch):
+    """``compile(pad)``: passes of at most ``pad`` positions run through one compiled graph padded to ``pad`` rows;
+    the prompt and a longer commit run eagerly; the outputs are one causal
+    pass's, also where the cache grows between passes and where a padded pass would run past the context."""
+    from spec.models import context_length
+
+    m = model(arch)
+    layer = build_decoder_layer(m, "test layer")
+    perturb(layer, scale=0.1)
+    context = context_length(m)
+    hidden = target_hidden(arch, context)
+    cache = ContextLayerCache(m, layer, "test layer", initial_rows=8)
+    cache.compile(pad=4)
+    compiled_passes = []
+    run = cache._compiled
+
+    def counting(*args):
+        compiled_passes.append(args[0].shape[0])
+        return run(*args)
+
+    cache._compiled = counting
+    # The prompt (eager), step-sized commits (compiled; the cache grows past 8 and 16 rows), a 6-position commit
+    # (eager), then commits at the end of the context, where the padding would not fit (eager).
+    bounds = [0, 9, 10, 14, 16, 17, 23, 24, 27, context - 6, context - 2, context - 1, context]
+    reference = plain_forward(m, layer, hidden)
+    for a, b in zip(bounds, bounds[1:]):
+        cache.defer(hidden[a:b])
+        torch.testing.assert_close(cache.output_for(b), reference[b - 1], rtol=1e-5, atol=1e-5)
+    # 9-10, 10-14, 14-16, 16-17, 23-24, 24-27 and context-6 to context-2; not the two after it
+    assert compiled_passes == [4] * 7
+    assert cache._compiled is counting and run.compiled  # no fallback to eager
+
+
+def test_compile_refuses_a_pad_below_one():
+    from spec.errors import InputError
+
+    m = model("llama")
+    with pytest.raises(InputError, match="at least one position"):
+        ContextLayerCache(m, build_decoder_layer(m, "test layer"), "test layer").compile(pad=0)

@@ -28,6 +28,7 @@ from spec.drafters.tree_filling import check_tree_fits, fill_top_k, root_only_dr
 from spec.errors import ConfigurationError, IncompatibleDrafterError, InputError, ShapeError, UnsupportedError
 from spec.models import ModelFingerprint, lm_head, model_device, model_placement, output_vocab_size
 from spec.runtime.compiled import CompiledStep
+from spec.runtime.context_layer import ContextLayerCache
 from spec.runtime.int8 import Int8Linear, Int8Matrix, int8_supported, quantize_linears, quantize_rows
 from spec.protocols import CandidateKind, CandidateTree, Draft, DraftContext, DrafterTraits, SamplingParams
 
@@ -199,12 +200,21 @@ class HeadDrafter:
                 "(EAGLE's depths run over a cache that grows every step); run it eagerly. A subclass whose draft passes "
                 "compiled_fill to fill_depth_by_depth sets compilable = True.")
         self.compiled_fill = CompiledStep(self.top_k_function, enabled=True, what="drafter") if enabled else None
+        # A step commits at most max_depth + 1 positions: the context layers' passes, padded to that, compile too.
+        for layer in self.context_layers():
+            layer.compile(self.max_depth + 1 if enabled else None)
         return self
 
     @property
     def compiled(self) -> bool:
         """Whether the deterministic draft runs compiled (false after a fallback to eager)."""
-        return self.compiled_fill is not None and self.compiled_fill.compiled
+        return (self.compiled_fill is not None and self.compiled_fill.compiled
+                and all(layer.compiled for layer in self.context_layers()))
+
+    def context_layers(self) -> tuple[ContextLayerCache, ...]:
+        """The layers this drafter runs over committed positions (Hydra++'s prefix layer, Clover's augmenting
+        block), which :meth:`compile` compiles with the draft."""
+        return ()
 
     # ---- descriptions ------------------------------------------------------------------------
     @property

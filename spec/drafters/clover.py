@@ -138,6 +138,9 @@ class CloverDrafter(HeadDrafter):
         return CloverHeads(hidden_size(model), hyper["num_heads"], hyper["num_layers"], hyper["num_attention_heads"],
                            hyper["rms_norm_eps"], layer)
 
+    def context_layers(self) -> tuple[ContextLayerCache, ...]:
+        return (self._augment,)
+
     def reset_context(self) -> None:
         self._augment.reset()
 

@@ -123,6 +123,9 @@ class HydraDrafter(HeadDrafter):
         return HydraHeads(hyper["hidden_size"], hyper["vocab_size"], hyper["num_heads"], hyper["num_layers"],
                           hyper["dropout"], lm_head_bias=hyper["lm_head_bias"], prefix_layer=layer)
 
+    def context_layers(self) -> tuple[ContextLayerCache, ...]:
+        return () if self._prefix is None else (self._prefix,)
+
     def reset_context(self) -> None:
         if self._prefix is not None:
             self._prefix.reset()

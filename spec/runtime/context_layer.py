@@ -14,6 +14,11 @@ the root) is what the heads read. Drafters hand it the committed states with
 :meth:`ContextLayerCache.defer`: the layer runs over them only when the heads next
 need its output, so a generation that never drafts (one new token, or a budget that
 leaves no room for a candidate) never pays for a pass over the prompt.
+
+A step commits at most a tree's depth plus one positions. :meth:`ContextLayerCache.compile`
+runs such passes through one compiled graph, padded to that count (as EAGLE's commit pass
+is): run eagerly, the layer's few dozen small operations per step cost more than their
+arithmetic on a small model.
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
 from spec.errors import InputError, ShapeError
-from spec.runtime.draft_layer import DraftLayerCache, _backbone
+from spec.runtime.compiled import CompiledStep
+from spec.runtime.draft_layer import DraftLayerCache, _backbone, causal_rows
 from spec.runtime.masks import additive_mask, causal, layer_window
+from spec.runtime.shapes import attend_bucket
 
 
 def build_decoder_layer(model, what: str) -> nn.Module:
@@ -71,7 +80,23 @@ class ContextLayerCache:
         # Only committed positions are written (no tree scratch rows): no spare rows.
         self.cache = DraftLayerCache(model, layer.self_attn, what, spare_rows=0, initial_rows=initial_rows)
         self.window = self.cache.window
+        self.pad: Optional[int] = None
+        self._compiled: Optional[CompiledStep] = None
         self.reset()
+
+    def compile(self, pad: Optional[int]) -> None:
+        """Run each pass of at most ``pad`` positions compiled, padded to ``pad`` rows (a step's most committed
+        positions), attending over rows rounded up to :func:`attend_bucket`, so a generation compiles a few graphs
+        rather than one per step. Longer passes (the prompt) run eagerly. ``None``: every pass eager."""
+        if pad is not None and pad < 1:
+            raise InputError(f"A compiled context layer pads each pass to at least one position, got pad={pad}.")
+        self.pad = pad
+        self._compiled = None if pad is None else CompiledStep(self._append_padded, enabled=True, what="drafter")
+
+    @property
+    def compiled(self) -> bool:
+        """Whether short passes run compiled (false after a fallback to eager)."""
+        return self._compiled is not None and self._compiled.compiled
 
     def reset(self) -> None:
         self.cache.reset()
@@ -107,6 +132,33 @@ class ContextLayerCache:
         self.last_output = out[-1]
         return out
 
+    @torch.no_grad()
+    def _run(self, hidden_states: torch.Tensor) -> None:
+        """:meth:`append`, through the compiled padded pass where the positions fit it."""
+        m, start, pad = hidden_states.shape[0], self.length, self.pad
+        if self._compiled is None or pad is None or m > pad or start + pad > self.cache.max_rows:
+            self.append(hidden_states)
+            return
+        # Padding rows write keys and values past the committed ones; the next pass overwrites them before any
+        # row attends to them (each pass writes its rows, then attends causally).
+        self.cache.reserve(start + pad)
+        weight = self.layer.self_attn.q_proj.weight
+        x = F.pad(hidden_states.to(device=weight.device, dtype=weight.dtype), (0, 0, 0, pad - m))
+        self.last_output = self._compiled(x, torch.tensor(start, device=weight.device),
+                                          torch.tensor([m - 1], device=weight.device),
+                                          min(attend_bucket(start + pad), self.cache.rows))
+        self.cache.committed += m
+
+    def _append_padded(self, x: torch.Tensor, start: torch.Tensor, last: torch.Tensor, width: int) -> torch.Tensor:
+        """Hidden states ``[pad, H]`` at positions ``start`` ``[]`` onwards, attending over rows ``0 .. width - 1``
+        -> the output at row ``last`` ``[1]`` of them ``[H]`` (what :meth:`compile` compiles)."""
+        positions = start + torch.arange(x.shape[0], device=x.device)
+        layer = self.layer
+        x = x + self.cache.run(layer.self_attn, layer.input_layernorm(x), positions, positions,
+                               causal_rows(positions, width))
+        out = x + layer.mlp(layer.post_attention_layernorm(x))
+        return out.index_select(0, last)[0]
+
     @property
     def length(self) -> int:
         """Committed positions the layer has run over (its cache's committed rows)."""
@@ -123,7 +175,7 @@ class ContextLayerCache:
         if self._deferred_rows and self.length + self._deferred_rows == position:
             deferred = self._deferred[0] if len(self._deferred) == 1 else torch.cat(self._deferred)
             self._deferred, self._deferred_rows = [], 0
-            self.append(deferred)
+            self._run(deferred)
         if self.length != position or self.last_output is None:
             raise InputError(
                 f"The {self.what} has seen {self.length + self._deferred_rows} committed positions but the root is "
