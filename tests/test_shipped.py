@@ -90,11 +90,13 @@ def test_demo_completions_are_identical(capsys):
         assert ("median of 5 interleaved pairs; single pairs " in out) == (not repeats), out  # default: 5 runs each
         # On the CPU, heads draft with int8 weights by default; Kangaroo drafts with the model's own layers.
         assert f"draft weights: {'none' if drafter == 'kangaroo' else 'int8'}" in out, out
+        if drafter == "medusa":  # the demo compiles by default, CPU included, and says so
+            assert "compiling the speculative decoder's step" in out and "torch.float32, compiled;" in out, out
     assert main(["demo", "--drafter", "ngram+clover", "--tree-builder", "cost", "--max-new-tokens", "24",
-                 "--repeats", "1", "--draft-weights", "float"]) == 0
+                 "--repeats", "1", "--draft-weights", "float", "--compile", "off"]) == 0
     out = capsys.readouterr().out
     assert "identical completions: True" in out and "sized each step by measured cost" in out
-    assert "draft weights: float" in out
+    assert "draft weights: float" in out and "torch.float32, eager;" in out and "compiling" not in out
     for bad in (["--drafter", "ngram+kangaroo"], ["--drafter", "kangaroo", "--tree-builder", "cost"],
                 ["--drafter", "ngram+nothing"], ["--random-model", "--tree-builder", "cost"]):
         assert main(["demo", *bad]) == 2

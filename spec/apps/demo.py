@@ -50,7 +50,9 @@ def add_parser(sub) -> None:
                       "machine)")
     demo.add_argument("--random-model", action="store_true",
                       help="use a random tiny model and an oracle drafter instead (no shipped files needed)")
-    add_runtime_arguments(demo)
+    add_runtime_arguments(demo, compile_auto=(
+        "on, CPU included (the timed runs follow a warm-up run, which pays for compiling: about 30 s on a 2-core "
+        "CPU; drafting and verifying are then up to half again as fast there); with --random-model, on CUDA only"))
     demo.set_defaults(func=run)
 
 
@@ -144,8 +146,14 @@ def run(args: argparse.Namespace) -> int:
                                    args.draft_weights)
     tree = args.tree_value if args.tree_value is not None else tree
     acceptor = GreedyAcceptor() if args.temperature == 0 else RejectionSamplingAcceptor()
-    verifier = verifier_from_options(model, drafter, args.verifier, args.compile)
+    # The demo times warm runs only, after a warm-up run that pays for compiling: compiled by default everywhere
+    # (spec generate's auto compiles on CUDA only, where one call need not amortise a compile on a CPU).
+    compile = "on" if args.compile == "auto" else args.compile
+    verifier = verifier_from_options(model, drafter, args.verifier, compile)
     compile_with_verifier(drafter, verifier)
+    if getattr(verifier, "compiled", False):
+        print("compiling the speculative decoder's step for this machine in a warm-up run (about 30 s on a 2-core "
+              "CPU, once per process; --compile off skips it)...", flush=True)
     builder = StaticTreeBuilder(tree)
     if args.tree_builder == "cost":
         from spec.bench.costs import cost_aware_builder
@@ -199,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
           f"({len(sd.steps)} steps for {sd.new_tokens.numel()} tokens)")
     from spec.drafters import draft_weights_of
 
-    print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}; draft weights: "
+    compiled = "compiled" if getattr(verifier, "compiled", False) else "eager"
+    print(f"verifier: {type(verifier).__name__} on {model.device}, {model.dtype}, {compiled}; draft weights: "
           f"{draft_weights_of(drafter)}")
     if same or args.temperature > 0:
         return 0

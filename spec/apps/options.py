@@ -12,7 +12,9 @@ COMPILE_CHOICES = ("auto", "on", "off")
 DRAFT_WEIGHT_CHOICES = ("auto", "float", "int8")
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bool = False) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bool = False,
+                          compile_auto: str = "on CUDA only") -> None:
+    """``compile_auto``: what ``--compile auto`` means for this command, for its help."""
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when visible, else CPU), 'cpu' or 'cuda[:N]'")
     parser.add_argument("--dtype", default="auto", help="'auto' (bfloat16, else float16, on CUDA; float32 on CPU), "
                         "or float32, bfloat16, float16, float64")
@@ -23,7 +25,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several_verifiers: bo
     else:
         parser.add_argument("--verifier", default="auto", help=kinds)
     parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
-                        help="torch.compile the fast verifier's step and the head drafters' draft: auto = on CUDA only")
+                        help=f"torch.compile the fast verifier's step and the head drafters' draft: auto = {compile_auto}")
     weights_help = ("the weights draft heads draft with: int8 copies (a quarter of the bytes to read; the verifier "
                     "keeps the model's own weights, so output is unchanged) or float as trained; auto = int8 on a "
                     "CPU, float elsewhere")
