@@ -144,8 +144,8 @@ def test_a_generation_that_never_drafts_never_runs_the_context_layer(name):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_compiled_padded_passes_equal_one_causal_pass(arch):
     """``compile(pad)``: passes of at most ``pad`` positions run through one compiled graph padded to ``pad`` rows;
-    the prompt and a longer commit run eagerly; the outputs are one causal
-    pass's, also where the cache grows between passes and where a padded pass would run past the context."""
+    the prompt and a longer commit run eagerly; the outputs are one causal pass's, also where the cache grows
+    between passes and where a padded pass would run past the context."""
     from spec.models import context_length
 
     m = model(arch)

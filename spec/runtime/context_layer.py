@@ -120,14 +120,11 @@ class ContextLayerCache:
         m = hidden_states.shape[0]
         if m == 0:
             return hidden_states
-        layer = self.layer
-        weight = layer.self_attn.q_proj.weight
+        weight = self.layer.self_attn.q_proj.weight
         x = hidden_states.to(device=weight.device, dtype=weight.dtype)
         positions = torch.arange(self.length, self.length + m, device=weight.device)
         visible = torch.ones(m, self.length + m, dtype=torch.bool, device=weight.device).tril(self.length)
-        # The decoder layer of the supported (Llama-family) architectures: pre-norm attention and MLP, residuals.
-        x = x + self.cache.run(layer.self_attn, layer.input_layernorm(x), positions, positions, visible)
-        out = x + layer.mlp(layer.post_attention_layernorm(x))
+        out = self._layer(x, positions, visible)
         self.cache.committed += m
         self.last_output = out[-1]
         return out
@@ -153,11 +150,15 @@ class ContextLayerCache:
         """Hidden states ``[pad, H]`` at positions ``start`` ``[]`` onwards, attending over rows ``0 .. width - 1``
         -> the output at row ``last`` ``[1]`` of them ``[H]`` (what :meth:`compile` compiles)."""
         positions = start + torch.arange(x.shape[0], device=x.device)
+        return self._layer(x, positions, causal_rows(positions, width)).index_select(0, last)[0]
+
+    def _layer(self, x: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[n, H]`` at ``positions`` ``[n]`` (also their cache rows) through the layer, attending where
+        ``visible`` ``[n, rows]`` -> ``[n, H]``: the decoder layer of the supported (Llama-family) architectures,
+        pre-norm attention and MLP with residuals."""
         layer = self.layer
-        x = x + self.cache.run(layer.self_attn, layer.input_layernorm(x), positions, positions,
-                               causal_rows(positions, width))
-        out = x + layer.mlp(layer.post_attention_layernorm(x))
-        return out.index_select(0, last)[0]
+        x = x + self.cache.run(layer.self_attn, layer.input_layernorm(x), positions, positions, visible)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
 
     @property
     def length(self) -> int:
